@@ -1,0 +1,76 @@
+// swift-tools-version: 6.1
+//
+// NetDMA for Linux: Microsoft's NetDMA provider model over VFIO, for Intel CBDMA (I/OAT) and
+// DSA engines, with register-level device models for machines without an engine.
+//
+// Layers (bottom to top):
+//   CVFIO, CPCI, CNUMA   C shims and system libraries (ioctls, volatile MMIO, barriers, libpci, libnuma)
+//   Hardware             register maps, descriptor layouts and device-ID tables, one file per engine
+//   Platform             RegisterIO, DMA memory and address spaces, eventfds, CPU/NUMA, PCI discovery
+//   VFIO                 container, group, device, regions, IRQs, DMA map (kernel IOMMU)
+//   DeviceModels         MockIOATDevice, MockDSADevice and the in-process IOMMU they share
+//   NetDMA               the NetDMA interface: registry, provider protocol, channels, CopyQueue
+//   IOAT, DSA, Edu       providers, one engine family each, generic over RegisterIO
+//   NetDMATool           the `netdma` command-line tool
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableExperimentalFeature("Lifetimes"),
+]
+
+let package = Package(
+    name: "netdma",
+    products: [
+        .library(name: "NetDMA", targets: ["NetDMA"]),
+        .library(name: "IOAT", targets: ["IOAT"]),
+        .library(name: "DSA", targets: ["DSA"]),
+        .library(name: "Edu", targets: ["Edu"]),
+        .library(name: "VFIO", targets: ["VFIO"]),
+        .library(name: "Platform", targets: ["Platform"]),
+        .library(name: "DeviceModels", targets: ["DeviceModels"]),
+        .executable(name: "netdma", targets: ["NetDMATool"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
+        .systemLibrary(name: "CPCI", path: "Sources/CPCI", pkgConfig: "libpci", providers: [.apt(["libpci-dev"])]),
+        .systemLibrary(name: "CNUMA", path: "Sources/CNUMA", pkgConfig: "numa", providers: [.apt(["libnuma-dev"])]),
+
+        .target(name: "Hardware", swiftSettings: swiftSettings),
+        .target(
+            name: "Platform",
+            dependencies: ["CVFIO", "CPCI", "CNUMA", "Hardware", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
+        .target(
+            name: "VFIO",
+            dependencies: ["CVFIO", "Platform", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings),
+        .target(name: "DeviceModels", dependencies: ["Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .target(name: "NetDMA", dependencies: ["Platform", "CVFIO"], swiftSettings: swiftSettings),
+        .target(name: "IOAT", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .target(name: "DSA", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .target(name: "Edu", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "NetDMATool",
+            dependencies: [
+                "NetDMA", "IOAT", "DSA", "Edu", "VFIO", "Platform", "DeviceModels", "Hardware",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings),
+
+        .testTarget(name: "HardwareTests", dependencies: ["Hardware"], swiftSettings: swiftSettings),
+        .testTarget(name: "PlatformTests", dependencies: ["Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .testTarget(name: "VFIOTests", dependencies: ["VFIO", "Platform", "CVFIO"], swiftSettings: swiftSettings),
+        .testTarget(name: "DeviceModelsTests", dependencies: ["DeviceModels", "Platform", "Hardware"], swiftSettings: swiftSettings),
+        .testTarget(name: "NetDMATests", dependencies: ["NetDMA", "Platform", "DeviceModels"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ProviderTests",
+            dependencies: ["NetDMA", "IOAT", "DSA", "Edu", "DeviceModels", "Platform", "Hardware"],
+            swiftSettings: swiftSettings),
+        .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,1 @@
+// DSA module: see Package.swift for the layering.

@@ -1,0 +1,142 @@
+import Platform
+import Synchronization
+
+/// The device models' IOMMU: an in-process IOVA → host-address table.
+///
+/// The driver maps memory into it exactly as it maps memory into a VFIO container (it is a
+/// ``DMAAddressSpace``), and every memory access a model makes goes through
+/// ``translate(_:length:access:)``. An access outside a mapping, or without the permission,
+/// returns nil: the model turns that into the device's error bits, never into a crash.
+///
+/// Lookups are lock-free and allocation-free (a sequence lock over atomic slots), so a model's
+/// engine loop can translate on every access. Map and unmap take a lock.
+public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
+    // @unchecked: `slots` points at `capacity * 4` atomics this object allocates and frees.
+
+    /// The most mappings the table holds.
+    public let capacity: Int
+    public let validIOVARanges: [ClosedRange<UInt64>]
+
+    // Slot i: [iova, length, address, access (0 = free)].
+    private let slots: UnsafeMutablePointer<Atomic<UInt64>>
+    private let sequence = Atomic<UInt64>(0)
+    private let used = Atomic<Int>(0)
+    private let writer = Mutex<Void>(())
+    /// Number of translations that failed (faults), for tests and statistics.
+    private let faultCount = Atomic<UInt64>(0)
+
+    /// Creates an empty IOMMU.
+    ///
+    /// - Parameters:
+    ///   - validIOVARanges: apertures a mapping must fit in (default: 48-bit space, page 0 excluded).
+    ///   - capacity: the most mappings held at once.
+    public init(validIOVARanges: [ClosedRange<UInt64>] = [0x1000...0xFFFF_FFFF_FFFF], capacity: Int = 512) {
+        self.capacity = capacity
+        self.validIOVARanges = validIOVARanges
+        slots = .allocate(capacity: capacity * 4)
+        for i in 0..<(capacity * 4) { (slots + i).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        slots.deinitialize(count: capacity * 4)
+        slots.deallocate()
+    }
+
+    /// How many translations have faulted since creation.
+    public var faults: UInt64 { faultCount.load(ordering: .relaxed) }
+
+    /// The number of live mappings.
+    public var mappingCount: Int { used.load(ordering: .relaxed) }
+
+    public func map(_ address: UnsafeMutableRawPointer, length: Int, iova: UInt64, access: DMAAccess) throws(DriverError) {
+        guard length > 0, iova & 0xFFF == 0 else {
+            throw DriverError(.invalidMapping, "IOVA 0x\(String(iova, radix: 16)) must be page-aligned and the length positive.")
+        }
+        let end = iova &+ UInt64(length) &- 1
+        guard end >= iova, validIOVARanges.contains(where: { $0.contains(iova) && $0.contains(end) }) else {
+            throw DriverError(.invalidMapping,
+                "IOVA range 0x\(String(iova, radix: 16))…0x\(String(end, radix: 16)) lies outside the IOMMU's valid ranges.")
+        }
+        let result: DriverError? = writer.withLock { _ in
+            var free = -1
+            for i in 0..<capacity {
+                let a = slot(i, 3).pointee.load(ordering: .relaxed)
+                if a == 0 { if free < 0 { free = i }; continue }
+                let s = slot(i, 0).pointee.load(ordering: .relaxed), l = slot(i, 1).pointee.load(ordering: .relaxed)
+                if iova <= s &+ l &- 1 && s <= end {
+                    return DriverError(.invalidMapping, errno: .fileExists,
+                        "IOVA 0x\(String(iova, radix: 16)) overlaps an existing mapping at 0x\(String(s, radix: 16)).")
+                }
+            }
+            guard free >= 0 else {
+                return DriverError(.outOfMemory, errno: .noSpace, "The IOMMU table is full (\(capacity) mappings).")
+            }
+            beginWrite()
+            slot(free, 0).pointee.store(iova, ordering: .relaxed)
+            slot(free, 1).pointee.store(UInt64(length), ordering: .relaxed)
+            slot(free, 2).pointee.store(UInt64(UInt(bitPattern: address)), ordering: .relaxed)
+            slot(free, 3).pointee.store(UInt64(access.rawValue), ordering: .relaxed)
+            endWrite()
+            used.add(1, ordering: .relaxed)
+            return nil
+        }
+        if let result { throw result }
+    }
+
+    public func unmap(iova: UInt64, length: Int) throws(DriverError) {
+        let found: Bool = writer.withLock { _ in
+            for i in 0..<capacity where slot(i, 3).pointee.load(ordering: .relaxed) != 0 {
+                if slot(i, 0).pointee.load(ordering: .relaxed) == iova {
+                    beginWrite()
+                    slot(i, 3).pointee.store(0, ordering: .relaxed)
+                    endWrite()
+                    used.subtract(1, ordering: .relaxed)
+                    return true
+                }
+            }
+            return false
+        }
+        if !found {
+            throw DriverError(.unmappedAddress, errno: .noSuchFileOrDirectory,
+                              "Nothing is mapped at IOVA 0x\(String(iova, radix: 16)).")
+        }
+    }
+
+    /// The host address of `length` bytes at `iova` if they lie inside one mapping that grants
+    /// `access`; nil (a fault) otherwise. Lock-free; never allocates.
+    @inline(__always)
+    public func translate(_ iova: UInt64, length: Int, access: DMAAccess) -> UnsafeMutableRawPointer? {
+        let last = iova &+ UInt64(max(length, 1)) &- 1
+        guard last >= iova else { faultCount.add(1, ordering: .relaxed); return nil }
+        while true {
+            let seq = sequence.load(ordering: .acquiring)
+            if seq & 1 != 0 { continue }
+            var hit: UInt = 0
+            for i in 0..<capacity {
+                let a = slot(i, 3).pointee.load(ordering: .relaxed)
+                if a == 0 { continue }
+                let s = slot(i, 0).pointee.load(ordering: .relaxed)
+                let l = slot(i, 1).pointee.load(ordering: .relaxed)
+                if iova >= s && last <= s &+ l &- 1 {
+                    if UInt32(truncatingIfNeeded: a) & access.rawValue == access.rawValue {
+                        hit = UInt(slot(i, 2).pointee.load(ordering: .relaxed)) &+ UInt(iova &- s)
+                    }
+                    break
+                }
+            }
+            atomicMemoryFence(ordering: .acquiring)
+            if sequence.load(ordering: .relaxed) == seq {
+                if hit == 0 { faultCount.add(1, ordering: .relaxed) }
+                return UnsafeMutableRawPointer(bitPattern: hit)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func slot(_ i: Int, _ field: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { slots + (i * 4 + field) }
+    private func beginWrite() {
+        sequence.add(1, ordering: .relaxed)
+        atomicMemoryFence(ordering: .releasing)
+    }
+    private func endWrite() { sequence.add(1, ordering: .releasing) }
+}

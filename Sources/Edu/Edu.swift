@@ -1,0 +1,1 @@
+// Edu module: see Package.swift for the layering.

@@ -1,0 +1,1 @@
+// IOAT module: see Package.swift for the layering.
