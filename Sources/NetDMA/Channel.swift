@@ -198,9 +198,11 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     private func startLocked(_ chain: DescriptorChain) throws(DriverError) {
         word.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
-        faultPending.store(false, ordering: .relaxed)
         reseeded.store(false, ordering: .relaxed)
         try engine.start(chain)
+        // After the provider cleared its fault: a DPC (which runs under the same lock) either
+        // ran before and its flag is dropped here, or runs after and sees no fault.
+        faultPending.store(false, ordering: .releasing)
         noteChain(chain)
         stateRaw.store(ChannelState.running.rawValue, ordering: .releasing)
     }
