@@ -101,7 +101,6 @@ public final class NetDMAChannel: @unchecked Sendable {
     private let control = Mutex<Void>(())
     // The last chain given to Start or Append (for drain and power-up), relaxed stores.
     private let lastChainIOVA = Atomic<UInt64>(0)
-    private let lastChainAddress = Atomic<UInt>(0)
     private let lastChainCount = Atomic<Int>(0)
     /// Set after a NULL re-Start: the engine's tail is the NULL descriptor (1.x Append patches it).
     private let reseeded = Atomic<Bool>(false)
@@ -437,26 +436,23 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     private func noteChain(_ chain: DescriptorChain?) {
         lastChainIOVA.store(chain?.iova ?? 0, ordering: .relaxed)
-        lastChainAddress.store(chain.map { UInt(bitPattern: $0.address) } ?? 0, ordering: .relaxed)
         lastChainCount.store(chain?.count ?? 0, ordering: .relaxed)
     }
 
-    /// The last descriptor submitted: the tail of the last chain, found by walking it.
+    /// The last descriptor submitted: the tail of the last chain, found by walking it through
+    /// the DMA memory table (never through a stored pointer: the client may have released the
+    /// descriptors since, and then nothing of them can be outstanding).
     private func submittedTail() -> (iova: UInt64, address: UnsafeMutablePointer<Descriptor>)? {
         let count = lastChainCount.load(ordering: .relaxed)
         var iova = lastChainIOVA.load(ordering: .relaxed)
-        guard count > 0, var d = UnsafeMutablePointer<Descriptor>(bitPattern: lastChainAddress.load(ordering: .relaxed)) else {
-            return nil
-        }
-        var steps = 0
-        while true {
-            steps += 1
-            if providerVersion.countedChains && steps >= count { break }
+        guard count > 0, var d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { return nil }
+        var steps = 1
+        while !(providerVersion.countedChains && steps >= count) && steps <= 1 << 20 {
             let n = d.pointee.next
-            if n == 0 || steps > 1 << 20 { break }
-            guard let a = n == nullDescriptorIOVA ? UnsafeMutableRawPointer(nullDescriptor) : dmaMemory.address(ofIOVA: n) else { break }
+            guard n != 0, let a = dmaMemory.address(ofIOVA: n) else { break }
             iova = n
             d = a.assumingMemoryBound(to: Descriptor.self)
+            steps += 1
         }
         return (iova, d)
     }

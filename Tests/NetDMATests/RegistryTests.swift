@@ -3,7 +3,7 @@ import Platform
 import Synchronization
 import Testing
 
-@Suite("NetDMA registry (netdma.md §2, §4.4–4.5, §6, §11.1)")
+@Suite("NetDMA registry (netdma.md §2, §4.4–4.5, §6, §11.1)", .serialized)
 struct RegistryTests {
     @Test("version is 2.1, encoded major << 16 | minor")
     func version() {
