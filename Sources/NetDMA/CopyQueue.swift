@@ -217,19 +217,36 @@ public final class CopyQueue {
                 try fast.append(chain)
             } catch {
                 if !counted { DescriptorPool.publishNext(of: oldTail, 0) }
-                // A halt the queue has not processed yet: account for it (re-Starting the
-                // unprocessed ops), then hand this batch over.
-                guard fast.state == .halted || fast.faultPending.load(ordering: .acquiring) else { throw error }
-                handleHalt()
+                try submitAfterHalt(chain, oldTail: oldTail, error)
+            }
+        }
+        submitted = enqueued
+    }
+
+    /// Append found the channel halted by an op the queue has not accounted for yet: account
+    /// for it (re-Starting the unprocessed ops), then hand the batch over. The restarted ops
+    /// may halt again; each round retires at least one failed op, so this ends. Cold path.
+    @inline(never)
+    private func submitAfterHalt(_ chain: DescriptorChain, oldTail: UnsafeMutablePointer<Descriptor>,
+                                 _ error: DriverError) throws(DriverError) {
+        var last = error
+        for _ in 0...ringSize {
+            guard fast.state == .halted || fast.faultPending.load(ordering: .acquiring) else { throw last }
+            handleHalt()
+            do {
                 if needsStart {
                     try startAt(chain)
                 } else {
                     if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
                     try fast.append(chain)
                 }
+                return
+            } catch {
+                if !counted && !needsStart { DescriptorPool.publishNext(of: oldTail, 0) }
+                last = error
             }
         }
-        submitted = enqueued
+        throw last
     }
 
     private func startAt(_ chain: DescriptorChain) throws(DriverError) {
