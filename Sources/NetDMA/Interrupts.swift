@@ -73,8 +73,19 @@ final class InterruptDispatcher: @unchecked Sendable {
         thread = try NativeThread.spawn(name: "netdma-irq") { [self] in run() }
     }
 
-    /// Starts waiting on `channel`'s eventfd.
-    func add(_ channel: NetDMAChannel, fd: Int32) {
+    /// Starts waiting on `channel`'s eventfd, with a completion worker on its DPC CPU.
+    ///
+    /// - Throws: `.outOfMemory` when the worker thread cannot be created.
+    func add(_ channel: NetDMAChannel, fd: Int32) throws(DriverError) {
+        if workers.withLock({ $0[channel.cpu] }) == nil {
+            let w = try CompletionWorker(cpu: channel.cpu)
+            let extra: CompletionWorker? = workers.withLock { ws in
+                if ws[channel.cpu] != nil { return w }
+                ws[channel.cpu] = w
+                return nil
+            }
+            extra?.shutdown()
+        }
         control.withLock { _ in
             let g = table.withLock { t in
                 t.entries.append(Entry(fd: fd, channel: channel))
@@ -151,16 +162,12 @@ final class InterruptDispatcher: @unchecked Sendable {
                 // interface names.
                 let report = e.channel.serviceInterrupt()
                 let cpu = dpcCPU(e.channel, report)
-                worker(for: cpu)?.enqueue(e.channel, report) ?? e.channel.runDPC(report)
+                // `add` made a worker for the channel's CPU; a DPC CPU the registry names
+                // beyond those falls back to the channel's own worker.
+                let w = workers.withLock { $0[cpu] ?? $0[e.channel.cpu] }
+                w?.enqueue(e.channel, report)
             }
         }
-    }
-
-    private func worker(for cpu: Int) -> CompletionWorker? {
-        if let w = workers.withLock({ $0[cpu] }) { return w }
-        guard let w = try? CompletionWorker(cpu: cpu) else { return nil }
-        workers.withLock { $0[cpu] = w }
-        return w
     }
 }
 

@@ -65,7 +65,9 @@ public struct NetDMANotification: Sendable, Hashable, CustomStringConvertible {
             }
         }
     }
+    /// What happened.
     public var code: Code
+    /// The provider it happened to.
     public var provider: ProviderHandle
     public init(code: Code, provider: ProviderHandle) {
         self.code = code
@@ -428,8 +430,13 @@ public final class NetDMARegistry: Sendable {
         }
         let channel = NetDMAChannel(record: record, provider: handle, block: block, providerChannel: pc, cpu: cpu,
                                     priority: priority, attributes: attributes)
+        if let fd = pc.interruptEventFD, let dispatcher = record.dispatcher {
+            do { try dispatcher.add(channel, fd: fd) } catch {
+                pc.free()
+                throw error
+            }
+        }
         record.channels.withLock { $0.append(channel) }
-        if let fd = pc.interruptEventFD { record.dispatcher?.add(channel, fd: fd) }
         return channel
     }
 
