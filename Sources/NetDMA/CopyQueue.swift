@@ -208,17 +208,24 @@ public final class CopyQueue {
         if !counted { ring[last].next = 0 }
         let chain = DescriptorChain(address: ring + first, iova: ringIOVA &+ UInt64(truncatingIfNeeded: first) &* 64,
                                     count: Int(truncatingIfNeeded: n))
-        if needsStart {
-            try startAt(chain)
-        } else {
-            let oldTail = ring + Int(truncatingIfNeeded: (submitted &- 1) & mask)
-            if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
-            do {
-                try channel.append(chain)
-            } catch {
-                if !counted { DescriptorPool.publishNext(of: oldTail, 0) }
-                try submitAfterHalt(chain, oldTail: oldTail, error)
+        do {
+            if needsStart {
+                try startAt(chain)
+            } else {
+                let oldTail = ring + Int(truncatingIfNeeded: (submitted &- 1) & mask)
+                if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
+                do {
+                    try channel.append(chain)
+                } catch {
+                    if !counted { DescriptorPool.publishNext(of: oldTail, 0) }
+                    try submitAfterHalt(chain, oldTail: oldTail, error)
+                }
             }
+        } catch {
+            // Not submitted: restore the 1.x ring link, so that the batch can grow and be
+            // submitted later as one chain.
+            if !counted { ring[last].next = ringIOVA &+ ((UInt64(truncatingIfNeeded: last) &+ 1) & mask) &* 64 }
+            throw error
         }
         submitted = enqueued
     }

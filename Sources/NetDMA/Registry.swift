@@ -440,6 +440,11 @@ public final class NetDMARegistry: Sendable {
         return channel
     }
 
+    /// The thread counter of a started provider's interrupt machinery (tests).
+    func interruptThreads(_ handle: ProviderHandle) -> ThreadCounter? {
+        state.withLock { $0.providers[handle.id]?.record.dispatcher?.threads }
+    }
+
     /// `NetDmaIsr`: the CPU on which a channel's DPC must run (the CPU reported at allocation).
     func dpcCPU(for channel: NetDMAChannel, lastCompleted: UInt64) -> Int { channel.cpu }
 

@@ -202,4 +202,31 @@ struct CopyQueueTests {
             #expect(error.code == .unsupported)
         }
     }
+
+    @Test("a CopyQueue survives PowerDown/PowerUp: drained, re-Started, every op reported once",
+          arguments: TargetFactory.powerEvents)
+    func powerCycle(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let q = try CopyQueue(channel: try h.channel(), ringSize: 16)
+        let src = try h.memory.allocate(length: 65536), dst = try h.memory.allocate(length: 65536)
+        src.fillPattern(13)
+        var retired = 0
+        for i in 0..<10 { _ = try q.enqueueCopy(source: src.iova(at: i * 1024), destination: dst.iova(at: i * 1024), length: 1024) }
+        try q.submit()
+        try h.registry.notify(h.handle, event: .powerDown)
+        retired += q.completed(max: 64).count
+        #expect(retired == 10, "PowerDown returned with the queue drained")
+        _ = try q.enqueueNull()
+        do { try q.submit(); Issue.record("submitted while powered down") } catch { #expect(error.code == .invalidState) }
+        try h.registry.notify(h.handle, event: .powerUp)
+        for i in 10..<30 {
+            if q.freeSlots == 0 { try q.submit(); #expect(waitUntil { (retired += q.completed(max: 64).count, q.freeSlots > 0).1 }) }
+            _ = try q.enqueueCopy(source: src.iova(at: i * 1024), destination: dst.iova(at: i * 1024), length: 1024)
+        }
+        try q.submit()
+        #expect(waitUntil { retired += q.completed(max: 64).count; return retired == 31 })
+        #expect(q.completed(max: 64).count == 0)
+        #expect(dst.bytes(at: 0, count: 30 * 1024) == src.bytes(at: 0, count: 30 * 1024))
+    }
 }
