@@ -67,6 +67,11 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     /// The BAR2 size: 16 KiB per WQ.
     public let bar2Length: Int
 
+    // Capabilities, copied out of the profile for the engine's hot path.
+    let genCap: DSA.GenCap
+    let wqCap: DSA.WQCap
+    let version: UInt32
+
     // Geometry.
     let wqCount: Int
     let groupCount: Int
@@ -142,6 +147,9 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         self.iommu = iommu
         self.execution = execution
         self.options = options
+        genCap = profile.genCap
+        wqCap = profile.wqCap
+        version = profile.version
         wqCount = profile.wqCap.count
         groupCount = profile.grpCap.count
         engineCount = profile.engineCount

@@ -126,9 +126,9 @@ extension MockDSADevice {
         if !opcodeAllowed(op, wq: wq) || (inBatch && op == DSA.Opcode.batch) { return .error(.badOpcode) }
 
         // 2. Flags.
-        let gencap = profile.genCap
+        let gencap = genCap
         var allowed = DSA.Flags.generalMask
-        if profile.version < 0x200 { allowed &= ~(DSA.Flags.completionRecordSteering | DSA.Flags.destinationSteering) }
+        if version < 0x200 { allowed &= ~(DSA.Flags.completionRecordSteering | DSA.Flags.destinationSteering) }
         if !gencap.cacheControlMemory { allowed &= ~DSA.Flags.cacheControl }
         if !gencap.destinationReadback { allowed &= ~DSA.Flags.destinationReadback }
         let wqBOF = dword(wqcfg(wq, DSA.WQCfg.mode)) & DSA.WQCfg.blockOnFault != 0
@@ -233,7 +233,7 @@ extension MockDSADevice {
     private func opcodeAllowed(_ op: UInt8, wq: Int) -> Bool {
         let w = Int(op) / 64, bit = UInt64(1) << UInt64(op % 64)
         if qword(DSA.OPCAP + 8 * w) & bit == 0 { return false }
-        if profile.wqCap.opConfig && wqStride >= 64 {
+        if wqCap.opConfig && wqStride >= 64 {
             let d = wqcfg(wq, DSA.WQCfg.opConfig + Int(op) / 32)
             if dword(d) & (1 << UInt32(op % 32)) == 0 { return false }
         }

@@ -213,6 +213,72 @@ struct MockDSADescriptorTests {
         #expect(same(h, src, dst, 8))
     }
 
+    @Test("DSA 2.0: a WQ's op_config refuses opcodes it does not allow")
+    func opConfig() throws {
+        let h = try DSAHarness(profile: DSA.dsa2)
+        h.configure(wqs: 2, size: 16)
+        // op_config resets to OPCAP; take memmove away from WQ 1 only.
+        let d = h.wqcfg(1, DSA.WQCfg.opConfig)
+        #expect(h.regs.read32(d) == UInt32(truncatingIfNeeded: DSA.sprOPCAP0))
+        h.regs.write32(d, h.regs.read32(d) & ~(1 << UInt32(DSA.Opcode.memmove)))
+        #expect(h.command(.enableDevice) == .success)
+        #expect(h.command(.enableWQ, 0) == .success && h.command(.enableWQ, 1) == .success)
+        h.submit(Desc(DSA.Opcode.memmove, completion: h.iova(0), src: h.iova(src), dst: h.iova(dst), size: 8), wq: 0)
+        h.submit(Desc(DSA.Opcode.memmove, completion: h.iova(32), src: h.iova(src), dst: h.iova(dst), size: 8), wq: 1)
+        #expect(h.waitRecord(0).code == .success)
+        #expect(h.waitRecord(32).code == .badOpcode)
+        // op_config is locked while the WQ is enabled.
+        h.regs.write32(d, 0xFFFF_FFFF)
+        #expect(h.regs.read32(d) & (1 << UInt32(DSA.Opcode.memmove)) == 0)
+    }
+
+    @Test("FENCE outside a batch is accepted, or refused with 0x11 in strict mode")
+    func fenceOutsideBatch() throws {
+        let lax = try DSAHarness()
+        lax.bringUp(wqs: 1)
+        lax.submit(Desc(DSA.Opcode.noop, flags: rcr | DSA.Flags.fence, completion: lax.iova(0)))
+        #expect(lax.waitRecord(0).code == .success)
+        var o = MockDSADevice.Options(); o.strictFence = true
+        let strict = try DSAHarness(options: o)
+        strict.bringUp(wqs: 1)
+        strict.submit(Desc(DSA.Opcode.noop, flags: rcr | DSA.Flags.fence, completion: strict.iova(0)))
+        let r = strict.waitRecord(0)
+        #expect(r.code == .invalidFlags && r.extra == DSA.Flags.fence)
+    }
+
+    @Test("CRC seed from memory; an unmapped seed address is a read fault")
+    func crcSeedAddress() throws {
+        let h = try DSAHarness(mapped: 0x40000)
+        h.bringUp(wqs: 1)
+        for (i, b) in Array("123456789".utf8).enumerated() { h.at(src + i).storeBytes(of: b, as: UInt8.self) }
+        h.submit(Desc(DSA.Opcode.crcGenerate, completion: h.iova(0), src: h.iova(src), size: 4))
+        let first = h.waitRecord(0).extra
+        h.at(0x3000).storeBytes(of: first, as: UInt32.self)
+        var d = Desc(DSA.Opcode.crcGenerate, flags: rcr | DSA.Flags.crcReadSeed, completion: h.iova(32), src: h.iova(src + 4), size: 5)
+        d.set(DSA.Descriptor.crcSeedAddress, h.iova(0x3000))
+        h.submit(d)
+        #expect(h.waitRecord(32).extra == 0xE306_9283)
+        d.set(DSA.Descriptor.completionAddress, h.iova(64))
+        d.set(DSA.Descriptor.crcSeedAddress, h.iova(0x50000))
+        h.submit(d)
+        let f = h.waitRecord(64)
+        #expect(f.status == DSA.CompletionStatus.pageFault.rawValue && f.fault == h.iova(0x50000))
+    }
+
+    @Test("a completion record reused without zeroing keeps its stale status until rewritten")
+    func staleRecord() throws {
+        let h = try DSAHarness()
+        h.bringUp(wqs: 1)
+        h.device.stall()
+        h.at(0).storeBytes(of: DSA.CompletionStatus.success.rawValue, as: UInt8.self)
+        h.submit(Desc(DSA.Opcode.memmove, completion: h.iova(0), src: h.iova(src), dst: h.iova(dst), size: 0))
+        // The driver would see "success" here although the descriptor has not run.
+        #expect(h.record(0).code == .success)
+        h.device.resume()
+        h.device.runUntilIdle()
+        #expect(h.record(0).code == .transferSizeRange)
+    }
+
     // MARK: Partial completion
 
     @Test("a write fault part way through a copy: status 0x83, bytes done, fault address; the driver resumes")
