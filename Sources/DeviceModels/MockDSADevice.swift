@@ -11,17 +11,17 @@ import Glibc
 /// device and WQ state machines, every device command, the descriptor engine, completion
 /// records, SWERR and MSI-X interrupts through eventfds.
 ///
-/// Drive BAR0 through ``registers`` (a ``RegisterIO``) and BAR2 through ``portals`` (a
-/// ``PortalIO``) exactly as a driver drives the mmapped BARs of a vfio-pci device. Every
+/// Drive BAR0 through ``bar0`` (a ``RegisterIO``), BAR2 through ``bar2`` (a ``PortalIO``) and
+/// config space through ``config`` exactly as a driver drives the mmapped BARs of a vfio-pci device. Every
 /// memory access the model makes (batch lists, sources, destinations, completion records)
 /// goes through ``iommu``; an unmapped address becomes the documented completion status
 /// (0x03 partial completion, 0x06 for a batch list) or SWERR (0x1A when the completion record
 /// itself cannot be written), never a crash.
 ///
-/// Execution: with ``Execution/thread(spinIterations:)`` an engine thread takes descriptors as
-/// they arrive (spinning briefly, then sleeping on a futex); with ``Execution/manual`` nothing
-/// runs until the test calls ``step()`` or ``runUntilIdle(limit:)``, so WQ occupancy, drops
-/// and command waits are deterministic.
+/// Execution: with ``Execution/thread`` an engine thread takes descriptors as they arrive
+/// (spinning briefly, then sleeping on a futex); with ``Execution/manual`` nothing runs until
+/// the test calls ``step()`` or ``runUntilIdle(maxSteps:)``, so WQ occupancy, drops and
+/// command waits are deterministic.
 ///
 /// Model choices where the reference has gaps: one engine thread serves every WQ round-robin
 /// and completes descriptors in submission order per WQ; the minimum batch count is
@@ -35,23 +35,59 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
 
     /// How the model's engine runs.
     public enum Execution: Sendable, Hashable {
-        /// Descriptors run only when the test calls ``MockDSADevice/step()``.
+        /// On its own thread, at memcpy speed: it spins ``Options/spinIterations`` idle passes,
+        /// then sleeps on a futex until the next portal write or command.
+        case thread
+        /// Only when the caller calls ``MockDSADevice/step()`` or ``MockDSADevice/runUntilIdle(maxSteps:)``.
         case manual
-        /// An engine thread runs descriptors; it spins `spinIterations` times, then sleeps.
-        case thread(spinIterations: Int = 4096)
     }
 
     /// Behaviour switches for tests.
     public struct Options: Sendable, Hashable {
         /// CMDSTS reads that still show "active" before a command runs (exercises polling).
-        public var commandLatency: Int = 0
+        public var commandLatency: Int
         /// Reject non-zero operands of device-level commands with CMDSTS 0x04.
-        public var strictReservedOperand: Bool = false
+        public var strictReservedOperand: Bool
         /// Reject FENCE outside a batch with status 0x11.
-        public var strictFence: Bool = false
-        /// The smallest batch count accepted (GAP: 2 by the hardware documentation, 4 by DML).
-        public var minimumBatchCount: Int = 2
-        public init() {}
+        public var strictFence: Bool
+        /// The smallest batch count accepted (GAP: 2 here; DML refuses fewer than 4).
+        public var minimumBatchCount: Int
+        /// Idle passes the engine thread spins (with a pause) before it sleeps.
+        public var spinIterations: Int
+
+        public init(commandLatency: Int = 0, strictReservedOperand: Bool = false, strictFence: Bool = false,
+                    minimumBatchCount: Int = 2, spinIterations: Int = 2000) {
+            self.commandLatency = commandLatency
+            self.strictReservedOperand = strictReservedOperand
+            self.strictFence = strictFence
+            self.minimumBatchCount = minimumBatchCount
+            self.spinIterations = spinIterations
+        }
+    }
+
+    /// A fault the model injects.
+    public enum Fault: Sendable, Hashable {
+        /// The `index`-th operation executed from now on (0: the next; batch members count,
+        /// the batch descriptor itself does not) fails with `status` without touching memory.
+        case failDescriptor(index: Int, status: DSA.CompletionStatus)
+        /// A fatal error: the device enters Halt with `resetType` (GENSTS bits 3:2), INTCAUSE
+        /// bit 4 is set and vector 0 fires if GENCTRL bit 1 enables it.
+        case halt(resetType: DSA.ResetType)
+    }
+
+    /// Counters, for tests and diagnostics.
+    public struct Statistics: Sendable, Hashable {
+        /// Operations executed, failed ones included (batch members count one each).
+        public var descriptorsExecuted: UInt64
+        /// Descriptors dropped at a portal: dedicated WQ full, WQ or device not enabled.
+        public var droppedDescriptors: UInt64
+        /// Interrupts written to an eventfd.
+        public var interruptsSignalled: UInt64
+        /// Interrupts that reached no eventfd (no route) or were suppressed by the MSI-X
+        /// permission table's ignore bit.
+        public var interruptsLost: UInt64
+        /// IOMMU translation faults.
+        public var iommuFaults: UInt64
     }
 
     /// The capability profile (VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP).
@@ -105,7 +141,8 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     let sleeping = Atomic<UInt32>(0)
     let stopFlag = Atomic<Bool>(false)
     let stalledFlag = Atomic<Bool>(false)
-    let poweredOff = Atomic<Bool>(false)
+    /// Non-zero while BAR accesses are not decoded: bit 0 power off, bit 1 COMMAND.Memory clear.
+    let decodeOff = Atomic<UInt8>(0)
     let engineBusy = Atomic<Bool>(false)
     let commandPending = Atomic<Bool>(false)
     let nextWQ = Atomic<Int>(0)
@@ -113,6 +150,12 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     let injectStatus = Atomic<UInt8>(0)
     let dropped = Atomic<UInt64>(0)
     let operations = Atomic<UInt64>(0)
+    let signalled = Atomic<UInt64>(0)
+    let lost = Atomic<UInt64>(0)
+    let stepping = Atomic<Bool>(false)
+    /// Eventfd duplicates replaced by a later route; closed at deinit (the engine may still
+    /// be writing to one, so it is never closed earlier).
+    let retiredFDs = Mutex<[Int32]>([])
     var thread: pthread_t? = nil
 
     // Control plane.
@@ -141,7 +184,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     ///   - iommu: the address space descriptors' IOVAs are translated through.
     ///   - execution: an engine thread (default) or manual stepping.
     ///   - options: test switches.
-    public init(profile: DSA.Profile = DSA.sapphireRapids, iommu: SoftIOMMU, execution: Execution = .thread(),
+    public init(profile: DSA.Profile = DSA.sapphireRapids, iommu: SoftIOMMU, execution: Execution = .thread,
                 options: Options = Options()) {
         self.profile = profile
         self.iommu = iommu
@@ -188,7 +231,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         scratch = .allocate(byteCount: 128, alignment: 64)
         doorbell = atomics(1, 0)
         powerOnReset()
-        if case .thread = execution { startThread() }
+        if execution == .thread { startThread() }
     }
 
     deinit {
@@ -204,18 +247,22 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         slotSeq.deinitialize(count: wqCount * maxEntries); slotSeq.deallocate()
         slotData.deallocate()
         slotIMS.deallocate()
+        for i in 0..<interruptVectorCount where vectorFD[i].load(ordering: .relaxed) >= 0 { close(vectorFD[i].load(ordering: .relaxed)) }
         vectorFD.deinitialize(count: interruptVectorCount); vectorFD.deallocate()
         vectorCount.deinitialize(count: interruptVectorCount); vectorCount.deallocate()
         scratch.deallocate()
         doorbell.deinitialize(count: 1); doorbell.deallocate()
+        for fd in retiredFDs.withLock({ $0 }) { close(fd) }
     }
 
     // MARK: - Views
 
-    /// BAR0: the register window (``RegisterIO``).
-    public var registers: MockDSARegisters { MockDSARegisters(device: self) }
-    /// BAR2: the portal window (``PortalIO``).
-    public var portals: MockDSAPortals { MockDSAPortals(device: self) }
+    /// BAR0 (VFIO region 0): the registers, a ``RegisterIO``.
+    public var bar0: MockDSARegisters { MockDSARegisters(device: self) }
+    /// BAR2 (VFIO region 2): the portals, a ``PortalIO``.
+    public var bar2: MockDSAPortals { MockDSAPortals(device: self) }
+    /// The PCI configuration space (VFIO's config region): IDs and the COMMAND register.
+    public var config: MockDSAConfig { MockDSAConfig(device: self) }
 
     // MARK: - PCI
 
@@ -238,6 +285,16 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         }
     }
 
+    /// COMMAND bit 1, Memory Space Enable: while clear, BAR0 reads return all-ones and BAR0
+    /// and BAR2 writes are dropped, as on a PCIe bus.
+    public var memorySpaceEnabled: Bool {
+        get { decodeOff.load(ordering: .acquiring) & 2 == 0 }
+        set {
+            if newValue { _ = decodeOff.bitwiseAnd(~2, ordering: .sequentiallyConsistent) }
+            else { _ = decodeOff.bitwiseOr(2, ordering: .sequentiallyConsistent) }
+        }
+    }
+
     /// A function-level reset (`VFIO_DEVICE_RESET`): queued descriptors are discarded without
     /// records and every register returns to its reset value. The only way out of a Halt whose
     /// reset type is FLR. Bus Master keeps its value (vfio-pci restores config space).
@@ -248,24 +305,44 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         }
     }
 
-    // MARK: - Engine control (manual mode and fault injection)
+    // MARK: - Manual stepping
 
     /// Runs one unit of engine work: one descriptor (a whole batch counts as one), or
     /// progress on a waiting command. Returns false when there was nothing to do.
     ///
-    /// - Precondition: the model was created with ``Execution/manual``.
+    /// - Precondition: the model was created with `execution: .manual`; no concurrent calls.
     @discardableResult
     public func step() -> Bool {
-        precondition(execution == .manual, "step() drives a manual-mode MockDSADevice only")
+        precondition(execution == .manual, "MockDSADevice.step() needs execution: .manual")
+        precondition(!stepping.exchange(true, ordering: .acquiring), "MockDSADevice.step() called concurrently")
+        defer { stepping.store(false, ordering: .releasing) }
         return engineStep()
     }
 
-    /// Steps until nothing is left to do (or `limit` steps); returns the steps taken.
+    /// Steps until nothing is left to do (or `maxSteps` steps); returns the steps taken.
+    ///
+    /// - Precondition: the model was created with `execution: .manual`.
     @discardableResult
-    public func runUntilIdle(limit: Int = 1 << 20) -> Int {
+    public func runUntilIdle(maxSteps: Int = Int.max) -> Int {
         var n = 0
-        while n < limit && step() { n += 1 }
+        while n < maxSteps && step() { n += 1 }
         return n
+    }
+
+    /// Waits until every WQ is empty, no descriptor runs and no command waits, or `timeout`
+    /// passes. In manual mode it runs the engine itself. Returns whether the device went idle.
+    public func waitUntilIdle(timeout: Duration = .seconds(5)) -> Bool {
+        if execution == .manual { runUntilIdle(); return isIdle }
+        let (s, a) = timeout.components
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let end = Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec) &+ s &* 1_000_000_000 &+ a / 1_000_000_000
+        while !isIdle {
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            if Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec) > end { return false }
+            sched_yield()
+        }
+        return true
     }
 
     /// Descriptors accepted by WQ `wq` and not yet taken by the engine (WQCFG dword 6 bits 15:0).
@@ -281,20 +358,34 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         return true
     }
 
-    /// Descriptors dropped at a portal (full dedicated WQ, WQ or device not enabled).
-    public var droppedDescriptors: UInt64 { dropped.load(ordering: .relaxed) }
-    /// Operations executed (batch members count one each; the batch descriptor itself does not).
-    public var executedOperations: UInt64 { operations.load(ordering: .relaxed) }
+    /// Counters since creation.
+    public var statistics: Statistics {
+        Statistics(descriptorsExecuted: operations.load(ordering: .relaxed),
+                   droppedDescriptors: dropped.load(ordering: .relaxed),
+                   interruptsSignalled: signalled.load(ordering: .relaxed),
+                   interruptsLost: lost.load(ordering: .relaxed),
+                   iommuFaults: iommu.faults)
+    }
 
-    /// Makes the operation `after` operations from now (0 = the next) fail with `status`
-    /// without touching memory; its record carries `status`.
-    public func failOperation(after: Int = 0, status: DSA.CompletionStatus) {
-        injectStatus.store(status.rawValue, ordering: .relaxed)
-        injectCountdown.store(after, ordering: .releasing)
+    /// How many times vector `vector` has fired (routed or not, unless suppressed).
+    public func interruptCount(vector: Int) -> UInt64 { vectorCount[vector].load(ordering: .acquiring) }
+
+    // MARK: - Fault injection
+
+    /// Injects `fault`.
+    public func inject(_ fault: Fault) {
+        switch fault {
+        case .failDescriptor(let index, let status):
+            injectStatus.store(status.rawValue, ordering: .relaxed)
+            injectCountdown.store(max(0, index), ordering: .releasing)
+        case .halt(let resetType):
+            enterHalt(resetType)
+        }
     }
 
     /// Stops the engine from taking descriptors: they pile up in their WQs (occupancy grows,
-    /// a dedicated WQ overflows). Commands that wait stay active.
+    /// a dedicated WQ overflows) and commands that wait for them stay active. Commands that
+    /// discard descriptors (abort, reset) still run.
     public func stall() { stalledFlag.store(true, ordering: .releasing) }
 
     /// Lets a stalled engine run again.
@@ -303,53 +394,70 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         wakeEngine()
     }
 
-    /// Injects a fatal error: the device enters Halt with `resetType` (GENSTS bits 3:2),
-    /// INTCAUSE bit 4 is set and vector 0 fires if GENCTRL enables halt interrupts.
-    public func injectHalt(resetType: DSA.ResetType = .software) { enterHalt(resetType) }
-
-    /// Power loss: queued descriptors vanish without records or interrupts, register reads
-    /// return all-ones and writes and portal writes are ignored until ``powerOn()``.
-    public func powerLoss() {
-        poweredOff.store(true, ordering: .sequentiallyConsistent)
-        quiesceEngine { control.withLock { $0.pending = nil } }
-    }
-
-    /// Power returns: every register is at its reset value (a cold reset).
-    public func powerOn() {
+    /// Power loss: queued descriptors vanish without records or interrupts and every register
+    /// returns to its power-on value (Disabled, configuration lost). With `stayOff`, register
+    /// reads return all-ones and writes and portal writes are ignored until ``powerOn()``.
+    /// Returns once the engine has stopped touching memory.
+    public func injectPowerLoss(stayOff: Bool = false) {
+        if stayOff { _ = decodeOff.bitwiseOr(1, ordering: .sequentiallyConsistent) }
         quiesceEngine {
             control.withLock { $0.pending = nil }
             powerOnReset()
         }
-        poweredOff.store(false, ordering: .sequentiallyConsistent)
     }
 
-    /// How many times vector `vector` has fired since creation (whether or not routed).
-    public func interruptCount(vector: Int) -> UInt64 { vectorCount[vector].load(ordering: .acquiring) }
+    /// Power returns after ``injectPowerLoss(stayOff:)``: the device answers again, at reset values.
+    public func powerOn() {
+        quiesceEngine { powerOnReset() }
+        _ = decodeOff.bitwiseAnd(~1, ordering: .sequentiallyConsistent)
+    }
 
     // MARK: - InterruptRouting
 
+    /// Routes vector `start + i` to `eventFDs[i]` (-1 detaches it). The model keeps its own
+    /// duplicate of each eventfd, as VFIO keeps a reference.
+    ///
+    /// - Throws: `.invalidArgument` for vectors beyond ``interruptVectorCount`` or a bad fd.
     public func routeInterrupts(start: Int, eventFDs: [Int32]) throws(DriverError) {
         guard start >= 0, start + eventFDs.count <= interruptVectorCount else {
             throw DriverError(.invalidArgument,
-                "Vectors \(start)..<\(start + eventFDs.count) exceed the model's \(interruptVectorCount) MSI-X vectors.")
+                "Vectors \(start)..<\(start + eventFDs.count) do not exist: this DSA has \(interruptVectorCount) MSI-X vectors.")
         }
-        for (i, fd) in eventFDs.enumerated() { vectorFD[start + i].store(fd, ordering: .releasing) }
+        var dups: [Int32] = []
+        for fd in eventFDs {
+            if fd < 0 { dups.append(-1); continue }
+            let d = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+            guard d >= 0 else {
+                for x in dups where x >= 0 { close(x) }
+                throw DriverError(.invalidArgument, errno: .init(rawValue: errno), "Eventfd \(fd) is not an open file descriptor.")
+            }
+            dups.append(d)
+        }
+        for (i, d) in dups.enumerated() { retire(vectorFD[start + i].exchange(d, ordering: .acquiringAndReleasing)) }
     }
 
+    /// Detaches every vector.
     public func disableInterrupts() throws(DriverError) {
-        for i in 0..<interruptVectorCount { vectorFD[i].store(-1, ordering: .releasing) }
+        for i in 0..<interruptVectorCount { retire(vectorFD[i].exchange(-1, ordering: .acquiringAndReleasing)) }
+    }
+
+    private func retire(_ fd: Int32) {
+        if fd >= 0 { retiredFDs.withLock { $0.append(fd) } }
     }
 
     /// Signals MSI-X vector `vector` unless its permission entry sets "ignore".
     func signal(vector: Int) {
         guard vector >= 0, vector < interruptVectorCount else { return }
         let perm = dword(tableOffset.msixPerm + vector * DSA.MSIXPerm.stride)
-        if perm & DSA.MSIXPerm.ignore != 0 { return }
+        if perm & DSA.MSIXPerm.ignore != 0 { lost.add(1, ordering: .relaxed); return }
         vectorCount[vector].add(1, ordering: .releasing)
         let fd = vectorFD[vector].load(ordering: .acquiring)
         if fd >= 0 {
             var one: UInt64 = 1
             _ = Glibc.write(fd, &one, 8)
+            signalled.add(1, ordering: .relaxed)
+        } else {
+            lost.add(1, ordering: .relaxed)
         }
     }
 
@@ -420,7 +528,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     // MARK: - Register access (the RegisterIO of BAR0)
 
     func readRegister(_ offset: Int) -> UInt32 {
-        if poweredOff.load(ordering: .acquiring) { return 0xFFFF_FFFF }
+        if decodeOff.load(ordering: .acquiring) != 0 { return 0xFFFF_FFFF }
         if offset == DSA.CMDSTS { return readCMDSTS() }
         let tw = tableOffset.wqcfg
         if offset >= tw && offset < tw + wqCount * wqStride {
@@ -434,7 +542,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
 
     /// Writes `value` to the bits `mask` of the dword at `offset` (a piece of an 8–64-bit store).
     func writeRegister(_ offset: Int, _ value: UInt32, mask: UInt32) {
-        if poweredOff.load(ordering: .acquiring) { return }
+        if decodeOff.load(ordering: .acquiring) != 0 { return }
         if offset == DSA.CMD {
             if mask == 0xFFFF_FFFF { issueCommand(value) }
             return
@@ -524,7 +632,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     /// else copy the descriptor into the WQ. Lock-free and allocation-free.
     func submit(_ offset: Int, _ descriptor: UnsafeRawPointer) {
         guard offset & 63 == 0, offset >= 0, offset + 64 <= bar2Length else { return }
-        if poweredOff.load(ordering: .relaxed) { return }
+        if decodeOff.load(ordering: .relaxed) != 0 { return }
         let wq = offset >> 14
         let ims: UInt8 = (offset >> 12) & 2 != 0 ? 1 : 0
         if wqState[wq].load(ordering: .acquiring) != DSA.WQState.enabled.rawValue || deviceState != .enabled {
@@ -583,7 +691,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     }
 
     private func engineMain() {
-        guard case .thread(let spins) = execution else { return }
+        let spins = options.spinIterations
         let word = UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self)
         var idle = 0
         while !stopFlag.load(ordering: .acquiring) {
@@ -603,7 +711,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     /// Runs `body` while the engine is guaranteed not to be executing a descriptor.
     func quiesceEngine(_ body: () -> Void) {
         let wasStalled = stalledFlag.exchange(true, ordering: .sequentiallyConsistent)
-        if case .thread = execution {
+        if execution == .thread {
             while engineBusy.load(ordering: .sequentiallyConsistent) { cvfio_pause() }
         }
         body()
@@ -664,4 +772,58 @@ public struct MockDSAPortals: PortalIO, @unchecked Sendable {
     /// MOVDIR64B of `descriptor` to the portal at `offset`.
     @inline(__always)
     public func submit64(_ offset: Int, _ descriptor: UnsafeRawPointer) { device.submit(offset, descriptor) }
+}
+
+/// The PCI configuration space of a ``MockDSADevice`` (4 KiB): vendor and device ID, COMMAND
+/// (bit 1 Memory Space, bit 2 Bus Master; the rest read as zero and ignore writes), the class
+/// code (0x088000, system peripheral). Everything else reads zero.
+public struct MockDSAConfig: RegisterIO, @unchecked Sendable {
+    /// The device this space belongs to.
+    public let device: MockDSADevice
+    public var length: Int { 4096 }
+    /// PCI `COMMAND` (16-bit at 0x04).
+    public static let COMMAND = 0x04
+    public static let commandMemorySpace: UInt16 = 1 << 1
+    public static let commandBusMaster: UInt16 = 1 << 2
+
+    private func dword(_ offset: Int) -> UInt32 {
+        switch offset {
+        case 0x00: return UInt32(device.profile.deviceID) << 16 | UInt32(DSA.vendorID)
+        case 0x04:
+            return UInt32((device.memorySpaceEnabled ? Self.commandMemorySpace : 0)
+                          | (device.busMasterEnabled ? Self.commandBusMaster : 0))
+        case 0x08: return 0x0880_0000
+        default: return 0
+        }
+    }
+    private func write(_ offset: Int, _ value: UInt32, mask: UInt32) {
+        guard offset == Self.COMMAND, mask & 0xFFFF != 0 else { return }
+        let v = (dword(offset) & ~mask) | (value & mask)
+        device.memorySpaceEnabled = v & UInt32(Self.commandMemorySpace) != 0
+        device.busMasterEnabled = v & UInt32(Self.commandBusMaster) != 0
+    }
+    @inline(__always) private func check(_ offset: Int, _ width: Int) {
+        precondition(offset >= 0 && offset & (width - 1) == 0 && offset + width <= 4096,
+                     "config access of \(width) bytes at 0x\(String(offset, radix: 16)) is misaligned or out of range")
+    }
+    public func read8(_ offset: Int) -> UInt8 { check(offset, 1); return UInt8(truncatingIfNeeded: dword(offset & ~3) >> UInt32((offset & 3) * 8)) }
+    public func read16(_ offset: Int) -> UInt16 { check(offset, 2); return UInt16(truncatingIfNeeded: dword(offset & ~3) >> UInt32((offset & 3) * 8)) }
+    public func read32(_ offset: Int) -> UInt32 { check(offset, 4); return dword(offset) }
+    public func read64(_ offset: Int) -> UInt64 { check(offset, 8); return UInt64(dword(offset)) | UInt64(dword(offset + 4)) << 32 }
+    public func write8(_ offset: Int, _ value: UInt8) {
+        check(offset, 1)
+        let s = UInt32((offset & 3) * 8)
+        write(offset & ~3, UInt32(value) << s, mask: 0xFF << s)
+    }
+    public func write16(_ offset: Int, _ value: UInt16) {
+        check(offset, 2)
+        let s = UInt32((offset & 3) * 8)
+        write(offset & ~3, UInt32(value) << s, mask: 0xFFFF << s)
+    }
+    public func write32(_ offset: Int, _ value: UInt32) { check(offset, 4); write(offset, value, mask: 0xFFFF_FFFF) }
+    public func write64(_ offset: Int, _ value: UInt64) {
+        check(offset, 8)
+        write(offset, UInt32(truncatingIfNeeded: value), mask: 0xFFFF_FFFF)
+        write(offset + 4, UInt32(truncatingIfNeeded: value >> 32), mask: 0xFFFF_FFFF)
+    }
 }

@@ -95,7 +95,7 @@ struct MockDSACommandTests {
     func bringUpFromHalt() throws {
         let h = try DSAHarness()
         h.bringUp()
-        h.device.injectHalt(resetType: .software)
+        h.device.inject(.halt(resetType: .software))
         #expect(h.deviceState == .halted)
         #expect(h.command(.enableWQ, 0) == .hardwareError)
         #expect(h.command(.resetDevice) == .success)
@@ -103,7 +103,7 @@ struct MockDSACommandTests {
         #expect(h.regs.read32(h.wqcfg(0, DSA.WQCfg.size)) == 0)  // configuration back to reset values
         h.bringUp()
 
-        h.device.injectHalt(resetType: .flr)
+        h.device.inject(.halt(resetType: .flr))
         #expect(h.regs.read32(DSA.GENSTS) == DSA.DeviceState.halted.rawValue | DSA.ResetType.flr.rawValue << 2)
         #expect(h.command(.resetDevice) == .hardwareError)
         h.device.functionLevelReset()
@@ -367,16 +367,44 @@ struct MockDSACommandTests {
         h.bringUp(wqs: 1)
     }
 
+    @Test("config space: IDs and COMMAND; Bus Master through config gates Enable Device; Memory off hides BAR0")
+    func configSpace() throws {
+        let h = try DSAHarness()
+        let c = h.device.config
+        #expect(c.read16(0) == 0x8086 && c.read16(2) == 0x0B25)
+        #expect(c.read32(8) >> 8 == 0x088000)
+        #expect(c.read16(MockDSAConfig.COMMAND) == MockDSAConfig.commandMemorySpace | MockDSAConfig.commandBusMaster)
+        c.write16(MockDSAConfig.COMMAND, MockDSAConfig.commandMemorySpace)
+        h.configure(wqs: 1, size: 16)
+        #expect(h.command(.enableDevice) == .busMasterDisabled)
+        c.write16(MockDSAConfig.COMMAND, MockDSAConfig.commandMemorySpace | MockDSAConfig.commandBusMaster)
+        #expect(h.command(.enableDevice) == .success)
+        c.write16(MockDSAConfig.COMMAND, MockDSAConfig.commandBusMaster)
+        #expect(h.regs.read32(DSA.VERSION) == 0xFFFF_FFFF)
+        h.regs.write32(DSA.GENCTRL, 1)
+        c.write16(MockDSAConfig.COMMAND, MockDSAConfig.commandMemorySpace | MockDSAConfig.commandBusMaster)
+        #expect(h.regs.read32(DSA.VERSION) == 0x100 && h.regs.read32(DSA.GENCTRL) == 0)
+        #expect(h.deviceState == .enabled)
+    }
+
     @Test("power loss: all-ones reads, ignored writes; power on: reset values")
     func powerLoss() throws {
         let h = try DSAHarness()
         h.bringUp(wqs: 1)
-        h.device.powerLoss()
+        h.submit(Desc(DSA.Opcode.noop, completion: h.iova(0)))
+        h.device.injectPowerLoss(stayOff: true)
         #expect(h.regs.read32(DSA.VERSION) == 0xFFFF_FFFF)
         #expect(h.regs.read64(DSA.GENSTS) == UInt64.max)
+        h.submit(Desc(DSA.Opcode.noop, completion: h.iova(32)))
         h.device.powerOn()
+        h.device.runUntilIdle()
+        #expect(h.record(0).status == 0 && h.record(32).status == 0)  // lost without records
         #expect(h.regs.read32(DSA.VERSION) == 0x100)
         #expect(h.deviceState == .disabled)
         #expect(h.regs.read32(h.wqcfg(0, DSA.WQCfg.size)) == 0)
+        // A power loss without staying off: back at reset values at once.
+        h.bringUp(wqs: 1)
+        h.device.injectPowerLoss()
+        #expect(h.deviceState == .disabled && h.regs.read32(DSA.VERSION) == 0x100)
     }
 }

@@ -34,7 +34,7 @@ struct MockDSADescriptorTests {
         h.device.runUntilIdle()
         #expect(same(h, src, dst2, 100))
         #expect(h.record(32).status == 0)
-        #expect(h.device.executedOperations == 2)
+        #expect(h.device.statistics.descriptorsExecuted == 2)
     }
 
     @Test("fill repeats the 8-byte pattern, including a ragged tail")
@@ -366,7 +366,7 @@ struct MockDSADescriptorTests {
         #expect(r.code == .batchFail && r.bytes == 4)
         #expect(h.record(0x400 + 32).code == .transferSizeRange)
         #expect(h.record(0x400 + 64).status == 0)
-        #expect(h.device.executedOperations == 4)
+        #expect(h.device.statistics.descriptorsExecuted == 4)
     }
 
     @Test("a fenced member after a failure abandons it and every later member")
@@ -384,7 +384,7 @@ struct MockDSADescriptorTests {
         #expect(r.code == .batchFail && r.bytes == 2)
         #expect(h.at(dst + 0x300).load(as: UInt64.self) == 0x1111)  // member 3 never ran
         #expect(h.record(0x400 + 64).status == 0)  // the fenced member has no record
-        #expect(h.device.executedOperations == 2)
+        #expect(h.device.statistics.descriptorsExecuted == 2)
     }
 
     @Test("a fence after successful members waits and runs")
@@ -439,7 +439,7 @@ struct MockDSADescriptorTests {
         }
         #expect(h.device.occupancy(wq: 5) == 16)
         #expect(h.regs.read32(h.wqcfg(5, DSA.WQCfg.status)) & 0xFFFF == 16)
-        #expect(h.device.droppedDescriptors == 1)
+        #expect(h.device.statistics.droppedDescriptors == 1)
         #expect(h.swerr0 & DSA.SWErr.valid != 0)
         #expect(DSA.SWErr.error(h.swerr0) == DSA.SoftwareErrorCode.wqFull)
         #expect(DSA.SWErr.wqIndex(h.swerr0) == 5 && h.swerr0 & DSA.SWErr.wqIndexValid != 0)
@@ -458,12 +458,12 @@ struct MockDSADescriptorTests {
         #expect(DSA.SWErr.opcode(h.swerr0) == DSA.Opcode.noop)
         h.clearSWERR()
         Desc(DSA.Opcode.noop, completion: h.iova(32)).bytes.withUnsafeBytes {
-            h.device.portals.submit64(h.portal(0) + 32, $0.baseAddress!)
+            h.device.bar2.submit64(h.portal(0) + 32, $0.baseAddress!)
         }
         #expect(h.device.occupancy(wq: 0) == 0 && h.swerr0 & DSA.SWErr.valid == 0)
         // Any 64-byte slot of the page works.
         Desc(DSA.Opcode.noop, completion: h.iova(64)).bytes.withUnsafeBytes {
-            h.device.portals.submit64(h.portal(1) + 0x1FC0, $0.baseAddress!)
+            h.device.bar2.submit64(h.portal(1) + 0x1FC0, $0.baseAddress!)
         }
         #expect(h.waitRecord(64).code == .success)
     }
@@ -530,6 +530,7 @@ struct MockDSADescriptorTests {
         h.submit(d)
         h.device.runUntilIdle()
         #expect(fd2.wait(timeoutMilliseconds: 1000) == 1)
+        #expect(h.device.statistics.interruptsSignalled == 1 && h.device.interruptCount(vector: 2) == 1)
         #expect(fd1.consume() == 0 && fd0.consume() == 0)
         // Ignore bit in the MSI-X permission entry.
         h.regs.write32(h.tables.msixPerm + 2 * 8, DSA.MSIXPerm.ignore)
@@ -538,6 +539,7 @@ struct MockDSADescriptorTests {
         h.device.runUntilIdle()
         #expect(h.record(32).code == .success)
         #expect(fd2.consume() == 0)
+        #expect(h.device.statistics.interruptsLost == 1)
         // IMS portals: no IMS table is modelled, so an interrupt handle is invalid there.
         d.set(DSA.Descriptor.completionAddress, h.iova(64))
         h.submit(d, page: 2)
@@ -557,7 +559,7 @@ struct MockDSADescriptorTests {
         h.submit(Desc(DSA.Opcode.noop), wq: 3)
         #expect(fd.wait(timeoutMilliseconds: 1000) == 1)
         #expect(h.regs.read32(DSA.INTCAUSE) & DSA.IntCause.softwareError != 0)
-        h.device.injectHalt()
+        h.device.inject(.halt(resetType: .software))
         #expect(fd.wait(timeoutMilliseconds: 1000) == 1)
         #expect(h.regs.read32(DSA.INTCAUSE) & DSA.IntCause.halted != 0)
     }
@@ -568,7 +570,7 @@ struct MockDSADescriptorTests {
     func injectedFailure() throws {
         let h = try DSAHarness()
         h.bringUp()
-        h.device.failOperation(after: 2, status: .hardwareError)
+        h.device.inject(.failDescriptor(index: 2, status: .hardwareError))
         for i in 0..<4 {
             h.submit(Desc(DSA.Opcode.memmove, completion: h.iova(32 * i), src: h.iova(src), dst: h.iova(dst), size: 8))
         }
@@ -582,7 +584,7 @@ struct MockDSADescriptorTests {
 
     @Test("the engine thread runs copies of every size, in order per WQ")
     func threaded() throws {
-        let h = try DSAHarness(execution: .thread())
+        let h = try DSAHarness(execution: .thread)
         h.bringUp(wqs: 2, size: 64)
         pattern(h, src, 0x40000)
         let sizes = [1, 63, 64, 4096, 65536, 0x40000]
@@ -599,13 +601,15 @@ struct MockDSADescriptorTests {
         }
         for i in 0..<64 { #expect(h.waitRecord(0x1000 + 32 * i).code == .success) }
         #expect(h.command(.drainAll) == .success)
+        #expect(h.device.waitUntilIdle())
+        #expect(h.device.statistics.descriptorsExecuted == UInt64(sizes.count + 64))
         #expect(h.command(.disableDevice) == .success)
-        #expect(h.device.droppedDescriptors == 0)
+        #expect(h.device.statistics.droppedDescriptors == 0)
     }
 
     @Test("Abort All on a running engine discards queued work and completes")
     func threadedAbort() throws {
-        let h = try DSAHarness(execution: .thread())
+        let h = try DSAHarness(execution: .thread)
         h.bringUp(wqs: 1, size: 16)
         h.device.stall()
         for i in 0..<8 { h.submit(Desc(DSA.Opcode.noop, completion: h.iova(32 * i))) }

@@ -16,7 +16,7 @@ final class DSAHarness: @unchecked Sendable {
     let iommu = SoftIOMMU()
     let device: MockDSADevice
     let memory: UnsafeMutableRawPointer
-    var regs: MockDSARegisters { device.registers }
+    var regs: MockDSARegisters { device.bar0 }
 
     init(profile: DSA.Profile = DSA.sapphireRapids, execution: MockDSADevice.Execution = .manual,
          options: MockDSADevice.Options = .init(), mapped: Int = DSAHarness.memorySize) throws {
@@ -132,7 +132,7 @@ final class DSAHarness: @unchecked Sendable {
     func portal(_ wq: Int) -> Int { wq * DSA.portalWindowSize }
 
     func submit(_ d: Desc, wq: Int = 0, page: Int = 0) {
-        d.bytes.withUnsafeBytes { device.portals.submit64(portal(wq) + page * DSA.portalPageSize, $0.baseAddress!) }
+        d.bytes.withUnsafeBytes { device.bar2.submit64(portal(wq) + page * DSA.portalPageSize, $0.baseAddress!) }
     }
 }
 
