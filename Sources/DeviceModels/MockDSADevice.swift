@@ -55,6 +55,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         /// Idle passes the engine thread spins (with a pause) before it sleeps.
         public var spinIterations: Int
 
+        /// Options; the defaults model the hardware as documented.
         public init(commandLatency: Int = 0, strictReservedOperand: Bool = false, strictFence: Bool = false,
                     minimumBatchCount: Int = 2, spinIterations: Int = 2000) {
             self.commandLatency = commandLatency
@@ -94,7 +95,9 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     public let profile: DSA.Profile
     /// The address space every device memory access goes through.
     public let iommu: SoftIOMMU
+    /// How the engine runs.
     public let execution: Execution
+    /// Test switches.
     public let options: Options
     /// Where the model placed the configuration tables (also readable from TABLE_OFFSET).
     public let tableOffset: DSA.TableOffset
@@ -114,6 +117,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     let engineCount: Int
     let wqStride: Int
     let maxEntries: Int
+    /// MSI-X vectors: 0 for device events and errors, 1… for completions.
     public let interruptVectorCount: Int
 
     // BAR0 as dwords.
@@ -783,7 +787,9 @@ public struct MockDSAConfig: RegisterIO, @unchecked Sendable {
     public var length: Int { 4096 }
     /// PCI `COMMAND` (16-bit at 0x04).
     public static let COMMAND = 0x04
+    /// COMMAND bit 1: Memory Space Enable.
     public static let commandMemorySpace: UInt16 = 1 << 1
+    /// COMMAND bit 2: Bus Master Enable (Enable Device fails with 0x12 without it).
     public static let commandBusMaster: UInt16 = 1 << 2
 
     private func dword(_ offset: Int) -> UInt32 {

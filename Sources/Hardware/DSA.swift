@@ -5,6 +5,7 @@
 ///
 /// Names follow Linux's `drivers/dma/idxd/registers.h` and `include/uapi/linux/idxd.h`.
 public enum DSA {
+    /// Intel's PCI vendor ID.
     public static let vendorID: UInt16 = 0x8086
 
     // MARK: Fixed BAR0 registers (§2.1)
@@ -93,14 +94,21 @@ public enum DSA {
         public var configSizeCode: Int { Int((rawValue >> 24) & 0xF) }
         /// The WQCFG stride in bytes.
         public var configStride: Int { 32 << configSizeCode }
+        /// Bit 48: shared WQs supported.
         public var sharedMode: Bool { rawValue & (1 << 48) != 0 }
+        /// Bit 49: dedicated WQs supported.
         public var dedicatedMode: Bool { rawValue & (1 << 49) != 0 }
+        /// Bit 50: per-WQ ATS disable supported.
         public var atsDisable: Bool { rawValue & (1 << 50) != 0 }
+        /// Bit 51: WQ priority supported.
         public var priority: Bool { rawValue & (1 << 51) != 0 }
+        /// Bit 52: occupancy reporting supported.
         public var occupancy: Bool { rawValue & (1 << 52) != 0 }
+        /// Bit 53: occupancy interrupt supported.
         public var occupancyInterrupt: Bool { rawValue & (1 << 53) != 0 }
         /// Bit 54: per-WQ op_config (DSA 2.0, 64-byte WQCFG).
         public var opConfig: Bool { rawValue & (1 << 54) != 0 }
+        /// Bit 55: per-WQ PRS disable supported (DSA 2.0).
         public var prsDisable: Bool { rawValue & (1 << 55) != 0 }
     }
 
@@ -112,14 +120,19 @@ public enum DSA {
         public var count: Int { Int(rawValue & 0xFF) }
         /// Bits 15:8: total read buffers.
         public var totalReadBuffers: Int { Int((rawValue >> 8) & 0xFF) }
+        /// Bit 16: read-buffer control supported.
         public var readBufferControl: Bool { rawValue & (1 << 16) != 0 }
+        /// Bit 17: read-buffer limit supported.
         public var readBufferLimit: Bool { rawValue & (1 << 17) != 0 }
     }
 
     /// `TABLE_OFFSET` fields: byte offsets in BAR0 of the configuration tables.
     public struct TableOffset: Sendable, Hashable {
+        /// Bits 63:0 of the register.
         public var low: UInt64
+        /// Bits 127:64 of the register.
         public var high: UInt64
+        /// The register from its two 64-bit halves.
         public init(low: UInt64, high: UInt64 = 0) { self.low = low; self.high = high }
         /// Builds the register from byte offsets (each a multiple of 0x100).
         public init(grpcfg: Int, wqcfg: Int, msixPerm: Int, ims: Int, perfmon: Int) {
@@ -172,19 +185,29 @@ public enum DSA {
 
     /// `INTCAUSE` bits (write 1 to clear).
     public enum IntCause {
+        /// Bit 0: software error (SWERR valid).
         public static let softwareError: UInt32 = 1 << 0
+        /// Bit 1: a command asked to interrupt has completed.
         public static let commandCompleted: UInt32 = 1 << 1
+        /// Bit 2: WQ occupancy fell below its limit.
         public static let occupancyBelowLimit: UInt32 = 1 << 2
+        /// Bit 3: perfmon counter overflow.
         public static let perfmonOverflow: UInt32 = 1 << 3
+        /// Bit 4: the device entered Halt.
         public static let halted: UInt32 = 1 << 4
+        /// Bit 5: event-log entry (DSA 2.0).
         public static let eventLog: UInt32 = 1 << 5
+        /// Bit 31: interrupt handles revoked.
         public static let handlesRevoked: UInt32 = 1 << 31
     }
 
     /// `CMD` encoding.
     public enum Cmd {
+        /// Bits 19:0: the operand.
         public static let operandMask: UInt32 = 0xF_FFFF
+        /// The command code's shift (bits 24:20).
         public static let codeShift: UInt32 = 20
+        /// Bits 24:20: the command code.
         public static let codeMask: UInt32 = 0x1F << 20
         /// Bit 31: raise INTCAUSE bit 1 and vector 0 on completion.
         public static let requestInterrupt: UInt32 = 1 << 31
@@ -222,9 +245,13 @@ public enum DSA {
 
     /// `CMDSTS` fields.
     public enum CmdSts {
+        /// Bits 7:0: the error code.
         public static let errorMask: UInt32 = 0xFF
+        /// The result's shift (bits 23:8).
         public static let resultShift: UInt32 = 8
+        /// Bits 23:8: the result (e.g. an interrupt handle).
         public static let resultMask: UInt32 = 0xFFFF << 8
+        /// Bit 31: a command is running.
         public static let active: UInt32 = 1 << 31
     }
 
@@ -232,35 +259,65 @@ public enum DSA {
     public struct CommandError: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
         public let rawValue: UInt8
         public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// CMDSTS: success.
         public static let success = Self(rawValue: 0x00)
+        /// CMDSTS: invalid command code (0x01).
         public static let invalidCommand = Self(rawValue: 0x01)
+        /// CMDSTS: invalid WQ index (0x02).
         public static let invalidWQIndex = Self(rawValue: 0x02)
+        /// CMDSTS: internal or platform hardware error, or device halted (0x03).
         public static let hardwareError = Self(rawValue: 0x03)
+        /// CMDSTS: non-zero reserved field in the command (0x04).
         public static let reservedOperand = Self(rawValue: 0x04)
+        /// CMDSTS: Enable Device: device not disabled (0x10).
         public static let deviceEnabled = Self(rawValue: 0x10)
+        /// CMDSTS: Enable Device: configuration error (0x11).
         public static let configError = Self(rawValue: 0x11)
+        /// CMDSTS: Enable Device: PCI Bus Master Enable is 0 (0x12).
         public static let busMasterDisabled = Self(rawValue: 0x12)
+        /// CMDSTS: Enable Device: PRS allocation unsupported (0x13).
         public static let prsInvalid = Self(rawValue: 0x13)
+        /// CMDSTS: Enable Device: sum of WQ sizes out of range (0x14).
         public static let wqSizeRange = Self(rawValue: 0x14)
+        /// CMDSTS: group configuration: a group lacks WQs or engines (0x15).
         public static let groupConfig = Self(rawValue: 0x15)
+        /// CMDSTS: group configuration: WQ misconfigured (0x16).
         public static let groupWQConfig = Self(rawValue: 0x16)
+        /// CMDSTS: group configuration: engine misconfigured (0x17).
         public static let groupEngineConfig = Self(rawValue: 0x17)
+        /// CMDSTS: group configuration: invalid read-buffer settings (0x18).
         public static let groupReadBuffers = Self(rawValue: 0x18)
+        /// CMDSTS: Enable WQ: device not enabled (0x20).
         public static let deviceNotEnabled = Self(rawValue: 0x20)
+        /// CMDSTS: Enable WQ: WQ not disabled (0x21).
         public static let wqEnabled = Self(rawValue: 0x21)
+        /// CMDSTS: Enable WQ: WQ size is 0 (0x22).
         public static let wqSizeZero = Self(rawValue: 0x22)
+        /// CMDSTS: Enable WQ: priority is 0 (0x23).
         public static let wqPriority = Self(rawValue: 0x23)
+        /// CMDSTS: Enable WQ: mode not supported (0x24).
         public static let wqMode = Self(rawValue: 0x24)
+        /// CMDSTS: Enable WQ: invalid block-on-fault setting (0x25).
         public static let wqBlockOnFault = Self(rawValue: 0x25)
+        /// CMDSTS: Enable WQ: invalid PASID enable (0x26).
         public static let wqPASIDEnable = Self(rawValue: 0x26)
+        /// CMDSTS: Enable WQ: invalid max batch size (0x27).
         public static let wqMaxBatch = Self(rawValue: 0x27)
+        /// CMDSTS: Enable WQ: invalid max transfer size (0x28).
         public static let wqMaxTransfer = Self(rawValue: 0x28)
+        /// CMDSTS: Enable WQ: privileged WQ without PASID privileged mode (0x2A).
         public static let wqPrivileged = Self(rawValue: 0x2A)
+        /// CMDSTS: Enable WQ: invalid occupancy interrupt (0x2B).
         public static let wqOccupancyInterrupt = Self(rawValue: 0x2B)
+        /// CMDSTS: Enable WQ: ATS configuration mismatch (0x2C).
         public static let wqATS = Self(rawValue: 0x2C)
+        /// CMDSTS: Disable Device: device not enabled (0x31).
         public static let deviceNotEnabledForDisable = Self(rawValue: 0x31)
+        /// CMDSTS: WQ command: WQ not enabled (0x32).
         public static let wqNotEnabled = Self(rawValue: 0x32)
+        /// CMDSTS: interrupt handle: invalid table index (0x41).
         public static let invalidInterruptIndex = Self(rawValue: 0x41)
+        /// CMDSTS: no interrupt handle available (0x42).
         public static let noInterruptHandle = Self(rawValue: 0x42)
 
         public var description: String {
@@ -306,15 +363,23 @@ public enum DSA {
         public static let valid: UInt64 = 1 << 0
         /// Word 0 bit 1 (RW1C): another error arrived while valid.
         public static let overflow: UInt64 = 1 << 1
+        /// Word 0 bit 2: the descriptor fields are meaningful.
         public static let descriptorValid: UInt64 = 1 << 2
+        /// Word 0 bit 3: the WQ index is meaningful.
         public static let wqIndexValid: UInt64 = 1 << 3
+        /// Word 0 bit 4: the error happened inside a batch.
         public static let batch: UInt64 = 1 << 4
         /// Word 0 bit 5: the fault was a write.
         public static let faultWrite: UInt64 = 1 << 5
+        /// Word 0 bit 6: privileged descriptor.
         public static let privileged: UInt64 = 1 << 6
+        /// Word 0 bits 15:8: the error code.
         public static let errorShift: UInt64 = 8
+        /// Word 0 bits 23:16: the WQ index.
         public static let wqIndexShift: UInt64 = 16
+        /// Word 0 bits 39:32: the failing descriptor's opcode.
         public static let opcodeShift: UInt64 = 32
+        /// Word 0 bits 59:40: PASID.
         public static let pasidShift: UInt64 = 40
         /// The error code of word 0.
         @inlinable public static func error(_ word0: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: word0 >> errorShift) }
@@ -340,6 +405,7 @@ public enum DSA {
 
     /// GRPCFG entry (64 bytes per group).
     public enum GrpCfg {
+        /// Bytes per group entry.
         public static let stride = 64
         /// +0…+31: 256-bit bitmap of the group's WQs.
         public static let wqs = 0
@@ -349,6 +415,7 @@ public enum DSA {
         public static let flags = 40
         /// GRPFLAGS bits 2:0 TC-A, 5:3 TC-B (DPDK ORs 0x9: TC-A = TC-B = 1).
         public static let trafficClassOne: UInt64 = 0x9
+        /// GRPFLAGS bit 7: use the global read-buffer limit.
         public static let useGlobalReadBufferLimit: UInt64 = 1 << 7
         /// GRPFLAGS bits 15:8: read buffers reserved.
         public static let readBuffersReservedShift: UInt64 = 8
@@ -375,20 +442,35 @@ public enum DSA {
         /// Dwords 8–15 (DSA 2.0, 64-byte entries): op_config bitmap.
         public static let opConfig = 8
 
+        /// Dword 2 bit 0: dedicated mode (0: shared).
         public static let dedicated: UInt32 = 1 << 0
+        /// Dword 2 bit 1: block on fault enable.
         public static let blockOnFault: UInt32 = 1 << 1
+        /// Dword 2 bit 2: ATS disable.
         public static let atsDisable: UInt32 = 1 << 2
+        /// Dword 2 bit 3: PRS disable (DSA 2.0).
         public static let prsDisable: UInt32 = 1 << 3
+        /// Dword 2 bits 7:4: priority (1–15).
         public static let priorityShift: UInt32 = 4
+        /// Dword 2 bits 7:4: priority (1–15).
         public static let priorityMask: UInt32 = 0xF << 4
+        /// Dword 2 bits 27:8: PASID.
         public static let pasidShift: UInt32 = 8
+        /// Dword 2 bit 28: PASID enable (keep 0 under vfio-pci).
         public static let pasidEnable: UInt32 = 1 << 28
+        /// Dword 2 bit 29: privileged.
         public static let privileged: UInt32 = 1 << 29
+        /// Dword 3 bits 4:0: log2 of the largest transfer.
         public static let maxTransferShiftMask: UInt32 = 0x1F
+        /// Dword 3 bits 8:5: log2 of the largest batch.
         public static let maxBatchShiftShift: UInt32 = 5
+        /// Dword 3 bits 8:5: log2 of the largest batch.
         public static let maxBatchShiftMask: UInt32 = 0xF << 5
+        /// Dword 5 bit 16: occupancy interrupt enable.
         public static let occupancyInterruptEnable: UInt32 = 1 << 16
+        /// Dword 6 bit 29 (RO): the mode bit is writable.
         public static let modeSupport: UInt32 = 1 << 29
+        /// Dword 6 bits 31:30 (RO): the WQ state.
         public static let stateShift: UInt32 = 30
 
         /// Dword 2 for a dedicated WQ of `priority` (PASID, BOF, privileged off).
@@ -413,10 +495,13 @@ public enum DSA {
 
     /// MSI-X permission table entries (8 bytes per vector, low 32 bits used).
     public enum MSIXPerm {
+        /// Bytes per vector entry.
         public static let stride = 8
         /// Bit 2: suppress this vector.
         public static let ignore: UInt32 = 1 << 2
+        /// Bit 3: PASID enable.
         public static let pasidEnable: UInt32 = 1 << 3
+        /// Bits 31:12: PASID.
         public static let pasidShift: UInt32 = 12
     }
 
@@ -424,6 +509,7 @@ public enum DSA {
 
     /// Work descriptor field offsets (64 bytes).
     public enum Descriptor {
+        /// Bytes per descriptor (64-byte aligned in memory).
         public static let size = 64
         /// Bytes 0–3: PASID (19:0), privileged (31). Ignored for dedicated WQs.
         public static let pasid = 0
@@ -459,7 +545,9 @@ public enum DSA {
 
     /// Descriptor flag bits (bits 23:0 of bytes 4–7).
     public enum Flags {
+        /// Bit 0: in a batch, wait for every earlier member; abandon the rest after a failure.
         public static let fence: UInt32 = 1 << 0
+        /// Bit 1: block on fault (needs WQCFG BOF; not usable under vfio-pci).
         public static let blockOnFault: UInt32 = 1 << 1
         /// Completion record address valid.
         public static let completionRecordValid: UInt32 = 1 << 2
@@ -473,11 +561,17 @@ public enum DSA {
         public static let checkResult: UInt32 = 1 << 7
         /// Cache control: allocate destination writes in the LLC.
         public static let cacheControl: UInt32 = 1 << 8
+        /// Bit 9: traffic class B for the source.
         public static let address1TCS: UInt32 = 1 << 9
+        /// Bit 10: traffic class B for the destination.
         public static let address2TCS: UInt32 = 1 << 10
+        /// Bit 11: traffic class B for the third address.
         public static let address3TCS: UInt32 = 1 << 11
+        /// Bit 12: traffic class B for the completion record.
         public static let completionRecordTCS: UInt32 = 1 << 12
+        /// Bit 13: strict ordering of destination writes.
         public static let strictOrdering: UInt32 = 1 << 13
+        /// Bit 14: read the destination back before completing (GENCAP bit 8).
         public static let destinationReadback: UInt32 = 1 << 14
         /// Destination steering-tag selector (DSA 2.0).
         public static let destinationSteering: UInt32 = 1 << 15
@@ -489,29 +583,49 @@ public enum DSA {
         public static let crcBypassDataReflection: UInt32 = 1 << 18
         /// Every defined flag below the op-specific byte.
         public static let generalMask: UInt32 = 0xFFBF
+        /// Bits 23:0: every flag bit.
         public static let mask: UInt32 = 0xFF_FFFF
     }
 
     /// Descriptor opcodes (byte 7, §5.3).
     public enum Opcode {
+        /// 0x00: no-op (a record only).
         public static let noop: UInt8 = 0x00
+        /// 0x01: batch (list address, count).
         public static let batch: UInt8 = 0x01
+        /// 0x02: drain (completes after every earlier descriptor of the WQ).
         public static let drain: UInt8 = 0x02
+        /// 0x03: memory move.
         public static let memmove: UInt8 = 0x03
+        /// 0x04: memory fill with an 8-byte pattern.
         public static let fill: UInt8 = 0x04
+        /// 0x05: compare two buffers.
         public static let compare: UInt8 = 0x05
+        /// 0x06: compare a buffer with an 8-byte pattern.
         public static let comparePattern: UInt8 = 0x06
+        /// 0x07: create a delta record.
         public static let createDelta: UInt8 = 0x07
+        /// 0x08: apply a delta record.
         public static let applyDelta: UInt8 = 0x08
+        /// 0x09: copy to two destinations.
         public static let dualcast: UInt8 = 0x09
+        /// 0x0A: translation fetch (DSA 2.0).
         public static let translationFetch: UInt8 = 0x0A
+        /// 0x10: CRC-32C generation.
         public static let crcGenerate: UInt8 = 0x10
+        /// 0x11: copy with CRC-32C.
         public static let copyCRC: UInt8 = 0x11
+        /// 0x12: DIF check.
         public static let difCheck: UInt8 = 0x12
+        /// 0x13: DIF insert.
         public static let difInsert: UInt8 = 0x13
+        /// 0x14: DIF strip.
         public static let difStrip: UInt8 = 0x14
+        /// 0x15: DIF update.
         public static let difUpdate: UInt8 = 0x15
+        /// 0x17: DIX generate (DSA 2.0).
         public static let dixGenerate: UInt8 = 0x17
+        /// 0x20: cache flush.
         public static let cacheFlush: UInt8 = 0x20
     }
 
@@ -519,7 +633,9 @@ public enum DSA {
 
     /// Completion record field offsets (32 bytes, 32-byte aligned).
     public enum CompletionRecord {
+        /// Bytes per record.
         public static let size = 32
+        /// Records must be 32-byte aligned (else status 0x1B).
         public static let alignment = 32
         /// Byte 0: status (bits 6:0 ``CompletionStatus``, bit 7 fault on write).
         public static let status = 0
@@ -533,6 +649,7 @@ public enum DSA {
         public static let operationSpecific = 16
         /// Status byte bit 7: the faulting access was a write.
         public static let statusWriteFault: UInt8 = 0x80
+        /// Status byte bits 6:0: the status code.
         public static let statusCodeMask: UInt8 = 0x7F
         /// Result bit 0 after a memmove fault: 1 = the copy ran descending.
         public static let resultDescending: UInt8 = 0x01
@@ -542,34 +659,63 @@ public enum DSA {
     public struct CompletionStatus: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
         public let rawValue: UInt8
         public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Status: not completed.
         public static let none = Self(rawValue: 0x00)
+        /// Status: success.
         public static let success = Self(rawValue: 0x01)
+        /// Status: success with false predicate (0x02).
         public static let successFalsePredicate = Self(rawValue: 0x02)
+        /// Status: page fault, partial completion (0x03).
         public static let pageFault = Self(rawValue: 0x03)
+        /// Status: unresolved page fault (0x04).
         public static let pageFaultUnresolved = Self(rawValue: 0x04)
+        /// Status: batch: a member did not succeed (0x05).
         public static let batchFail = Self(rawValue: 0x05)
+        /// Status: batch: page fault reading the descriptor list (0x06).
         public static let batchPageFault = Self(rawValue: 0x06)
+        /// Status: delta record offsets not increasing (0x07).
         public static let deltaOffsetNotIncreasing = Self(rawValue: 0x07)
+        /// Status: delta record offset out of range (0x08).
         public static let deltaOffsetRange = Self(rawValue: 0x08)
+        /// Status: DIF check failed (0x09).
         public static let difError = Self(rawValue: 0x09)
+        /// Status: unsupported opcode (0x10).
         public static let badOpcode = Self(rawValue: 0x10)
+        /// Status: invalid flags (0x11).
         public static let invalidFlags = Self(rawValue: 0x11)
+        /// Status: non-zero reserved field (0x12).
         public static let nonZeroReserved = Self(rawValue: 0x12)
+        /// Status: transfer size out of range (0x13).
         public static let transferSizeRange = Self(rawValue: 0x13)
+        /// Status: batch descriptor count out of range (0x14).
         public static let descriptorCountRange = Self(rawValue: 0x14)
+        /// Status: delta record size out of range (0x15).
         public static let deltaRecordRange = Self(rawValue: 0x15)
+        /// Status: overlapping buffers (0x16).
         public static let overlappingBuffers = Self(rawValue: 0x16)
+        /// Status: dualcast destinations differ in bits 11:0 (0x17).
         public static let dualcastAlignment = Self(rawValue: 0x17)
+        /// Status: descriptor list not 64-byte aligned (0x18).
         public static let descriptorListAlignment = Self(rawValue: 0x18)
+        /// Status: invalid interrupt handle (0x19).
         public static let invalidInterruptHandle = Self(rawValue: 0x19)
+        /// Status: completion record address translation failed (0x1A).
         public static let completionRecordTranslation = Self(rawValue: 0x1A)
+        /// Status: completion record not 32-byte aligned (0x1B).
         public static let completionRecordAlignment = Self(rawValue: 0x1B)
+        /// Status: operand alignment (0x1C).
         public static let addressAlignment = Self(rawValue: 0x1C)
+        /// Status: privilege violation (0x1D).
         public static let privilege = Self(rawValue: 0x1D)
+        /// Status: traffic class misconfigured (0x1E).
         public static let trafficClass = Self(rawValue: 0x1E)
+        /// Status: fault on a drain readback address (0x1F).
         public static let readbackFault = Self(rawValue: 0x1F)
+        /// Status: hardware error (0x20).
         public static let hardwareError = Self(rawValue: 0x20)
+        /// Status: error during destination readback (0x21).
         public static let readbackError = Self(rawValue: 0x21)
+        /// Status: translation failed (0x22).
         public static let translationFailed = Self(rawValue: 0x22)
 
         /// The status of a record's status byte (bit 7, the write-fault bit, removed).
@@ -608,7 +754,9 @@ public enum DSA {
     public struct Profile: Sendable, Hashable {
         /// A short name, e.g. "spr".
         public var name: String
+        /// Platform code name.
         public var platform: String
+        /// The PCI device ID.
         public var deviceID: UInt16
         /// VERSION.
         public var version: UInt32
@@ -627,6 +775,7 @@ public enum DSA {
         /// MSI-X vectors (vector 0 = misc, 1… = completions).
         public var msixVectorCount: Int
 
+        /// A profile from its register values.
         public init(name: String, platform: String, deviceID: UInt16, version: UInt32, gencap: UInt64, wqcap: UInt64,
                     grpcap: UInt64, engcap: UInt64, opcap: [UInt64], cmdcap: UInt32, msixVectorCount: Int) {
             self.name = name; self.platform = platform; self.deviceID = deviceID; self.version = version
@@ -634,9 +783,13 @@ public enum DSA {
             self.opcap = opcap; self.cmdcap = cmdcap; self.msixVectorCount = msixVectorCount
         }
 
+        /// GENCAP decoded.
         public var genCap: GenCap { GenCap(rawValue: gencap) }
+        /// WQCAP decoded.
         public var wqCap: WQCap { WQCap(rawValue: wqcap) }
+        /// GRPCAP decoded.
         public var grpCap: GrpCap { GrpCap(rawValue: grpcap) }
+        /// ENGCAP bits 7:0: the number of engines.
         public var engineCount: Int { Int(engcap & 0xFF) }
         /// Whether OPCAP advertises `opcode`.
         public func supports(opcode: UInt8) -> Bool {
