@@ -543,6 +543,83 @@ public enum DSA {
         public static let deltaRecordSize = 48
     }
 
+    /// A 64-byte work descriptor as values (§5.1): build one, then ``store(to:)`` it into a
+    /// batch list or a staging buffer for a portal write.
+    public struct WorkDescriptor: Sendable, Hashable {
+        /// Bytes 0–3: PASID and privileged bit (ignored for dedicated WQs; keep 0).
+        public var pasid: UInt32
+        /// Bits 23:0 of bytes 4–7: ``Flags``.
+        public var flags: UInt32
+        /// Byte 7: ``Opcode``.
+        public var opcode: UInt8
+        /// Bytes 8–15: the completion record's IOVA (32-byte aligned).
+        public var completionAddress: UInt64
+        /// Bytes 16–23: source, fill pattern or descriptor list.
+        public var source: UInt64
+        /// Bytes 24–31: destination, second source or compare pattern.
+        public var destination: UInt64
+        /// Bytes 32–35: transfer size, or descriptor count for a batch.
+        public var transferSize: UInt32
+        /// Bytes 36–37: completion interrupt handle (the MSI-X vector on SPR).
+        public var interruptHandle: UInt16
+        /// Bytes 40–47: operation-specific (dualcast destination 2, CRC seed, expected result).
+        public var operation0: UInt64
+        /// Bytes 48–55.
+        public var operation1: UInt64
+        /// Bytes 56–63.
+        public var operation2: UInt64
+
+        /// A descriptor; unnamed fields are zero.
+        @inlinable
+        public init(opcode: UInt8, flags: UInt32, completionAddress: UInt64 = 0, source: UInt64 = 0,
+                    destination: UInt64 = 0, transferSize: UInt32 = 0, interruptHandle: UInt16 = 0,
+                    operation0: UInt64 = 0, operation1: UInt64 = 0, operation2: UInt64 = 0) {
+            self.pasid = 0
+            self.flags = flags
+            self.opcode = opcode
+            self.completionAddress = completionAddress
+            self.source = source
+            self.destination = destination
+            self.transferSize = transferSize
+            self.interruptHandle = interruptHandle
+            self.operation0 = operation0
+            self.operation1 = operation1
+            self.operation2 = operation2
+        }
+
+        /// Reads the 64 bytes at `p`.
+        @inlinable
+        public init(loading p: UnsafeRawPointer) {
+            let word = p.loadUnaligned(fromByteOffset: Descriptor.flagsAndOpcode, as: UInt32.self)
+            self.init(opcode: UInt8(truncatingIfNeeded: word >> 24), flags: word & Flags.mask,
+                      completionAddress: p.loadUnaligned(fromByteOffset: Descriptor.completionAddress, as: UInt64.self),
+                      source: p.loadUnaligned(fromByteOffset: Descriptor.source, as: UInt64.self),
+                      destination: p.loadUnaligned(fromByteOffset: Descriptor.destination, as: UInt64.self),
+                      transferSize: p.loadUnaligned(fromByteOffset: Descriptor.transferSize, as: UInt32.self),
+                      interruptHandle: p.loadUnaligned(fromByteOffset: Descriptor.interruptHandle, as: UInt16.self),
+                      operation0: p.loadUnaligned(fromByteOffset: 40, as: UInt64.self),
+                      operation1: p.loadUnaligned(fromByteOffset: 48, as: UInt64.self),
+                      operation2: p.loadUnaligned(fromByteOffset: 56, as: UInt64.self))
+            pasid = p.loadUnaligned(fromByteOffset: Descriptor.pasid, as: UInt32.self)
+        }
+
+        /// Writes all 64 bytes at `p` (reserved bytes 38–39 as zero). Little-endian hosts only.
+        @inlinable
+        public func store(to p: UnsafeMutableRawPointer) {
+            p.storeBytes(of: pasid, toByteOffset: Descriptor.pasid, as: UInt32.self)
+            p.storeBytes(of: (flags & Flags.mask) | UInt32(opcode) << 24, toByteOffset: Descriptor.flagsAndOpcode, as: UInt32.self)
+            p.storeBytes(of: completionAddress, toByteOffset: Descriptor.completionAddress, as: UInt64.self)
+            p.storeBytes(of: source, toByteOffset: Descriptor.source, as: UInt64.self)
+            p.storeBytes(of: destination, toByteOffset: Descriptor.destination, as: UInt64.self)
+            p.storeBytes(of: transferSize, toByteOffset: Descriptor.transferSize, as: UInt32.self)
+            p.storeBytes(of: interruptHandle, toByteOffset: Descriptor.interruptHandle, as: UInt16.self)
+            p.storeBytes(of: UInt16(0), toByteOffset: Descriptor.reserved38, as: UInt16.self)
+            p.storeBytes(of: operation0, toByteOffset: 40, as: UInt64.self)
+            p.storeBytes(of: operation1, toByteOffset: 48, as: UInt64.self)
+            p.storeBytes(of: operation2, toByteOffset: 56, as: UInt64.self)
+        }
+    }
+
     /// Descriptor flag bits (bits 23:0 of bytes 4–7).
     public enum Flags {
         /// Bit 0: in a batch, wait for every earlier member; abandon the rest after a failure.
@@ -653,6 +730,36 @@ public enum DSA {
         public static let statusCodeMask: UInt8 = 0x7F
         /// Result bit 0 after a memmove fault: 1 = the copy ran descending.
         public static let resultDescending: UInt8 = 0x01
+    }
+
+    /// A completion record's fields, read from memory the device wrote (§6.1).
+    public struct CompletionRecordValue: Sendable, Hashable {
+        /// Byte 0: the status byte (bit 7: the fault was a write). 0: not written yet.
+        public var statusByte: UInt8
+        /// Byte 1: the result (compare: 0 equal / 1 different; memmove fault: bit 0 direction).
+        public var result: UInt8
+        /// Bytes 4–7: bytes completed (batch: descriptors completed).
+        public var bytesCompleted: UInt32
+        /// Bytes 8–15: the fault address.
+        public var faultAddress: UInt64
+        /// Bytes 16–19: invalid-flags bitmap (0x11), CRC value.
+        public var operationSpecific: UInt32
+
+        /// The status code (bits 6:0 of the status byte).
+        @inlinable public var status: CompletionStatus { CompletionStatus(statusByte: statusByte) }
+        /// Whether the faulting access was a write (status bit 7).
+        @inlinable public var faultWasWrite: Bool { statusByte & CompletionRecord.statusWriteFault != 0 }
+
+        /// Reads the record at `p`. Read the status byte first (with acquire ordering) and this
+        /// only once it is non-zero.
+        @inlinable
+        public init(loading p: UnsafeRawPointer) {
+            statusByte = p.load(fromByteOffset: CompletionRecord.status, as: UInt8.self)
+            result = p.load(fromByteOffset: CompletionRecord.result, as: UInt8.self)
+            bytesCompleted = p.loadUnaligned(fromByteOffset: CompletionRecord.bytesCompleted, as: UInt32.self)
+            faultAddress = p.loadUnaligned(fromByteOffset: CompletionRecord.faultAddress, as: UInt64.self)
+            operationSpecific = p.loadUnaligned(fromByteOffset: CompletionRecord.operationSpecific, as: UInt32.self)
+        }
     }
 
     /// Completion status codes (byte 0 bits 6:0, §6.2).

@@ -199,6 +199,25 @@ struct MockDSAHarnessTests {
         #expect(h2.regs.read32(DSA.CMDCAP) & (1 << 13) != 0)
     }
 
+    @Test("WorkDescriptor and CompletionRecordValue match the byte layout of §5.1 and §6.1")
+    func layouts() throws {
+        var d = Desc(DSA.Opcode.dualcast, flags: 0x0102_0C, completion: 0x1111_2222_3333_4440, src: 0xAA, dst: 0xBB, size: 77)
+        d.set(DSA.Descriptor.interruptHandle, UInt16(5))
+        d.set(40, UInt64(0xCC)); d.set(48, UInt64(0xDD)); d.set(56, UInt64(0xEE))
+        let w = DSA.WorkDescriptor(opcode: DSA.Opcode.dualcast, flags: 0x0102_0C, completionAddress: 0x1111_2222_3333_4440,
+                                   source: 0xAA, destination: 0xBB, transferSize: 77, interruptHandle: 5,
+                                   operation0: 0xCC, operation1: 0xDD, operation2: 0xEE)
+        var out = [UInt8](repeating: 0xFF, count: 64)
+        out.withUnsafeMutableBytes { w.store(to: $0.baseAddress!) }
+        #expect(out == d.bytes)
+        #expect(out.withUnsafeBytes { DSA.WorkDescriptor(loading: $0.baseAddress!) } == w)
+        var rec = [UInt8](repeating: 0, count: 32)
+        rec[0] = 0x83; rec[1] = 1; rec[4] = 0x10; rec[8] = 0x20; rec[16] = 0x30
+        let r = rec.withUnsafeBytes { DSA.CompletionRecordValue(loading: $0.baseAddress!) }
+        #expect(r.status == .pageFault && r.faultWasWrite && r.result == 1)
+        #expect(r.bytesCompleted == 0x10 && r.faultAddress == 0x20 && r.operationSpecific == 0x30)
+    }
+
     @Test("TABLE_OFFSET places non-overlapping tables inside BAR0")
     func tables() throws {
         for profile in DSA.profiles {
