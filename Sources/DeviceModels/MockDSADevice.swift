@@ -725,7 +725,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
 }
 
 /// BAR0 of a ``MockDSADevice``: its registers, with the access rules of dsa.md §9.2.
-public struct MockDSARegisters: RegisterIO, @unchecked Sendable {
+public struct MockDSARegisters: RegisterIO, Sendable {
     /// The device this window belongs to.
     public let device: MockDSADevice
     public var length: Int { device.bar0Length }
@@ -769,7 +769,7 @@ public struct MockDSARegisters: RegisterIO, @unchecked Sendable {
 ///
 /// WQ = offset >> 14, page = (offset >> 12) & 3 (pages 2 and 3 are the IMS portals).
 /// Writes that are not 64-byte aligned are ignored. Reads are not meaningful and not offered.
-public struct MockDSAPortals: PortalIO, @unchecked Sendable {
+public struct MockDSAPortals: PortalIO, Sendable {
     /// The device this window belongs to.
     public let device: MockDSADevice
     public var length: Int { device.bar2Length }
@@ -781,7 +781,7 @@ public struct MockDSAPortals: PortalIO, @unchecked Sendable {
 /// The PCI configuration space of a ``MockDSADevice`` (4 KiB): vendor and device ID, COMMAND
 /// (bit 1 Memory Space, bit 2 Bus Master; the rest read as zero and ignore writes), the class
 /// code (0x088000, system peripheral). Everything else reads zero.
-public struct MockDSAConfig: RegisterIO, @unchecked Sendable {
+public struct MockDSAConfig: RegisterIO, Sendable {
     /// The device this space belongs to.
     public let device: MockDSADevice
     public var length: Int { 4096 }
