@@ -95,16 +95,19 @@ public struct ProviderInfo: Sendable {
 }
 
 /// The interface's record of one registered provider.
-final class ProviderRecord: @unchecked Sendable {
-    // @unchecked: `dispatcher` is only written under `NetDMARegistry.state`'s lock (start/stop);
-    // everything else is a let, an atomic or behind `channels`.
+final class ProviderRecord: Sendable {
     let handle: ProviderHandle
     let provider: any NetDMAProvider
     let characteristics: ProviderCharacteristics
     let affinityTable: [ChannelCPUAffinity]
     let poweredDown = Atomic<Bool>(false)
     let channels = Mutex<[NetDMAChannel]>([])
-    var dispatcher: InterruptDispatcher?
+    private let dispatcherSlot = Mutex<InterruptDispatcher?>(nil)
+    /// The interrupt machinery while started (nil otherwise).
+    var dispatcher: InterruptDispatcher? {
+        get { dispatcherSlot.withLock { $0 } }
+        set { dispatcherSlot.withLock { $0 = newValue } }
+    }
     unowned let registry: NetDMARegistry
 
     init(handle: ProviderHandle, provider: any NetDMAProvider, affinityTable: [ChannelCPUAffinity], registry: NetDMARegistry) {
