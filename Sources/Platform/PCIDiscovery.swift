@@ -360,7 +360,10 @@ public struct PCIDiscovery: Sendable {
 final class PCINames {
     private let acc: UnsafeMutablePointer<pci_access>?
 
-    init() { acc = pci_alloc() }
+    init() {
+        acc = pci_alloc()
+        if let acc { cpci_set_hooks(acc) }
+    }
     deinit { if let acc { pci_cleanup(acc) } }
 
     private func lookup(_ body: (UnsafeMutablePointer<pci_access>, UnsafeMutablePointer<CChar>, Int32) -> UnsafeMutablePointer<CChar>?) -> String? {
