@@ -44,7 +44,7 @@ public struct Sysfs: Sendable, Hashable {
     /// - Throws: ``DriverError`` from `open`/`write`, with the attribute's path in the message.
     public func write(_ relative: String, _ text: String) throws(DriverError) {
         let p = path(relative)
-        let fd = open(p, O_WRONLY | O_CLOEXEC)
+        let fd = open(p, O_WRONLY | O_TRUNC | O_CLOEXEC)  // as the shell's `>` does
         guard fd >= 0 else { throw DriverError.systemCall("open", Errno(rawValue: errno), p) }
         defer { close(fd) }
         var bytes = Array(text.utf8)
