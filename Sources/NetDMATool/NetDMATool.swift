@@ -11,6 +11,7 @@ struct NetDMATool: ParsableCommand {
         List.self,
         Bind.self,
         Unbind.self,
+        UdevRules.self,
     ]
 
     static let configuration = CommandConfiguration(

@@ -29,6 +29,6 @@ protocol OutputCommand: ParsableCommand {
 extension OutputCommand {
     func run() throws {
         let text = try output()
-        if !text.isEmpty { print(text) }
+        if !text.isEmpty { print(text, terminator: text.hasSuffix("\n") ? "" : "\n") }
     }
 }

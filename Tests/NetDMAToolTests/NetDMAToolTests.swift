@@ -123,3 +123,28 @@ func roots(_ tree: FakeSysfsTree) -> [String] {
         #expect(throws: (any Error).self) { try NetDMATool.parseAsRoot(["bind"]) }
     }
 }
+
+@Suite struct UdevRulesTests {
+    /// The package root, found from this file's path.
+    static let root: String = {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }()
+
+    @Test func committedRulesMatchTheEngineTable() throws {
+        let access = try String(contentsOfFile: UdevRulesTests.root + "/udev/60-netdma-vfio.rules", encoding: .utf8)
+        let bind = try String(contentsOfFile: UdevRulesTests.root + "/udev/61-netdma-bind-vfio.rules", encoding: .utf8)
+        #expect(access == UdevRules.accessRules, "regenerate with `swift run netdma udev-rules > udev/60-netdma-vfio.rules`")
+        #expect(bind == UdevRules.bindRules, "regenerate with `swift run netdma udev-rules --bind > udev/61-netdma-bind-vfio.rules`")
+    }
+
+    @Test func everyDrivenEngineHasARuleAndIAAHasNone() {
+        for e in EngineTable.all {
+            let needle = "ATTR{device}==\"0x\(UdevRules.hex4(e.id.device))\""
+            let count = UdevRules.accessRules.components(separatedBy: needle).count - 1
+            #expect(count == (e.supported ? 1 : 0), "\(e.id) \(e.generation)")
+        }
+        #expect(UdevRules.accessRules.contains("KERNEL==\"vfio\", GROUP=\"vfio\""))
+    }
+}
