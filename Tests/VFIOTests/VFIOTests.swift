@@ -408,6 +408,15 @@ func expectError(_ code: DriverError.Code, mentioning words: [String] = [], _ bo
         #expect(!container.isIOMMUSet)
     }
 
+    /// Set by the VM stage (Scripts/vm-test): real VFIO must be there, so skipping is a failure.
+    static let required = getenv("NETDMA_REQUIRE_VFIO").map { String(cString: $0) == "1" } ?? false
+
+    @Test(.enabled(if: required, "only where NETDMA_REQUIRE_VFIO=1 (inside the test VM)"))
+    func vfioIsPresentWhereRequired() {
+        #expect(RealVFIOTests.hasVFIO, "/dev/vfio/vfio is missing or not accessible")
+        #expect(RealVFIOTests.readyEngine != nil, "no engine or edu device is ready for VFIO")
+    }
+
     static let readyEngine: PCIAddress? = hasVFIO ? PCIDiscovery().engines().first { PCIDiscovery().readiness(of: $0).isReady }?.address : nil
 
     @Test(.enabled(if: readyEngine != nil, "needs a DMA engine (or QEMU edu) bound to vfio-pci"))
