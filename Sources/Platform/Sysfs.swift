@@ -80,7 +80,7 @@ public struct Sysfs: Sendable, Hashable {
     public func exists(_ relative: String) -> Bool { access(path(relative), F_OK) == 0 }
 
     /// Reads a whole (small) file; nil if it cannot be opened.
-    static func readFile(_ path: String) -> String? {
+    public static func readFile(_ path: String) -> String? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }

@@ -53,6 +53,8 @@ public final class VFIOContainer: DMAAddressSpace, Sendable {
     public let discovery: PCIDiscovery
     let system: any VFIOSyscalls
     let state: Mutex<State>
+    /// Serialises opening groups, so two threads asking for one group get the same object.
+    private let opening = Mutex<Void>(())
 
     /// Opens the VFIO container and checks the API version and IOMMU support.
     ///
@@ -133,10 +135,17 @@ public final class VFIOContainer: DMAAddressSpace, Sendable {
     /// - Throws: ``DriverError`` `.notFound`, `.permissionDenied`, `.busy`, `.groupNotViable`
     ///   (naming the devices that hold the group), or an ioctl failure.
     public func openGroup(_ number: Int) throws(DriverError) -> VFIOGroup {
-        if let g = state.withLock({ $0.groups[number]?.group }) { return g }
-        let group = try VFIOGroup(number: number, container: self)
-        state.withLock { $0.groups[number] = Weak(group: group) }
-        return group
+        let result: Result<VFIOGroup, DriverError> = opening.withLock { _ in
+            if let g = state.withLock({ $0.groups[number]?.group }) { return .success(g) }
+            do throws(DriverError) {
+                let group = try VFIOGroup(number: number, container: self)
+                state.withLock { $0.groups[number] = Weak(group: group) }
+                return .success(group)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
     }
 
     /// Opens the PCI device at `address`: finds its IOMMU group in sysfs, opens and attaches
