@@ -14,8 +14,10 @@ struct MemorySyscalls: Sendable {
     var munmap: @Sendable (_ address: UnsafeMutableRawPointer, _ length: Int) -> Void
     var mlock: @Sendable (_ address: UnsafeRawPointer, _ length: Int) -> Int32
     var munlock: @Sendable (_ address: UnsafeRawPointer, _ length: Int) -> Void
-    /// Whether the limit check before locking applies (false: the kernel's mlock decides).
+    /// The error for locking `length` more bytes when RLIMIT_MEMLOCK forbids it, nil when it fits.
     var checkLimit: @Sendable (_ length: Int) -> DriverError?
+    /// Free 2 MiB pages on `node` (nil: on any node).
+    var freeHugePages: @Sendable (_ node: Int?) -> Int
 
     static let live = MemorySyscalls(
         mmap: { length, huge in
@@ -30,7 +32,8 @@ struct MemorySyscalls: Sendable {
         checkLimit: { length in
             MemoryLock.check(length: length, locked: MemoryLock.lockedBytes, limit: MemoryLock.limit,
                              privileged: MemoryLock.isPrivileged)
-        })
+        },
+        freeHugePages: { node in node.map { HugePages.free(onNode: $0) } ?? HugePages.free() })
 }
 
 /// DMA memory: pinned buffers mapped into one or more ``DMAAddressSpace``s, and the table that
@@ -124,8 +127,7 @@ public final class DMAMemory: Sendable {
         if preferHugePages && length >= huge / 2 {
             let l = (length + huge - 1) & ~(huge - 1)
             // A node without free huge pages would SIGBUS on first touch after binding: check first.
-            let enough = node.map { HugePages.free(onNode: $0) >= l / huge } ?? (HugePages.free() >= l / huge)
-            if enough {
+            if system.freeHugePages(node) >= l / huge {
                 let (p, _) = system.mmap(l, true)
                 if let p { mapped = p; mappedLength = l; usedHuge = true }
             }

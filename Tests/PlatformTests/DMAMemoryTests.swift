@@ -17,15 +17,40 @@ final class RecordingSpace: DMAAddressSpace, @unchecked Sendable {
 
 /// Live memory calls with a counter of munmaps and an optional mlock failure.
 final class CountingSyscalls: @unchecked Sendable {
+    // @unchecked: only atomics and constants.
     let munmaps = Atomic<Int>(0)
+    let hugeMaps = Atomic<Int>(0)
+    let hugeUsed = Atomic<Int>(0)
     let mlockErrno: Int32
-    init(mlockErrno: Int32 = 0) { self.mlockErrno = mlockErrno }
+    let freeHuge: Int
+    let hugeWorks: Bool
+    init(mlockErrno: Int32 = 0, freeHugePages: Int = 0, hugeMapWorks: Bool = true) {
+        self.mlockErrno = mlockErrno
+        self.freeHuge = freeHugePages
+        self.hugeWorks = hugeMapWorks
+    }
     var table: MemorySyscalls {
         var t = MemorySyscalls.live
         t.munmap = { [self] a, l in munmaps.add(1, ordering: .relaxed); Glibc.munmap(a, l) }
         let e = mlockErrno
         if e != 0 { t.mlock = { _, _ in e } }
         t.checkLimit = { _ in nil }
+        t.freeHugePages = { [self] _ in freeHuge - hugeUsed.load(ordering: .relaxed) }
+        // "Huge" pages are played by normal pages aligned to 2 MiB, so no pool is needed.
+        t.mmap = { [self] length, huge in
+            guard huge else { return MemorySyscalls.live.mmap(length, false) }
+            hugeMaps.add(1, ordering: .relaxed)
+            guard hugeWorks else { return (nil, ENOMEM) }
+            hugeUsed.add(length / HugePages.size, ordering: .relaxed)
+            let (p, err) = MemorySyscalls.live.mmap(length + HugePages.size, false)
+            guard let p else { return (nil, err) }
+            let aligned = (UInt(bitPattern: p) + UInt(HugePages.size - 1)) & ~UInt(HugePages.size - 1)
+            let head = Int(aligned - UInt(bitPattern: p))
+            if head > 0 { Glibc.munmap(p, head) }
+            let tail = HugePages.size - head
+            if tail > 0 { Glibc.munmap(UnsafeMutableRawPointer(bitPattern: aligned + UInt(length))!, tail) }
+            return (UnsafeMutableRawPointer(bitPattern: aligned), 0)
+        }
         return t
     }
 }
@@ -149,6 +174,34 @@ final class CountingSyscalls: @unchecked Sendable {
         let buffer = try memory.allocate(length: 2 << 20)
         #expect(memory.regions.first?.hugePages == true)
         #expect(buffer.iova % UInt64(HugePages.size) == 0)
+    }
+
+    @Test func hugePagesAreUsedWhenThePoolHasEnoughAndAlignTheIOVA() throws {
+        let calls = CountingSyscalls(freeHugePages: 2)
+        let memory = DMAMemory(spaces: [RecordingSpace()], policy: .allocate(in: 0x1000...0xFFFF_FFFF),
+                               preferHugePages: true, system: calls.table)
+        let small = try memory.allocate(length: 4096)  // below 1 MiB: normal pages
+        #expect(small.iova == 0x1000)
+        let big = try memory.allocate(length: 3 << 20)  // two 2 MiB pages
+        #expect(calls.hugeMaps.load(ordering: .relaxed) == 1)
+        let region = try #require(memory.regions.first { $0.hugePages })
+        #expect(region.mappedLength == 4 << 20)
+        #expect(big.iova == 0x20_0000, "huge-page IOVAs are 2 MiB aligned")
+        #expect(UInt(bitPattern: big.base) % UInt(HugePages.size) == 0)
+        // Not enough free pages for another 4 MiB: normal pages, no huge mmap attempted.
+        let third = try memory.allocate(length: 4 << 20)
+        #expect(calls.hugeMaps.load(ordering: .relaxed) == 1)
+        #expect(memory.regions.filter(\.hugePages).count == 1)
+        _ = third
+    }
+
+    @Test func fallsBackToNormalPagesWhenHugeMappingFails() throws {
+        let calls = CountingSyscalls(freeHugePages: 100, hugeMapWorks: false)
+        let memory = DMAMemory(spaces: [RecordingSpace()], policy: .identity, preferHugePages: true, system: calls.table)
+        let buffer = try memory.allocate(length: 2 << 20)
+        #expect(calls.hugeMaps.load(ordering: .relaxed) == 1)
+        #expect(memory.regions.first?.hugePages == false)
+        #expect(buffer.length == 2 << 20)
     }
 
     @Test func boundsAreChecked() async {
