@@ -428,3 +428,49 @@ func expectError(_ code: DriverError.Code, mentioning words: [String] = [], _ bo
         #expect(!container.validIOVARanges.isEmpty)
     }
 }
+
+@Suite struct ConfigCapabilityTests {
+    /// Writes bytes into the mock device's config region.
+    func poke(_ m: Machine, _ offset: Int, _ bytes: [UInt8]) {
+        let cfg = m.kernel.regionOffset(Int(VFIO_PCI_CONFIG_REGION_INDEX))
+        _ = bytes.withUnsafeBytes { Glibc.pwrite(m.kernel.memfd(of: engineBDF.description), $0.baseAddress, $0.count, off_t(cfg + Int64(offset))) }
+    }
+
+    @Test func findsCapabilitiesAndSetsThePowerState() throws {
+        let m = try Machine()
+        m.kernel.configure { $0.devices[engineBDF.description]!.regions[Int(VFIO_PCI_CONFIG_REGION_INDEX)]!.size = 4096 }
+        let device = try m.container().openDevice(engineBDF)
+        #expect(try device.capabilityOffset(0x01) == nil, "no capability list yet")
+        poke(m, 0x06, [0x10, 0x00])        // Status: capability list
+        poke(m, 0x34, [0x40])              // first capability at 0x40
+        poke(m, 0x40, [0x11, 0x50])        // MSI-X → 0x50
+        poke(m, 0x50, [0x01, 0x00])        // PM, end of list
+        poke(m, 0x54, [0x03, 0x00])        // PMCSR: D3hot
+        poke(m, 0x100, [0x01, 0x00, 0x01, 0x14])  // AER (id 1, v1) → 0x140
+        poke(m, 0x140, [0x0E, 0x00, 0x01, 0x00])  // ARI, end
+        #expect(try device.capabilityOffset(0x11) == 0x40)
+        #expect(try device.capabilityOffset(0x01) == 0x50)
+        #expect(try device.capabilityOffset(0x05) == nil)
+        #expect(try device.extendedCapabilityOffset(0x0001) == 0x100)
+        #expect(try device.extendedCapabilityOffset(0x000E) == 0x140)
+        #expect(try device.extendedCapabilityOffset(0x0010) == nil)
+        #expect(try device.powerState() == .d3hot)
+        try device.setPowerState(.d0)
+        #expect(try device.powerState() == .d0)
+        #expect(try device.readConfig16(0x54) == 0)
+    }
+
+    @Test func loopingCapabilityListEnds() throws {
+        let m = try Machine()
+        let device = try m.container().openDevice(engineBDF)
+        poke(m, 0x06, [0x10, 0x00])
+        poke(m, 0x34, [0x40])
+        poke(m, 0x40, [0x09, 0x40])  // points at itself
+        #expect(try device.capabilityOffset(0x01) == nil)
+        #expect(try device.extendedCapabilityOffset(0x0001) == nil, "256-byte config space has no extended list")
+        do {
+            try device.setPowerState(.d3hot)
+            Issue.record("no PM capability")
+        } catch { #expect(error.code == .unsupported) }
+    }
+}
