@@ -129,7 +129,7 @@ public struct PCIDiscovery: Sendable {
     /// Every PCI function, sorted by address.
     public func devices() -> [PCIDevice] {
         var addresses: [(PCIAddress, PCIID?, UInt32?)] = []
-        if sysfs.isLive, let scanned = PCIDiscovery.libpciScan() {
+        if sysfs.isLive, sysfs.exists("bus/pci/devices"), let scanned = PCIDiscovery.libpciScan() {
             addresses = scanned.map { ($0.0, $0.1, $0.2) }
         } else {
             addresses = sysfs.list("bus/pci/devices").compactMap { PCIAddress($0) }.map { ($0, nil, nil) }

@@ -224,6 +224,22 @@ func expectError(_ code: DriverError.Code, mentioning words: [String] = [], _ bo
         expectError(.notFound, mentioning: ["BAR 3"]) { _ = try device.mapBAR(3) }
     }
 
+    @Test func unmappableRegionIsReachableThroughTheFD() throws {
+        let m = try Machine()
+        m.kernel.configure { $0.devices[engineBDF.description]!.regions[2] = .init(size: 0x100, flags: UInt32(VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE)) }
+        let device = try m.container().openDevice(engineBDF)
+        let io = try device.regionIO(2)
+        io.write32(0x10, 0xA1B2_C3D4)
+        io.write64(0x18, 0x1_0000_0002)
+        var v: UInt32 = 0
+        _ = Glibc.pread(m.kernel.memfd(of: engineBDF.description), &v, 4, off_t(m.kernel.regionOffset(2) + 0x10))
+        #expect(v == 0xA1B2_C3D4)
+        #expect(io.read16(0x12) == 0xA1B2 && io.read8(0x10) == 0xD4)
+        #expect(io.read64Split(0x18) == 0x1_0000_0002)
+        #expect(io.length == 0x100)
+        expectError(.notFound) { _ = try device.regionIO(3) }
+    }
+
     @Test func mmapRefusalIsNotMappable() throws {
         let m = try Machine()
         let device = try m.container().openDevice(engineBDF)
