@@ -128,10 +128,13 @@ extension IOATDeviceCore {
             ch.pointee.previousCompleted.store(ch.pointee.completed.load(ordering: .relaxed), ordering: .relaxed)
             ch.pointee.completed.store(address & IOAT.ChanSts.completedDescriptorMask, ordering: .releasing)
             v = ch.pointee.ctl.load(ordering: .acquiring)
+            if v & (Ctl.reqReset | Ctl.reqAbort) != 0 {
+                // RESET or ABORT arrived while this descriptor ran: it is not reported.
+                return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
+            }
             if control & IOAT.DescriptorControl.completionWrite != 0 {
                 let pendingMore = v1 ? next != 0 : count != Ctl.dmacount(v)
-                let state: UInt64 = v & Ctl.reqSuspend != 0 ? Ctl.suspended
-                    : (v & (Ctl.reqAbort | Ctl.reqReset) != 0 ? Ctl.halted : (pendingMore ? Ctl.active : Ctl.done))
+                let state: UInt64 = v & Ctl.reqSuspend != 0 ? Ctl.suspended : (pendingMore ? Ctl.active : Ctl.done)
                 let flags = (v & Ctl.softError != 0 ? IOAT.ChanSts.softError : 0)
                 if !writeCompletion(c, (address & IOAT.ChanSts.completedDescriptorMask) | flags | state) {
                     halt(c, v, error: IOAT.ChanErr.completionAddress.rawValue, count: count, next: next)
@@ -194,7 +197,7 @@ extension IOATDeviceCore {
                 v = ch.pointee.ctl.load(ordering: .acquiring)
                 continue
             }
-            if resetting { clearForReset(c) } else { ch.pointee.nextDescriptor.store(next, ordering: .relaxed) }
+            if resetting { clearForReset(c, registers: false) } else { ch.pointee.nextDescriptor.store(next, ordering: .relaxed) }
             if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
                 if resetting { afterReset(c) }
                 return true
@@ -246,7 +249,7 @@ extension IOATDeviceCore {
             if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
             v = ch.pointee.ctl.load(ordering: .acquiring)
         }
-        if resetting { clearForReset(c); afterReset(c); return }
+        if resetting { clearForReset(c, registers: false); afterReset(c); return }
         if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
     }
 
