@@ -20,6 +20,9 @@ final class IOATDeviceCore: @unchecked Sendable {
     let channelCount: Int
     let vectorCount: Int
     let v1: Bool
+    /// Profile fields the engine loop reads, copied out so it never touches the profile's strings.
+    let capabilities: IOAT.DMACapability
+    let maximumTransferSize: Int
     let config: PCIConfigModel
 
     let channels: UnsafeMutablePointer<IOATChannelState>
@@ -61,6 +64,8 @@ final class IOATDeviceCore: @unchecked Sendable {
         channelCount = max(1, min(profile.channelsPerFunction, 31))
         vectorCount = channelCount
         v1 = profile.isV1
+        capabilities = profile.capabilities
+        maximumTransferSize = profile.maximumTransferSize
         config = PCIConfigModel(profile: profile, vectors: channelCount)
         channels = .allocate(capacity: channelCount)
         for i in 0..<channelCount { (channels + i).initialize(to: IOATChannelState()) }
@@ -190,12 +195,12 @@ final class IOATDeviceCore: @unchecked Sendable {
     func clearForReset(_ c: Int, engine: Bool = true, registers: Bool = true) {
         let ch = channels + c
         if engine {
-        ch.pointee.completed.store(0, ordering: .relaxed)
-        ch.pointee.previousCompleted.store(0, ordering: .relaxed)
-        ch.pointee.cdar.store(0, ordering: .relaxed)
-        ch.pointee.nextDescriptor.store(0, ordering: .relaxed)
-        ch.pointee.lastDescriptor.store(0, ordering: .relaxed)
-        ch.pointee.deferredInterrupt.store(0, ordering: .relaxed)
+            ch.pointee.completed.store(0, ordering: .relaxed)
+            ch.pointee.previousCompleted.store(0, ordering: .relaxed)
+            ch.pointee.cdar.store(0, ordering: .relaxed)
+            ch.pointee.nextDescriptor.store(0, ordering: .relaxed)
+            ch.pointee.lastDescriptor.store(0, ordering: .relaxed)
+            ch.pointee.deferredInterrupt.store(0, ordering: .relaxed)
         }
         guard registers else { return }
         ch.pointee.chainAddr.store(0, ordering: .relaxed)

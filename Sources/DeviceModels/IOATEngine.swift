@@ -315,10 +315,10 @@ extension IOATDeviceCore {
         let op = UInt8(truncatingIfNeeded: ctrl >> IOAT.DescriptorControl.opShift)
         let srcBreak = ctrl & IOAT.DescriptorControl.sourcePageBreak != 0
         let dstBreak = ctrl & IOAT.DescriptorControl.destinationPageBreak != 0
-        if (srcBreak || dstBreak) && !profile.capabilities.contains(.pageBreak) {
+        if (srcBreak || dstBreak) && !capabilities.contains(.pageBreak) {
             return IOAT.ChanErr.descriptorControl.rawValue
         }
-        guard size != 0, size <= profile.maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
+        guard size != 0, size <= maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
         switch op {
         case IOAT.Opcode.copy:
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
@@ -342,7 +342,7 @@ extension IOATDeviceCore {
             if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
             return 0
         case IOAT.Opcode.fill:
-            guard profile.capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
+            guard capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
             let nextDst = dstBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextDestination, as: UInt64.self) : 0
             var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil

@@ -43,8 +43,8 @@ struct IOATStateTests {
     @Test("RESET bit reads 1 for the configured time when no one polls it")
     func resetTime() {
         let rig = IOATRig("icx", options: .init(resetReads: 1_000_000, resetMicroseconds: 2000))
-        rig.command(.reset)
         let start = ContinuousClock.now
+        rig.command(.reset)
         var reads = 0
         while rig.bar.read8(rig.ch + IOAT.CHANCMD) & 0x20 != 0 { reads += 1 }
         #expect(ContinuousClock.now - start >= .microseconds(2000))
