@@ -87,8 +87,8 @@ extension IOATDeviceCore {
                 if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
                     return work + 1
                 }
-                v = ch.pointee.ctl.load(ordering: .acquiring)
-                if Ctl.state(v) != Ctl.active || v & Ctl.busy != 0 { return work }
+                v = stableControl(c)
+                if Ctl.state(v) != Ctl.active { return work }
                 if v & Ctl.requests != 0 { return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0) }
                 continue
             }
@@ -118,7 +118,7 @@ extension IOATDeviceCore {
                 ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
                 next = following
                 fresh = false
-                v = ch.pointee.ctl.load(ordering: .acquiring)
+                v = stableControl(c)
                 continue
             }
             count = v1 ? count : count &+ 1
@@ -127,7 +127,7 @@ extension IOATDeviceCore {
             ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
             ch.pointee.previousCompleted.store(ch.pointee.completed.load(ordering: .relaxed), ordering: .relaxed)
             ch.pointee.completed.store(address & IOAT.ChanSts.completedDescriptorMask, ordering: .releasing)
-            v = ch.pointee.ctl.load(ordering: .acquiring)
+            v = stableControl(c)
             if v & (Ctl.reqReset | Ctl.reqAbort) != 0 {
                 // RESET or ABORT arrived while this descriptor ran: it is not reported.
                 return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
@@ -142,11 +142,7 @@ extension IOATDeviceCore {
                 }
             }
             if control & IOAT.DescriptorControl.intEnable != 0 { raiseInterrupt(c, error: false) }
-            if Ctl.state(v) != Ctl.active || v & Ctl.busy != 0 {
-                // Power loss or a racing writer: hand back what we have.
-                ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
-                return work
-            }
+            if Ctl.state(v) != Ctl.active { return work }  // power loss: nothing to hand back
             if v & Ctl.requests != 0 {
                 return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
             }
@@ -162,6 +158,17 @@ extension IOATDeviceCore {
             if v & Ctl.busy != 0 { cvfio_pause() }
         }
         return work
+    }
+
+    /// The channel control word once no register writer holds it (writers hold it for a few
+    /// stores only, so this spins at most briefly).
+    @inline(__always)
+    func stableControl(_ c: Int) -> UInt64 {
+        while true {
+            let v = channels[c].ctl.load(ordering: .acquiring)
+            if v & Ctl.busy == 0 { return v }
+            cvfio_pause()
+        }
     }
 
     /// Errors detected before the descriptor's `next` could be read.

@@ -122,3 +122,56 @@ struct IOATDataTests {
         #expect(device.bar0.read32(IOAT.channelBase(0) + IOAT.CHANERR) == IOAT.ChanErr.descriptorControl.rawValue)
     }
 }
+
+@Suite("CBDMA model: threaded engine under load")
+struct IOATStressTests {
+    @Test("200 000 small copies in batches of 1–32 with a concurrent CHANSTS reader and re-armer: none lost")
+    func manySmallCopies() throws {
+        let rig = IOATRig("icx", execution: .thread)
+        let ring = try Ring(rig, count: 1024)
+        let comp = try Completion(rig)
+        let src = try rig.allocate(1 << 16), dst = try rig.allocate(1 << 16)
+        fillRandom(src.base, 1 << 16, seed: 99)
+        let event = try EventFD()
+        try rig.device.routeInterrupts(start: 0, eventFDs: [event.rawValue])
+        rig.bar.write8(IOAT.INTRCTRL, 0x09)
+        rig.start(ring: ring.base, completion: comp.iova, control: [.intRearm, .anyErrAbortEnable, .errCompletionEnable])
+        let bar = rig.bar, ch = rig.ch
+        let stop = StopFlag()
+        let noise = TestThread {
+            while !stop.stopped {
+                _ = bar.read64(ch + IOAT.CHANSTS)
+                bar.write16(ch + IOAT.CHANCTRL, 0x1D)
+            }
+        }
+        var head = 0, total = 0
+        var x: UInt64 = 12345
+        var offsets = [Int](repeating: 0, count: 32)
+        while total < 200_000 {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            let batch = Int(x % 32) + 1
+            for i in 0..<batch {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                offsets[i] = Int(x % 60_000)
+                ring.copy(head, 64, src: src.iova(at: offsets[i]), dst: dst.iova(at: offsets[i]), (i == batch - 1 ? CW : 0) | IE)
+                head += 1
+            }
+            bar.write16(ch + IOAT.DMACOUNT, UInt16(truncatingIfNeeded: head))
+            let last = ring.iova(head - 1)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while comp.address != last && ContinuousClock.now < deadline { sched_yield() }
+            #expect(comp.address == last)
+            if comp.address != last { break }
+            for i in 0..<batch where memcmp(src.base + offsets[i], dst.base + offsets[i], 64) != 0 {
+                Issue.record("copy \(i) of batch ending at \(head) differs")
+            }
+            total += batch
+        }
+        stop.stop()
+        noise.join()
+        #expect(total >= 200_000)
+        #expect(rig.device.statistics.descriptorsExecuted == UInt64(head))
+        #expect(rig.chanerr().isEmpty)
+        #expect(event.consume() > 0)
+    }
+}
