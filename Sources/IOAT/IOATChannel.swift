@@ -1,0 +1,343 @@
+import CVFIO
+import Hardware
+import NetDMA
+import Platform
+import Synchronization
+
+/// One CBDMA channel as a NetDMA channel (`ProviderChannelContext` and its callbacks).
+///
+/// How each NetDMA call maps onto the channel registers (ioat.md §3):
+///
+/// | NetDMA | CB 2.x/3.x (DMACOUNT) | CB 1.x |
+/// |---|---|---|
+/// | Start | SUSPEND if ACTIVE; CHAINADDR; DMACOUNT = count | SUSPEND if ACTIVE; CHAINADDR; CHANCMD.START |
+/// | Append, 2.0 chain | DMACOUNT += count | — (1.x only) |
+/// | Append, 1.x chain | DMACOUNT += count, or CHAINADDR at the new chain when the engine stopped on the old tail | CHANCMD.APPEND |
+/// | Suspend | CHANCMD.SUSPEND, wait for SUSPENDED, read CHANSTS | same |
+/// | Resume | CHANCMD.RESUME | same |
+/// | Abort, Reset, Free | CHANCMD.RESET, wait | same |
+///
+/// A halt with an error is recovered by the next Start: in place on CB 3.4 (DPDK's sequence),
+/// with a full reset below.
+///
+/// Calls on one channel are serialised by the NetDMA interface (one client per channel);
+/// ``serviceInterrupt()``, ``rearmInterrupt()`` and ``fault`` may run concurrently with them
+/// on the interrupt thread and read only registers and the completion word.
+public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @unchecked Sendable {
+    // @unchecked: the plain `var`s below are touched only by the NetDMA calls, which the
+    // interface serialises per channel; what the interrupt thread reads is immutable or atomic.
+
+    /// The channel index within the function (channel registers at BAR0 + 0x80·(index+1)).
+    public let index: Int
+    /// The function the channel belongs to.
+    public let device: IOATDevice<BAR>
+    /// The eventfd its MSI-X vector signals, if interrupts are routed.
+    public let interruptEventFD: Int32?
+    /// Whether chains are counted (NetDMA 2.0) rather than NULL-terminated (1.x).
+    public let countedChains: Bool
+
+    @usableFromInline let regs: IOATChannelRegisters
+    private let eventFD: EventFD?
+
+    /// Whether the channel is allocated to a client.
+    let allocated = Atomic<Bool>(false)
+    /// The completion word's CPU address (0 while free); the interrupt thread reads it.
+    private let completionAddress = Atomic<UInt>(0)
+    /// The completion word's IOVA.
+    private var completionIOVA: UInt64 = 0
+    /// CHANCTRL while running.
+    @usableFromInline let runControl: UInt16
+
+    /// The running DMACOUNT value since the last CHAINADDR write.
+    @usableFromInline var count: UInt16 = 0
+    /// The first descriptor of the chain given to the last CHAINADDR write.
+    private var chainHead: UInt64 = 0
+    /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
+    private var needsProgramming = true
+    /// Set while the client has the channel suspended.
+    @usableFromInline var suspended = false
+
+    init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
+        self.index = index
+        self.device = device
+        self.regs = device.registers[index]
+        self.countedChains = countedChains
+        var control: IOAT.ChanCtrl = [.anyErrAbortEnable, .errCompletionEnable]
+        switch consume eventFD {
+        case .some(let fd):
+            interruptEventFD = fd.rawValue
+            self.eventFD = consume fd
+            control.formUnion([.intRearm, .errIntEnable])
+        case .none:
+            interruptEventFD = nil
+            self.eventFD = nil
+        }
+        runControl = control.rawValue
+    }
+
+    // MARK: - Allocation (provider)
+
+    /// Claims the channel for a client and points it at `parameters`' completion word.
+    func activate(_ parameters: ChannelParameters) {
+        completionIOVA = parameters.completionIOVA
+        completionAddress.store(UInt(bitPattern: parameters.completionAddress), ordering: .releasing)
+        count = 0
+        chainHead = 0
+        suspended = false
+        program()
+    }
+
+    /// CHANCTRL = run value, then CHANCMP (ioat.md §6.8 steps 8–9).
+    private func program() {
+        device.bar.write16(regs.chanctrl, runControl)
+        device.writeWide(regs.chancmp, completionIOVA)
+        needsProgramming = false
+    }
+
+    // MARK: - NetDMA callbacks
+
+    /// `ProviderStartDma`: makes `chain` the channel's chain.
+    ///
+    /// A running engine is first suspended, so the current descriptor finishes and the rest
+    /// of the old chain is dropped. A channel halted by an error is recovered first (CB 3.4 in
+    /// place, else a full reset). Then CHAINADDR = `chain.iova` and DMACOUNT = `chain.count`
+    /// (CB 1.x: CHANCMD.START). Spins (bounded by the quiesce and reset timeouts), never sleeps.
+    ///
+    /// - Throws: `.invalidArgument` when a counted chain has more than 65535 descriptors or a
+    ///   1.x chain on a CB ≥ 2 engine has no count; `.timeout` when the engine does not stop
+    ///   or reset in time.
+    public func start(_ chain: DescriptorChain) throws(DriverError) {
+        guard chain.count >= 0, chain.count <= Int(UInt16.max) else {
+            throw DriverError(.invalidArgument,
+                "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(chain.count).")
+        }
+        if device.hasDMACount && chain.count == 0 && !countedChains {
+            throw DriverError(.invalidArgument,
+                "On CBDMA \(device.profile.major).\(device.profile.minor) NULL-terminated chains run on the descriptor count: pass the number of descriptors in the chain.")
+        }
+        try device.quiesceForStart(regs, channel: index)
+        if device.state(regs) == .halted {
+            if device.chanErr(regs) != 0 {
+                if device.profile.recoversFromHalt,
+                   device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
+                    chainHead = chain.iova
+                    needsProgramming = false
+                    ring(chain.count, restarted: true)
+                    return
+                }
+                try device.fullReset(regs, channel: index)
+                needsProgramming = true
+            }
+        }
+        if needsProgramming { program() }
+        point(at: chain.iova)
+        ring(chain.count, restarted: true)
+    }
+
+    /// CHAINADDR = `iova`: the engine's count restarts at 0 (ARMED).
+    private func point(at iova: UInt64) {
+        device.writeWide(regs.chainaddr, iova)
+        chainHead = iova
+    }
+
+    /// Sets the doorbell after a CHAINADDR write (`restarted`) or adds `n` descriptors.
+    @inline(__always)
+    private func ring(_ n: Int, restarted: Bool) {
+        suspended = false
+        if device.hasDMACount {
+            count = restarted ? UInt16(truncatingIfNeeded: n) : count &+ UInt16(truncatingIfNeeded: n)
+            guard n > 0 else { return }
+            cvfio_io_wmb()
+            device.bar.write16(regs.dmacount, count)
+        } else {
+            cvfio_io_wmb()
+            device.command(regs, restarted ? .start : .append)
+        }
+    }
+
+    /// `ProviderAppendDma`: adds `chain` after the last submitted descriptor.
+    ///
+    /// 2.0: DMACOUNT += `chain.count`. 1.x: the old tail's `next` already points at `chain`;
+    /// CB 1.x gets CHANCMD.APPEND (the engine re-reads the tail); CB ≥ 2 adds the count, or,
+    /// when the engine already stopped on the tail (DONE), points CHAINADDR at `chain`, which
+    /// is what re-reading the tail yields. While suspended only the count grows; Resume
+    /// continues through it. Hot path: one or two register accesses, no lock, no allocation.
+    ///
+    /// - Throws: `.invalidArgument` when the outstanding count would pass 65535.
+    public func append(_ chain: DescriptorChain) throws(DriverError) {
+        guard chain.count >= 0, chain.count <= Int(UInt16.max) else { throw Self.tooMany(chain.count) }
+        if suspended {
+            if device.hasDMACount { count &+= UInt16(truncatingIfNeeded: chain.count) }
+            return
+        }
+        if countedChains {
+            ring(chain.count, restarted: false)
+            return
+        }
+        // NULL-terminated (1.x) chains: tail re-read semantics.
+        if device.hasDMACount && device.state(regs) == .done {
+            point(at: chain.iova)
+            ring(chain.count, restarted: true)
+        } else {
+            ring(chain.count, restarted: false)
+        }
+    }
+
+    @inline(never)
+    static func tooMany(_ n: Int) -> DriverError {
+        DriverError(.invalidArgument, "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(n).")
+    }
+
+    /// `ProviderSuspendDma`: CHANCMD.SUSPEND; waits (spinning, bounded by the quiesce timeout)
+    /// until the engine has finished its current descriptor and reads SUSPENDED, writes
+    /// Suspend status to the completion word and returns the IOVA of the last descriptor
+    /// processed (CHANSTS bits 63:6; 0 if none since the chain was loaded).
+    ///
+    /// - Throws: `.timeout` when the engine does not stop; `.channelHalted` when it halted
+    ///   with an error instead.
+    public func suspend() throws(DriverError) -> UInt64 {
+        device.command(regs, .suspend)
+        let stopped = device.spin(for: device.timeouts.quiesce) {
+            let s = self.device.state(self.regs)
+            return s == .suspended || s == .halted
+        }
+        let sts = device.readChanSts(regs)
+        guard stopped else {
+            throw DriverError(.timeout,
+                "CBDMA channel \(index) did not suspend within \(device.timeouts.quiesce) (CHANSTS 0x\(String(sts, radix: 16))); Abort or Reset it.")
+        }
+        if sts & IOAT.ChanSts.stateMask == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
+            throw DriverError(.channelHalted, "CBDMA channel \(index) halted before it could suspend: \(f). Start it again.")
+        }
+        let last = sts & IOAT.ChanSts.completedDescriptorMask
+        storeCompletion(CompletionWord(descriptor: last, status: .suspend))
+        suspended = true
+        return last
+    }
+
+    /// `ProviderResumeDma`: CHANCMD.RESUME: the engine re-reads the last processed
+    /// descriptor's `next` (which the client may have edited) and continues with the count
+    /// it had, plus whatever was appended while suspended.
+    ///
+    /// - Throws: `.channelHalted` when the channel halted with an error while suspended.
+    public func resume() throws(DriverError) {
+        if let f = fault {
+            throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
+        }
+        suspended = false
+        device.command(regs, .resume)
+        if device.hasDMACount {
+            cvfio_io_wmb()
+            device.bar.write16(regs.dmacount, count)
+        }
+    }
+
+    /// `ProviderAbortDma`: CHANCMD.RESET stops the engine at once (the current copy may be
+    /// partial) and abandons the rest; the completion word then reads Halted with the last
+    /// descriptor the engine reported. Spins until the reset completes.
+    ///
+    /// - Throws: `.timeout` when the reset does not complete.
+    public func abort() throws(DriverError) {
+        try haltNow()
+        let w = loadCompletion()
+        let last = w.status == .armed ? 0 : w.descriptor
+        storeCompletion(CompletionWord(descriptor: last, status: .halted))
+    }
+
+    /// Resets the channel at once and leaves it HALTED, clean, needing CHANCTRL/CHANCMP.
+    private func haltNow() throws(DriverError) {
+        suspended = false
+        try device.clearErrors(regs)
+        try device.resetAndWait(regs, channel: index)
+        needsProgramming = true
+    }
+
+    /// `ProviderResetChannel`: Abort, then forget every submitted descriptor: the channel is
+    /// as it was after allocation (HALTED, pointed at the completion word, count 0).
+    public func reset() throws(DriverError) {
+        try abort()
+        count = 0
+        chainHead = 0
+        program()
+    }
+
+    /// `ProviderFreeDmaChannel`: resets the channel, turns its interrupt and completion
+    /// writes off, and returns it to the provider.
+    public func free() {
+        suspended = false
+        try? device.fullReset(regs, channel: index)
+        device.bar.write16(regs.chanctrl, 0)
+        device.writeWide(regs.chancmp, 0)
+        needsProgramming = true
+        completionAddress.store(0, ordering: .releasing)
+        completionIOVA = 0
+        count = 0
+        chainHead = 0
+        allocated.store(false, ordering: .releasing)
+    }
+
+    // MARK: - Interrupts
+
+    /// The ISR: reads the completion word, CHANSTS and CHANERR and reports the last completed
+    /// descriptor, or a decoded fault when the channel halted with an error. The address comes
+    /// from CHANSTS on CB ≥ 3.3 and from the completion word below (split CHANSTS reads tear).
+    /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
+    public func serviceInterrupt() -> InterruptReport {
+        let word = loadCompletion()
+        let low = device.bar.read32(regs.chansts)
+        if low & 0x7 == UInt32(IOAT.ChannelState.halted.rawValue), let f = fault {
+            return InterruptReport(lastCompleted: 0, fault: f)
+        }
+        if device.profile.tornChanstsReads || regs.chansts & 7 != 0 {
+            return InterruptReport(lastCompleted: word.status == .armed ? 0 : word.descriptor)
+        }
+        let sts = device.bar.read64(regs.chansts)
+        let state = sts & IOAT.ChanSts.stateMask
+        let last = state == UInt64(IOAT.ChannelState.armed.rawValue) ? 0 : sts & IOAT.ChanSts.completedDescriptorMask
+        return InterruptReport(lastCompleted: last)
+    }
+
+    /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
+    public func rearmInterrupt() {
+        device.bar.write16(regs.chanctrl, runControl)
+    }
+
+    /// The decoded CHANERR when the channel is HALTED with an error, with the failing
+    /// descriptor (the one after the last completed, or the chain head when none completed).
+    public var fault: ChannelFault? {
+        guard regs.chanerr >= 0 else { return nil }
+        let e = device.bar.read32(regs.chanerr)
+        guard e != 0 else { return nil }
+        let err = IOAT.ChanErr(rawValue: e)
+        return ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+    }
+
+    /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
+    /// the last completed descriptor (or the chain head when nothing completed).
+    private func failingDescriptor() -> UInt64? {
+        if regs.cdar >= 0 {
+            let cdar = device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask
+            if cdar != 0 { return cdar }
+        }
+        let w = loadCompletion()
+        let last = w.status == .armed ? 0 : w.descriptor
+        if last == 0 { return chainHead == 0 ? nil : chainHead }
+        guard let d = device.memory.address(ofIOVA: last) else { return nil }
+        return d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+    }
+
+    // MARK: - Completion word
+
+    @inline(__always)
+    private func loadCompletion() -> CompletionWord {
+        let a = completionAddress.load(ordering: .acquiring)
+        guard let p = UnsafeMutablePointer<Atomic<UInt64>>(bitPattern: a) else { return CompletionWord(rawValue: 0) }
+        return CompletionWord(rawValue: p.pointee.load(ordering: .acquiring))
+    }
+
+    private func storeCompletion(_ w: CompletionWord) {
+        let a = completionAddress.load(ordering: .acquiring)
+        guard let p = UnsafeMutablePointer<Atomic<UInt64>>(bitPattern: a) else { return }
+        p.pointee.store(w.rawValue, ordering: .releasing)
+    }
+}
