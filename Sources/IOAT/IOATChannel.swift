@@ -54,6 +54,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private var chainHead: UInt64 = 0
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
+    /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
+    @usableFromInline var contextLost = false
     /// Set while the client has the channel suspended.
     @usableFromInline var suspended = false
 
@@ -115,6 +117,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             throw DriverError(.invalidArgument,
                 "On CBDMA \(device.profile.major).\(device.profile.minor) NULL-terminated chains run on the descriptor count: pass the number of descriptors in the chain.")
         }
+        contextLost = false
         try device.quiesceForStart(regs, channel: index)
         if device.state(regs) == .halted {
             if device.chanErr(regs) != 0 {
@@ -166,6 +169,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// - Throws: `.invalidArgument` when the outstanding count would pass 65535.
     public func append(_ chain: DescriptorChain) throws(DriverError) {
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else { throw Self.tooMany(chain.count) }
+        if contextLost { throw lostContext() }
         if suspended {
             if device.hasDMACount { count &+= UInt16(truncatingIfNeeded: chain.count) }
             return
@@ -181,6 +185,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         } else {
             ring(chain.count, restarted: false)
         }
+    }
+
+    @inline(never)
+    private func lostContext() -> DriverError {
+        contextLost = false
+        return DriverError(.contextLost,
+            "CBDMA channel \(index) lost its chain position in a power cycle; Start it again (a NULL descriptor re-seeds it).")
     }
 
     @inline(never)
@@ -274,6 +285,26 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         count = 0
         chainHead = 0
         allocated.store(false, ordering: .releasing)
+    }
+
+    // MARK: - Power
+
+    /// Before D3: stop the engine (quiesce, reset).
+    func powerDown() throws(DriverError) {
+        suspended = false
+        try device.fullReset(regs, channel: index)
+        needsProgramming = true
+    }
+
+    /// After D0: reset again and, when allocated, point the channel at its client's completion
+    /// word; `contextLost` makes a 1.0 client's next Append fail so it re-Starts.
+    func powerUp(contextLost: Bool) throws(DriverError) {
+        try device.fullReset(regs, channel: index)
+        count = 0
+        if allocated.load(ordering: .acquiring) {
+            program()
+            self.contextLost = contextLost
+        }
     }
 
     // MARK: - Interrupts

@@ -355,4 +355,25 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
         writeWide(r.chancmp, completion)
         return spin(for: timeouts.recovery) { self.readChanSts(r) == UInt64(IOAT.ChannelState.armed.rawValue) }
     }
+
+    /// Puts the function in D3hot or back in D0 through the PCI power-management capability
+    /// (PMCSR bits 1:0). Nothing without config space or without the capability.
+    func setPowerState(d3hot: Bool) throws(DriverError) {
+        guard let config else { return }
+        guard try config.readConfig32(0x04) >> 16 & 0x10 != 0 else { return }  // STATUS.CAP_LIST
+        var pointer = Int(try config.readConfig32(0x34) & 0xFC)
+        var hops = 0
+        while pointer >= 0x40, hops < 48 {
+            let header = try config.readConfig32(pointer)
+            if header & 0xFF == 0x01 {  // PCI_CAP_ID_PM
+                let pmcsr = try config.readConfig32(pointer + 4)
+                // Keep PME_Status (bit 15, write-1-to-clear) at 0 so writing does not clear it.
+                let value = (pmcsr & ~0x8003) | (d3hot ? 0x3 : 0x0)
+                try config.writeConfig32(pointer + 4, value)
+                return
+            }
+            pointer = Int(header >> 8 & 0xFC)
+            hops += 1
+        }
+    }
 }

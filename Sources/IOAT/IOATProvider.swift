@@ -65,6 +65,7 @@ public final class IOATProvider<BAR: RegisterIO & ~Copyable>: NetDMAProvider, @u
     /// Per channel, the CPU its interrupt should target (`ProviderSetDmaChannelCpuAffinity`).
     private let affinityTable: Mutex<[Int?]>
     private let allocationLock = Mutex<Void>(())
+    private let registration = Mutex<(registry: NetDMARegistry, handle: ProviderHandle)?>(nil)
 
     /// Brings the function up and, with `interrupts`, routes one MSI-X vector per channel.
     ///
@@ -249,5 +250,74 @@ public final class IOATProvider<BAR: RegisterIO & ~Copyable>: NetDMAProvider, @u
         }
         channel.activate(parameters)
         return (channel, cpu)
+    }
+
+    // MARK: - Registry
+
+    /// Registers with `registry` (`NetDmaRegisterProvider`) and starts
+    /// (`NetDmaProviderStart`) with ``attributes``: the hardware is already up.
+    ///
+    /// - Throws: the registry's error (`.busy` when already registered).
+    @discardableResult
+    public func register(with registry: NetDMARegistry) throws(DriverError) -> ProviderHandle {
+        let handle = try registry.register(self)
+        do throws(DriverError) {
+            try registry.start(handle, attributes: attributes)
+        } catch {
+            try? registry.deregister(handle)
+            throw error
+        }
+        registration.withLock { $0 = (registry, handle) }
+        return handle
+    }
+
+    /// Stops (`NetDmaProviderStop`: drains and frees every channel) and deregisters.
+    ///
+    /// - Returns: the channels that had to be aborted because they did not drain.
+    @discardableResult
+    public func deregister() throws(DriverError) -> [Int] {
+        guard let (registry, handle) = registration.withLock({ $0 }) else { return [] }
+        let aborted = try registry.stop(handle)
+        try registry.deregister(handle)
+        registration.withLock { $0 = nil }
+        return aborted
+    }
+
+    // MARK: - Power (netdma.md §10)
+
+    /// PowerDown: tells the interface (1.1+: `NetDmaPnPEventNotify(PowerDown)`, which drains
+    /// every channel), then stops every channel (quiesce and reset), turns interrupts off and,
+    /// when config space has a PCI power-management capability, puts the function in D3hot.
+    ///
+    /// - Throws: the registry's error (`.timeout` when a channel does not drain: the device
+    ///   stays up); `.timeout` when a channel does not reset.
+    public func powerDown() throws(DriverError) {
+        if characteristics.version.powerEvents, let (registry, handle) = registration.withLock({ $0 }) {
+            try registry.notify(handle, event: .powerDown)
+        }
+        for ch in channels { try ch.powerDown() }
+        device.bar.write8(IOAT.INTRCTRL, 0)
+        try device.setPowerState(d3hot: true)
+    }
+
+    /// PowerUp: back to D0, every channel reset and its allocated client's completion word and
+    /// interrupt programmed again, MSI-X routed again; then 1.1+ providers tell the interface
+    /// (`NetDmaPnPEventNotify(PowerUp)`), which re-Starts every running channel with a NULL
+    /// descriptor. A 1.0 provider instead fails the next Append of each channel with
+    /// `.contextLost`, and the interface re-seeds it with a NULL Start.
+    ///
+    /// - Throws: the reset, routing or registry error.
+    public func powerUp() throws(DriverError) {
+        try device.setPowerState(d3hot: false)
+        for ch in channels { try ch.powerUp(contextLost: !characteristics.version.powerEvents) }
+        if let interrupts {
+            let fds = channels.compactMap(\.interruptEventFD)
+            try interrupts.disableInterrupts()
+            try interrupts.routeInterrupts(start: 0, eventFDs: fds)
+            device.bar.write8(IOAT.INTRCTRL, IOAT.IntrCtrl([.msixVectorControl, .masterIntEnable]).rawValue)
+        }
+        if characteristics.version.powerEvents, let (registry, handle) = registration.withLock({ $0 }) {
+            try registry.notify(handle, event: .powerUp)
+        }
     }
 }
