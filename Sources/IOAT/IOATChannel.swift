@@ -54,6 +54,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private var chainHead: UInt64 = 0
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
+    /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
+    private var tail: UInt64 = 0
+    /// A one-region IOVA → CPU address cache for walking 1.x chains without a lock.
+    private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
     /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
     @usableFromInline var contextLost = false
     /// Set while the client has the channel suspended.
@@ -123,6 +127,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             if device.chanErr(regs) != 0 {
                 if device.profile.recoversFromHalt,
                    device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
+                    if !countedChains { tail = findTail(chain) }
                     chainHead = chain.iova
                     needsProgramming = false
                     ring(chain.count, restarted: true)
@@ -133,6 +138,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             }
         }
         if needsProgramming { program() }
+        if !countedChains && device.hasDMACount { tail = findTail(chain) }
         point(at: chain.iova)
         ring(chain.count, restarted: true)
     }
@@ -163,8 +169,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// 2.0: DMACOUNT += `chain.count`. 1.x: the old tail's `next` already points at `chain`;
     /// CB 1.x gets CHANCMD.APPEND (the engine re-reads the tail); CB ≥ 2 adds the count, or,
     /// when the engine already stopped on the tail (DONE), points CHAINADDR at `chain`, which
-    /// is what re-reading the tail yields. While suspended only the count grows; Resume
-    /// continues through it. Hot path: one or two register accesses, no lock, no allocation.
+    /// is what re-reading the tail yields. When the engine is executing the old tail (CDAR)
+    /// it may hold the `next` it read before the client linked `chain`: Append waits for that
+    /// one descriptor, then re-points. While suspended only the count grows; Resume
+    /// continues through it. Hot path (2.0): one register write, no lock, no allocation; 1.x
+    /// on CB ≥ 2 also walks the new chain to its tail.
     ///
     /// - Throws: `.invalidArgument` when the outstanding count would pass 65535.
     public func append(_ chain: DescriptorChain) throws(DriverError) {
@@ -179,12 +188,54 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             return
         }
         // NULL-terminated (1.x) chains: tail re-read semantics.
-        if device.hasDMACount && device.state(regs) == .done {
+        guard device.hasDMACount else {
+            ring(chain.count, restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
+            return
+        }
+        let oldTail = tail
+        tail = findTail(chain)
+        var state = device.state(regs)
+        if state == .active && device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask == oldTail {
+            // The engine is on the old tail and may have read its `next` before the client
+            // linked this chain: let it finish (it stops there: the count ends with it).
+            _ = device.spin(for: device.timeouts.quiesce) { self.device.state(self.regs) != .active }
+            state = device.state(regs)
+        }
+        if state == .done {
+            // Stopped on the old tail: what re-reading it yields is this chain.
             point(at: chain.iova)
             ring(chain.count, restarted: true)
         } else {
             ring(chain.count, restarted: false)
         }
+    }
+
+    /// The last descriptor of a NULL-terminated chain (at most `chain.count` descriptors, or
+    /// 65535 without a count), found by following `next` in DMA memory. Translates through a
+    /// one-region cache, so walking chains inside one DMA buffer takes no lock.
+    private func findTail(_ chain: DescriptorChain) -> UInt64 {
+        var iova = chain.iova
+        var d = UnsafeRawPointer(chain.address)
+        let limit = chain.count > 0 ? chain.count : Int(UInt16.max)
+        for _ in 1..<max(limit, 1) {
+            let next = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            guard next != 0, let p = hostAddress(ofDescriptor: next) else { break }
+            iova = next
+            d = UnsafeRawPointer(p)
+        }
+        return iova
+    }
+
+    private func hostAddress(ofDescriptor iova: UInt64) -> UnsafeMutableRawPointer? {
+        let r = walkRegion
+        if iova >= r.iova, iova &+ 64 <= r.iova &+ UInt64(r.length) {
+            return UnsafeMutableRawPointer(bitPattern: r.address &+ UInt(iova &- r.iova))
+        }
+        guard let region = device.memory.regions.first(where: { iova >= $0.iova && iova &+ 64 <= $0.iova &+ UInt64($0.length) }) else {
+            return nil
+        }
+        walkRegion = (region.address, region.iova, region.length)
+        return UnsafeMutableRawPointer(bitPattern: region.address &+ UInt(iova &- region.iova))
     }
 
     @inline(never)
