@@ -14,8 +14,10 @@ import Synchronization
 /// | Append, 2.0 chain | DMACOUNT += count | — (1.x only) |
 /// | Append, 1.x chain | DMACOUNT += count, or CHAINADDR at the new chain when the engine stopped on the old tail | CHANCMD.APPEND |
 /// | Suspend | CHANCMD.SUSPEND, wait for SUSPENDED, read CHANSTS | same |
-/// | Resume | CHANCMD.RESUME | same |
-/// | Abort, Reset, Free | CHANCMD.RESET, wait | same |
+/// | Resume, 2.0 chain | DMACOUNT; CHANCMD.RESUME | — |
+/// | Resume, 1.x chain | CHAINADDR at the last processed descriptor's `next`; DMACOUNT | same; CHANCMD.START |
+/// | Abort | CHANCMD.ABORT, wait for HALTED (else RESET) | same |
+/// | Reset, Free | CHANCMD.RESET, wait | same |
 ///
 /// A halt with an error is recovered by the next Start: in place on CB 3.4 (DPDK's sequence),
 /// with a full reset below.
@@ -62,6 +64,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline var contextLost = false
     /// Set while the client has the channel suspended.
     @usableFromInline var suspended = false
+    /// The IOVA Suspend returned (the last descriptor processed; 0 if none).
+    private var suspendedAt: UInt64 = 0
+    /// 1.x chains: a Resume found nothing after the last processed descriptor; the engine is
+    /// parked there and the next Append points it at the new chain.
+    @usableFromInline var parked = false
 
     init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
         self.index = index
@@ -117,20 +124,16 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             throw DriverError(.invalidArgument,
                 "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(chain.count).")
         }
-        if device.hasDMACount && chain.count == 0 && !countedChains {
-            throw DriverError(.invalidArgument,
-                "On CBDMA \(device.profile.major).\(device.profile.minor) NULL-terminated chains run on the descriptor count: pass the number of descriptors in the chain.")
-        }
         contextLost = false
+        parked = false
         try device.quiesceForStart(regs, channel: index)
         if device.state(regs) == .halted {
             if device.chanErr(regs) != 0 {
                 if device.profile.recoversFromHalt,
                    device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
-                    if !countedChains { tail = findTail(chain) }
                     chainHead = chain.iova
                     needsProgramming = false
-                    ring(chain.count, restarted: true)
+                    ring(countToRun(chain), restarted: true)
                     return
                 }
                 try device.fullReset(regs, channel: index)
@@ -138,9 +141,20 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             }
         }
         if needsProgramming { program() }
-        if !countedChains && device.hasDMACount { tail = findTail(chain) }
+        let n = countToRun(chain)
         point(at: chain.iova)
-        ring(chain.count, restarted: true)
+        ring(n, restarted: true)
+    }
+
+    /// How many descriptors of `chain` to put on DMACOUNT: `chain.count` for counted chains;
+    /// for a NULL-terminated chain on CB ≥ 2 (where `chain.count` is only informational) the
+    /// length found by walking it to NULL, remembering its tail.
+    @inline(__always)
+    private func countToRun(_ chain: DescriptorChain) -> Int {
+        guard !countedChains, device.hasDMACount else { return chain.count }
+        let w = walkToNull(from: chain.iova, first: UnsafeRawPointer(chain.address))
+        tail = w.tail
+        return w.count
     }
 
     /// CHAINADDR = `iova`: the engine's count restarts at 0 (ARMED).
@@ -153,6 +167,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @inline(__always)
     private func ring(_ n: Int, restarted: Bool) {
         suspended = false
+        parked = false
         if device.hasDMACount {
             count = restarted ? UInt16(truncatingIfNeeded: n) : count &+ UInt16(truncatingIfNeeded: n)
             guard n > 0 else { return }
@@ -188,12 +203,19 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             return
         }
         // NULL-terminated (1.x) chains: tail re-read semantics.
+        if parked {
+            // Resume found the old tail's `next` empty; it now holds this chain.
+            let n = countToRun(chain)
+            point(at: chain.iova)
+            ring(n, restarted: true)
+            return
+        }
         guard device.hasDMACount else {
             ring(chain.count, restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
             return
         }
         let oldTail = tail
-        tail = findTail(chain)
+        let n = countToRun(chain)
         var state = device.state(regs)
         if state == .active && device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask == oldTail {
             // The engine is on the old tail and may have read its `next` before the client
@@ -204,28 +226,14 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if state == .done {
             // Stopped on the old tail: what re-reading it yields is this chain.
             point(at: chain.iova)
-            ring(chain.count, restarted: true)
+            ring(n, restarted: true)
         } else {
-            ring(chain.count, restarted: false)
+            ring(n, restarted: false)
         }
     }
 
-    /// The last descriptor of a NULL-terminated chain (at most `chain.count` descriptors, or
-    /// 65535 without a count), found by following `next` in DMA memory. Translates through a
-    /// one-region cache, so walking chains inside one DMA buffer takes no lock.
-    private func findTail(_ chain: DescriptorChain) -> UInt64 {
-        var iova = chain.iova
-        var d = UnsafeRawPointer(chain.address)
-        let limit = chain.count > 0 ? chain.count : Int(UInt16.max)
-        for _ in 1..<max(limit, 1) {
-            let next = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
-            guard next != 0, let p = hostAddress(ofDescriptor: next) else { break }
-            iova = next
-            d = UnsafeRawPointer(p)
-        }
-        return iova
-    }
-
+    /// Translates a descriptor IOVA through a one-region cache, so walking chains inside one
+    /// DMA buffer takes no lock (a miss looks the region up in ``IOATDevice/memory``).
     private func hostAddress(ofDescriptor iova: UInt64) -> UnsafeMutableRawPointer? {
         let r = walkRegion
         if iova >= r.iova, iova &+ 64 <= r.iova &+ UInt64(r.length) {
@@ -274,52 +282,108 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         let last = sts & IOAT.ChanSts.completedDescriptorMask
         storeCompletion(CompletionWord(descriptor: last, status: .suspend))
         suspended = true
+        suspendedAt = last
         return last
     }
 
-    /// `ProviderResumeDma`: CHANCMD.RESUME: the engine re-reads the last processed
-    /// descriptor's `next` (which the client may have edited) and continues with the count
-    /// it had, plus whatever was appended while suspended.
+    /// `ProviderResumeDma`: continue at the first unprocessed descriptor, re-reading the last
+    /// processed descriptor's `next` (which the client may have edited while suspended).
     ///
-    /// - Throws: `.channelHalted` when the channel halted with an error while suspended.
+    /// 2.0 counted chains: DMACOUNT (with whatever was appended while suspended), then
+    /// CHANCMD.RESUME: the engine keeps its count and reloads its position. 1.x chains: the
+    /// provider reads that `next` itself and points CHAINADDR there (CB ≥ 2 with the count of
+    /// the rest of the NULL-terminated chain; CB 1.x with CHANCMD.START); when it is NULL the
+    /// channel stays parked on the tail until the next Append.
+    ///
+    /// - Throws: `.channelHalted` when the channel halted with an error while suspended;
+    ///   `.unmappedAddress` when the last processed descriptor is not in the provider's DMA memory.
     public func resume() throws(DriverError) {
         if let f = fault {
             throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
         }
+        let last = suspendedAt
+        storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
+                                  : CompletionWord(descriptor: last, status: .active))
         suspended = false
-        device.command(regs, .resume)
-        if device.hasDMACount {
+        if countedChains {
             cvfio_io_wmb()
             device.bar.write16(regs.dmacount, count)
+            device.command(regs, .resume)
+            return
         }
+        var first = chainHead
+        if last != 0 {
+            guard let d = hostAddress(ofDescriptor: last) else {
+                throw DriverError(.unmappedAddress,
+                    "Descriptor 0x\(String(last, radix: 16)) is not in the provider's DMA memory; allocate chains from the provider's dmaMemory.")
+            }
+            first = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        }
+        guard first != 0 else {
+            parked = true
+            return
+        }
+        var n = 0
+        if device.hasDMACount {
+            let walk = walkToNull(from: first, first: nil)
+            n = walk.count
+            tail = walk.tail
+        }
+        point(at: first)
+        ring(n, restarted: true)
     }
 
-    /// `ProviderAbortDma`: CHANCMD.RESET stops the engine at once (the current copy may be
-    /// partial) and abandons the rest; the completion word then reads Halted with the last
-    /// descriptor the engine reported. Spins until the reset completes.
+    /// Follows `next` from the descriptor at `iova` (CPU address `first`, or translated)
+    /// until NULL, at most 65535 descriptors: how many there are and the last one.
+    private func walkToNull(from iova: UInt64, first: UnsafeRawPointer?) -> (count: Int, tail: UInt64) {
+        var iova = iova
+        var d = first ?? hostAddress(ofDescriptor: iova).map { UnsafeRawPointer($0) }
+        var n = 1
+        while n < Int(UInt16.max), let p = d {
+            let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            if next == 0 { break }
+            iova = next
+            d = hostAddress(ofDescriptor: next).map { UnsafeRawPointer($0) }
+            n += 1
+        }
+        return (n, iova)
+    }
+
+    /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)
+    /// and abandons the rest; the completion word then reads Halted with the last descriptor
+    /// processed (CHANSTS). An engine that does not halt within the quiesce timeout is reset
+    /// (CHANCMD.RESET). A device error already latched in CHANERR stays visible in ``fault``
+    /// until the next Start. Spins, never sleeps.
     ///
     /// - Throws: `.timeout` when the reset does not complete.
     public func abort() throws(DriverError) {
-        try haltNow()
-        let w = loadCompletion()
-        let last = w.status == .armed ? 0 : w.descriptor
-        storeCompletion(CompletionWord(descriptor: last, status: .halted))
-    }
-
-    /// Resets the channel at once and leaves it HALTED, clean, needing CHANCTRL/CHANCMP.
-    private func haltNow() throws(DriverError) {
         suspended = false
-        try device.clearErrors(regs)
-        try device.resetAndWait(regs, channel: index)
-        needsProgramming = true
+        parked = false
+        device.command(regs, .abort)
+        let halted = device.spin(for: device.timeouts.quiesce) { self.device.state(self.regs) == .halted }
+        let last: UInt64
+        if halted {
+            last = device.readChanSts(regs) & IOAT.ChanSts.completedDescriptorMask
+        } else {
+            try device.clearErrors(regs)
+            try device.resetAndWait(regs, channel: index)
+            needsProgramming = true
+            let w = loadCompletion()
+            last = w.status == .armed ? 0 : w.descriptor
+        }
+        storeCompletion(CompletionWord(descriptor: last, status: .halted))
     }
 
     /// `ProviderResetChannel`: Abort, then forget every submitted descriptor: the channel is
     /// as it was after allocation (HALTED, pointed at the completion word, count 0).
     public func reset() throws(DriverError) {
         try abort()
+        try device.clearErrors(regs)
+        try device.resetAndWait(regs, channel: index)
         count = 0
         chainHead = 0
+        tail = 0
+        suspendedAt = 0
         program()
     }
 
@@ -327,6 +391,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// writes off, and returns it to the provider.
     public func free() {
         suspended = false
+        parked = false
         try? device.fullReset(regs, channel: index)
         device.bar.write16(regs.chanctrl, 0)
         device.writeWide(regs.chancmp, 0)
@@ -387,7 +452,6 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// The decoded CHANERR when the channel is HALTED with an error, with the failing
     /// descriptor (the one after the last completed, or the chain head when none completed).
     public var fault: ChannelFault? {
-        guard regs.chanerr >= 0 else { return nil }
         let e = device.bar.read32(regs.chanerr)
         guard e != 0 else { return nil }
         let err = IOAT.ChanErr(rawValue: e)
@@ -397,10 +461,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
     /// the last completed descriptor (or the chain head when nothing completed).
     private func failingDescriptor() -> UInt64? {
-        if regs.cdar >= 0 {
-            let cdar = device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask
-            if cdar != 0 { return cdar }
-        }
+        let cdar = device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask
+        if cdar != 0 { return cdar }
         let w = loadCompletion()
         let last = w.status == .armed ? 0 : w.descriptor
         if last == 0 { return chainHead == 0 ? nil : chainHead }

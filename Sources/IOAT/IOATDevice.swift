@@ -17,13 +17,12 @@ extension DriverError.Code {
 struct IOATChannelRegisters: Sendable {
     @usableFromInline let chanctrl: Int
     @usableFromInline let chancmd: Int
-    /// DMACOUNT; -1 on v1, which has none.
+    /// DMACOUNT; -1 on v1, which has none (CHANERR and CDAR sit at the same offsets on v1).
     @usableFromInline let dmacount: Int
     @usableFromInline let chansts: Int
     @usableFromInline let chainaddr: Int
     @usableFromInline let chancmp: Int
     @usableFromInline let cdar: Int
-    /// CHANERR; -1 on v1, which has none.
     @usableFromInline let chanerr: Int
 
     init(channel: Int, v1: Bool) {
@@ -35,8 +34,8 @@ struct IOATChannelRegisters: Sendable {
             dmacount = -1
             chansts = base + IOAT.V1.CHANSTS
             chainaddr = base + IOAT.V1.CHAINADDR
-            cdar = -1
-            chanerr = -1
+            cdar = base + IOAT.CDAR
+            chanerr = base + IOAT.CHANERR
         } else {
             chancmd = base + IOAT.CHANCMD
             dmacount = base + IOAT.DMACOUNT
@@ -220,11 +219,9 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
         IOAT.ChannelState(rawValue: UInt8(bar.read32(r.chansts) & 0x7))
     }
 
-    /// CHANERR (0 on the v1 layout, which has none).
+    /// CHANERR.
     @inlinable
-    func chanErr(_ r: IOATChannelRegisters) -> UInt32 {
-        r.chanerr < 0 ? 0 : bar.read32(r.chanerr)
-    }
+    func chanErr(_ r: IOATChannelRegisters) -> UInt32 { bar.read32(r.chanerr) }
 
     @inlinable
     func command(_ r: IOATChannelRegisters, _ cmd: IOAT.ChanCmd) {
@@ -287,10 +284,8 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
     /// Step 5: write CHANERR back (write-1-to-clear) and, below CB 3.3, config CHANERR_INT
     /// (0x180); on Tylersburg channel 0 (0x3430) also write 0x10 to DMAUNCERRSTS (0x148).
     func clearErrors(_ r: IOATChannelRegisters) throws(DriverError) {
-        if r.chanerr >= 0 {
-            let e = bar.read32(r.chanerr)
-            if e != 0 { bar.write32(r.chanerr, e) }
-        }
+        let e = bar.read32(r.chanerr)
+        if e != 0 { bar.write32(r.chanerr, e) }
         guard let config, profile.cbver < 0x33 else { return }
         let copy = try config.readConfig32(IOAT.configCHANERR_INT)
         if copy != 0 { try config.writeConfig32(IOAT.configCHANERR_INT, copy) }
