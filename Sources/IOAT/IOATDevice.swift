@@ -293,7 +293,8 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
     }
 
     /// Step 6: CHANCMD.RESET, then wait for bit 5 to clear; the channel must read HALTED
-    /// with CHANERR = 0.
+    /// with CHANERR = 0. Restores MSI-X on CB 3.3 and clears TBG channel 0's spurious
+    /// DMAUNCERRSTS parity error.
     ///
     /// - Throws: `.timeout` when the reset bit stays set past ``IOATTimeouts/reset``;
     ///   `.selfTestFailed` when the channel is not HALTED or CHANERR is set afterwards.
@@ -305,6 +306,10 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
                 "CBDMA channel \(channel) did not finish its reset within \(timeouts.reset) (CHANCMD bit 5 still set). Reset the function (VFIO_DEVICE_RESET) or power-cycle the host.")
         }
         try restoreInterruptsAfterReset()
+        if deviceID == 0x3430, let config {
+            // TBG channel 0 reports a spurious config parity error after a restart (ioat.md §7.2).
+            try config.writeConfig32(IOAT.configDMAUNCERRSTS, 0x10)
+        }
         let s = state(r)
         let e = chanErr(r)
         guard s == .halted, e == 0 else {

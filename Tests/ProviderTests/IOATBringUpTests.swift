@@ -41,15 +41,75 @@ struct IOATBringUpTests {
         #expect(rig.device.bar0.read8(IOAT.INTRCTRL) & 0x09 == 0x09)
     }
 
-    @Test("a stale CHANCTRL.IN_USE and a latched CHANERR from a previous owner are cleared")
-    func staleOwnership() throws {
-        let rig = try IOATProviderRig("skx") { device in
-            device.config.write16(0x04, 0x0006)
-            device.bar0.write16(IOAT.channelBase(0) + IOAT.CHANCTRL, IOAT.ChanCtrl.inUse.rawValue)
+    @Test("bring-up follows ioat.md §6.8 in order: IN_USE, quiesce, CHANERR, reset, CHANCTRL, CHANCMP, CHAINADDR, NULL descriptor",
+          arguments: ["tbg", "skx", "bdxde", "icx"])
+    func sequence(profile name: String) throws {
+        let iommu = SoftIOMMU()
+        let memory = DMAMemory(spaces: [iommu], preferHugePages: false)
+        let device = MockIOATDevice(profile: IOAT.profile(named: name)!, iommu: iommu)
+        let ch = IOAT.channelBase(0)
+        // A previous owner left the channel claimed and running a NULL descriptor (DONE).
+        device.config.write16(0x04, 0x0006)
+        let old = try memory.allocate(length: 4096)
+        old.base.storeBytes(of: UInt32(1), toByteOffset: 0, as: UInt32.self)
+        old.base.storeBytes(of: IOAT.DescriptorControl.null, toByteOffset: 4, as: UInt32.self)
+        let split = device.profile.splitsWide64BitWrites
+        if split { device.bar0.write64Split(ch + IOAT.CHAINADDR, old.iova) } else { device.bar0.write64(ch + IOAT.CHAINADDR, old.iova) }
+        device.bar0.write16(ch + IOAT.DMACOUNT, 1)
+        #expect(ioatWait { IOAT.ChannelState(rawValue: UInt8(device.bar0.read32(ch + IOAT.CHANSTS) & 7)) == .done })
+        device.bar0.write16(ch + IOAT.CHANCTRL, IOAT.ChanCtrl.inUse.rawValue)
+
+        let bar = IOATRecordingBAR(base: device.bar0)
+        let provider = try IOATProvider(bar: bar, config: IOATModelConfig(device.config), interrupts: device, memory: memory)
+        let writes = bar.log.all
+        func first(_ offset: Int, _ matching: (UInt64) -> Bool = { _ in true }) -> Int? {
+            writes.firstIndex { $0.offset == offset && matching($0.value) }
         }
-        let ctrl = IOAT.ChanCtrl(rawValue: rig.device.bar0.read16(IOAT.channelBase(0) + IOAT.CHANCTRL))
-        #expect(!ctrl.contains(.inUse))
-        #expect(rig.state() == .halted)
+        let inUse = try #require(first(ch + IOAT.CHANCTRL) { $0 & UInt64(IOAT.ChanCtrl.inUse.rawValue) == 0 })
+        let suspend = try #require(first(ch + IOAT.CHANCMD) { $0 == UInt64(IOAT.ChanCmd.suspend.rawValue) })
+        let reset = try #require(first(ch + IOAT.CHANCMD) { $0 == UInt64(IOAT.ChanCmd.reset.rawValue) })
+        let control = try #require(writes.indices.first { $0 > reset && writes[$0].offset == ch + IOAT.CHANCTRL })
+        let completion = try #require(writes.indices.first { $0 > reset && writes[$0].offset == ch + IOAT.CHANCMP })
+        let chain = try #require(writes.indices.first { $0 > reset && (writes[$0].offset == ch + IOAT.CHAINADDR || writes[$0].offset == ch + IOAT.CHAINADDR + 4) })
+        let doorbell = try #require(first(ch + IOAT.DMACOUNT) { $0 == 1 })
+        #expect(inUse < suspend && suspend < reset && reset < control && control < completion && completion < chain && chain < doorbell)
+        // 64-bit registers: two 32-bit halves, low first, below 3.3; one store from 3.3.
+        let wide = writes.filter { [ch + IOAT.CHAINADDR, ch + IOAT.CHAINADDR + 4, ch + IOAT.CHANCMP, ch + IOAT.CHANCMP + 4].contains($0.offset) }
+        #expect(wide.allSatisfy { $0.width == (split ? 4 : 8) })
+        if split {
+            let a = try #require(wide.firstIndex { $0.offset == ch + IOAT.CHAINADDR })
+            #expect(wide[a + 1].offset == ch + IOAT.CHAINADDR + 4)
+        }
+        #expect(device.statistics.droppedWideWrites == 0)
+        // Config CHANERR_INT is cleared below 3.3 only (checked through the config model).
+        #expect(provider.device.profile.cbver == device.profile.cbver)
+        #expect(IOAT.ChannelState(rawValue: UInt8(device.bar0.read32(ch + IOAT.CHANSTS) & 7)) == .halted)
+        #expect(IOAT.ChanCtrl(rawValue: device.bar0.read16(ch + IOAT.CHANCTRL)).isEmpty)
+    }
+
+    @Test("a previous owner's halt is cleared: CHANERR, and CHANERR_INT (config 0x180) below 3.3",
+          arguments: ["tbg", "bdx", "bwd", "icx"])
+    func previousError(profile name: String) throws {
+        let iommu = SoftIOMMU()
+        let memory = DMAMemory(spaces: [iommu], preferHugePages: false)
+        let device = MockIOATDevice(profile: IOAT.profile(named: name)!, iommu: iommu)
+        let ch = IOAT.channelBase(0)
+        device.config.write16(0x04, 0x0006)
+        let old = try memory.allocate(length: 4096)  // a zero-size copy: DXSERR
+        device.bar0.write16(ch + IOAT.CHANCTRL, IOAT.ChanCtrl.anyErrAbortEnable.rawValue)
+        device.bar0.write64Split(ch + IOAT.CHAINADDR, old.iova)
+        device.bar0.write16(ch + IOAT.DMACOUNT, 1)
+        #expect(ioatWait { device.bar0.read32(ch + IOAT.CHANERR) != 0 })
+        #expect(device.config.read32(IOAT.configCHANERR_INT) != 0)
+        _ = try IOATProvider(bar: device.bar0, config: IOATModelConfig(device.config), interrupts: nil, memory: memory)
+        #expect(device.bar0.read32(ch + IOAT.CHANERR) == 0)
+        if device.profile.cbver < 0x33 {
+            #expect(device.config.read32(IOAT.configCHANERR_INT) == 0)
+        }
+        if device.profile.deviceID == 0x3430 {
+            // TBG channel 0: the spurious parity error a reset leaves in DMAUNCERRSTS is cleared.
+            #expect(device.config.read32(IOAT.configDMAUNCERRSTS) & 0x10 == 0)
+        }
     }
 
     @Test("the bring-up also works with the engine stepped by hand (deterministic model)")

@@ -201,3 +201,27 @@ final class IOATThread: @unchecked Sendable {
     }
     func join() { pthread_join(thread, nil) }
 }
+
+/// A ``RegisterIO`` that forwards to another and records every write (offset, width, value),
+/// to check the order of a register sequence.
+struct IOATRecordingBAR<Base: RegisterIO & Sendable>: RegisterIO, Sendable {
+    struct Write: Sendable, Hashable { let offset: Int; let width: Int; let value: UInt64 }
+    let base: Base
+    let log = IOATLog<Write>()
+    var length: Int { base.length }
+    func read8(_ offset: Int) -> UInt8 { base.read8(offset) }
+    func read16(_ offset: Int) -> UInt16 { base.read16(offset) }
+    func read32(_ offset: Int) -> UInt32 { base.read32(offset) }
+    func read64(_ offset: Int) -> UInt64 { base.read64(offset) }
+    func write8(_ offset: Int, _ value: UInt8) { log.append(Write(offset: offset, width: 1, value: UInt64(value))); base.write8(offset, value) }
+    func write16(_ offset: Int, _ value: UInt16) { log.append(Write(offset: offset, width: 2, value: UInt64(value))); base.write16(offset, value) }
+    func write32(_ offset: Int, _ value: UInt32) { log.append(Write(offset: offset, width: 4, value: UInt64(value))); base.write32(offset, value) }
+    func write64(_ offset: Int, _ value: UInt64) { log.append(Write(offset: offset, width: 8, value: value)); base.write64(offset, value) }
+}
+
+final class IOATLog<T: Sendable>: Sendable {
+    private let items = Mutex<[T]>([])
+    func append(_ x: T) { items.withLock { $0.append(x) } }
+    var all: [T] { items.withLock { $0 } }
+    func clear() { items.withLock { $0.removeAll() } }
+}
