@@ -53,13 +53,14 @@ public struct IOATTimeouts: Sendable, Hashable {
     public var quiesce: Duration
     /// CHANCMD.RESET until bit 5 reads 0 (Linux: 200 ms).
     public var reset: Duration
-    /// The bring-up NULL descriptor until DONE and its completion write (ioat.md §6.8: 10 ms).
+    /// The bring-up NULL descriptor until DONE and its completion write (ioat.md §6.8 says
+    /// 10 ms; the default allows a device model on a busy machine).
     public var selfTest: Duration
     /// In-place halt recovery (CB 3.4) until CHANSTS reads ARMED (DPDK: 200 pauses).
     public var recovery: Duration
 
     public init(quiesce: Duration = .milliseconds(100), reset: Duration = .milliseconds(200),
-                selfTest: Duration = .milliseconds(10), recovery: Duration = .milliseconds(1)) {
+                selfTest: Duration = .milliseconds(100), recovery: Duration = .milliseconds(1)) {
         self.quiesce = quiesce
         self.reset = reset
         self.selfTest = selfTest

@@ -19,6 +19,10 @@ final class IOATModelConfig: PCIConfigAccess {
     func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
 }
 
+/// Bounds for the register sequences on a model whose engine thread shares two busy cores with
+/// parallel tests: generous, so a slow scheduler never fails a test (they are bounds, not waits).
+let ioatTestTimeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
+
 /// Every CBDMA generation the model has, oldest first, except CB 1.x (tested on its own).
 let ioatV3Profiles = IOAT.profiles.filter { !$0.isV1 }.map(\.name)
 /// All profiles, including CB 1.2.
@@ -47,7 +51,7 @@ final class IOATProviderRig: @unchecked Sendable {
         prepare(device)
         let make = { [self] () throws(DriverError) -> IOATProvider<MockIOATBAR> in
             try IOATProvider(bar: device.bar0, config: config, interrupts: interrupts ? device : nil, memory: memory,
-                             configuration: .init(version: version))
+                             configuration: .init(version: version, timeouts: ioatTestTimeouts))
         }
         provider = execution == .manual ? try whileStepping(make) : try make()
     }
