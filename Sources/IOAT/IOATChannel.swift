@@ -190,7 +190,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// continues through it. Hot path (2.0): one register write, no lock, no allocation; 1.x
     /// on CB ≥ 2 also walks the new chain to its tail.
     ///
-    /// - Throws: `.invalidArgument` when the outstanding count would pass 65535.
+    /// - Throws: `.invalidArgument` for more than 65535 descriptors; `.contextLost` (NetDMA 1.0,
+    ///   once after a power cycle); `.timeout` when a 1.x engine stays on the old tail.
     public func append(_ chain: DescriptorChain) throws(DriverError) {
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else { throw Self.tooMany(chain.count) }
         if contextLost { throw lostContext() }
@@ -220,7 +221,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if state == .active && device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask == oldTail {
             // The engine is on the old tail and may have read its `next` before the client
             // linked this chain: let it finish (it stops there: the count ends with it).
-            _ = device.spin(for: device.timeouts.quiesce) { self.device.state(self.regs) != .active }
+            guard device.spin(for: device.timeouts.quiesce, { self.device.state(self.regs) != .active }) else {
+                throw DriverError(.timeout,
+                    "CBDMA channel \(index) stayed on descriptor 0x\(String(oldTail, radix: 16)) for \(device.timeouts.quiesce); Abort it and Start again.")
+            }
             state = device.state(regs)
         }
         if state == .done {

@@ -39,7 +39,9 @@ final class IOATProviderRig: @unchecked Sendable {
     let memory: DMAMemory
     let device: MockIOATDevice
     let config: IOATModelConfig
-    var provider: IOATProvider<MockIOATBAR>!
+    var provider: IOATProvider<IOATCountingBAR>!
+    /// The BAR the provider drives: the model's, counting writes.
+    let bar: IOATCountingBAR
     var profile: IOAT.Profile { device.profile }
 
     init(_ name: String, version: NetDMAVersion = .v2_0, execution: MockIOATDevice.Execution = .thread,
@@ -48,19 +50,24 @@ final class IOATProviderRig: @unchecked Sendable {
         device = MockIOATDevice(profile: IOAT.profile(named: name)!, iommu: iommu, execution: execution,
                                 options: .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500))
         config = IOATModelConfig(device.config)
+        bar = IOATCountingBAR(base: device.bar0)
         prepare(device)
-        let make = { [self] () throws(DriverError) -> IOATProvider<MockIOATBAR> in
-            try IOATProvider(bar: device.bar0, config: config, interrupts: interrupts ? device : nil, memory: memory,
+        let make = { [self] () throws(DriverError) -> IOATProvider<IOATCountingBAR> in
+            try IOATProvider(bar: bar, config: config, interrupts: interrupts ? device : nil, memory: memory,
                              configuration: .init(version: version, timeouts: ioatTestTimeouts))
         }
         provider = execution == .manual ? try whileStepping(make) : try make()
     }
 
     /// Runs `work` on a helper thread while this thread steps the (manual) engine, until
-    /// `work` returns. Deterministic: the engine moves only between the test's own steps.
-    func whileStepping<T>(_ work: @escaping () throws(DriverError) -> T) throws(DriverError) -> T {
+    /// `work` returns. Deterministic: stepping starts only once `work` has written its first
+    /// register (its command is posted before the engine moves on).
+    /// With `gate: false` stepping starts at once (for calls that wait before they write).
+    func whileStepping<T>(gate: Bool = true, _ work: @escaping () throws(DriverError) -> T) throws(DriverError) -> T {
         let box = IOATResultBox<T>()
+        let writes = bar.writes
         let thread = IOATThread { box.set(Result { () throws(DriverError) -> T in try work() }) }
+        while gate && !box.done && bar.writes == writes { sched_yield() }
         while !box.done {
             if !device.step() { sched_yield() }
         }
@@ -83,7 +90,7 @@ final class IOATProviderRig: @unchecked Sendable {
 /// A provider channel allocated directly (no registry), with its own completion word.
 final class IOATDirectChannel: @unchecked Sendable {
     let word: DMABuffer
-    let channel: IOATChannel<MockIOATBAR>
+    let channel: IOATChannel<IOATCountingBAR>
     let cpu: Int
 
     init(_ rig: IOATProviderRig, affinity: CPUSet = [0]) throws {
@@ -92,7 +99,7 @@ final class IOATDirectChannel: @unchecked Sendable {
         let p = ChannelParameters(completionAddress: word.base.assumingMemoryBound(to: UInt64.self),
                                   completionIOVA: word.iova, affinity: affinity)
         let (ch, cpu) = try rig.provider.allocateChannel(p)
-        channel = ch as! IOATChannel<MockIOATBAR>
+        channel = ch as! IOATChannel<IOATCountingBAR>
         self.cpu = cpu
     }
 
@@ -228,4 +235,28 @@ final class IOATLog<T: Sendable>: Sendable {
     func append(_ x: T) { items.withLock { $0.append(x) } }
     var all: [T] { items.withLock { $0 } }
     func clear() { items.withLock { $0.removeAll() } }
+}
+
+/// The model's BAR, counting register writes (to know when a provider call has posted its
+/// first command).
+struct IOATCountingBAR: RegisterIO, Sendable {
+    let base: MockIOATBAR
+    private let count = IOATCounter()
+    init(base: MockIOATBAR) { self.base = base }
+    var writes: Int { count.value }
+    var length: Int { base.length }
+    func read8(_ offset: Int) -> UInt8 { base.read8(offset) }
+    func read16(_ offset: Int) -> UInt16 { base.read16(offset) }
+    func read32(_ offset: Int) -> UInt32 { base.read32(offset) }
+    func read64(_ offset: Int) -> UInt64 { base.read64(offset) }
+    func write8(_ offset: Int, _ value: UInt8) { base.write8(offset, value); count.bump() }
+    func write16(_ offset: Int, _ value: UInt16) { base.write16(offset, value); count.bump() }
+    func write32(_ offset: Int, _ value: UInt32) { base.write32(offset, value); count.bump() }
+    func write64(_ offset: Int, _ value: UInt64) { base.write64(offset, value); count.bump() }
+}
+
+final class IOATCounter: Sendable {
+    private let n = Atomic<Int>(0)
+    var value: Int { n.load(ordering: .acquiring) }
+    func bump() { n.add(1, ordering: .releasing) }
 }
