@@ -41,6 +41,15 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline let regs: IOATChannelRegisters
     private let eventFD: EventFD?
 
+    private let inPlaceRecoveries = Atomic<Int>(0)
+    private let resetRecoveries = Atomic<Int>(0)
+
+    /// How many error halts a Start recovered: in place (CB 3.4, DPDK's sequence) and by a
+    /// full reset (older parts, or when the in-place sequence did not arm the channel).
+    public var recoveries: (inPlace: Int, byReset: Int) {
+        (inPlaceRecoveries.load(ordering: .relaxed), resetRecoveries.load(ordering: .relaxed))
+    }
+
     /// Whether the channel is allocated to a client.
     let allocated = Atomic<Bool>(false)
     /// The completion word's CPU address (0 while free); the interrupt thread reads it.
@@ -133,11 +142,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                    device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
                     chainHead = chain.iova
                     needsProgramming = false
+                    inPlaceRecoveries.add(1, ordering: .relaxed)
                     ring(countToRun(chain), restarted: true)
                     return
                 }
                 try device.fullReset(regs, channel: index)
                 needsProgramming = true
+                resetRecoveries.add(1, ordering: .relaxed)
             }
         }
         if needsProgramming { program() }
