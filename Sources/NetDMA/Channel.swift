@@ -79,16 +79,16 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// The IOVA of the completion word (`CompletionPhysicalAddress`).
     public let completionIOVA: UInt64
 
-    /// The provider's channel. Strong: keeps it alive as long as this object.
-    let providerChannel: any ProviderChannel
-    /// The same channel for the hot path: `unowned(unsafe)` so that an Append does no
-    /// retain/release. Sound because `providerChannel` above keeps it alive.
-    unowned(unsafe) let engine: any ProviderChannel
+    /// The provider's channel.
+    ///
+    /// Hot-path calls go through this strong `let` of a final class: the compiler borrows it
+    /// in place from the guaranteed `self`, so an Append does no retain/release (checked in the
+    /// release build's disassembly). An `unowned(unsafe)` copy was tried and is worse: the
+    /// compiler retains an unmanaged existential around each call to keep it alive.
+    let engine: any ProviderChannel
     /// The provider's record (strong: a channel keeps it alive; the record drops its channels
     /// when they are freed, so there is no lasting cycle).
-    let recordOwner: ProviderRecord
-    /// The same record for the hot path, without retain/release.
-    unowned(unsafe) let record: ProviderRecord
+    let record: ProviderRecord
 
     private let block: DMABuffer
     /// The completion word (`CompletionVirtualAddress`), read with one acquire load.
@@ -101,7 +101,6 @@ public final class NetDMAChannel: @unchecked Sendable {
     private let control = Mutex<Void>(())
     // The last chain given to Start or Append (for drain and power-up), relaxed stores.
     private let lastChainIOVA = Atomic<UInt64>(0)
-    private let lastChainAddress = Atomic<UInt>(0)
     private let lastChainCount = Atomic<Int>(0)
     /// Set after a NULL re-Start: the engine's tail is the NULL descriptor (1.x Append patches it).
     private let reseeded = Atomic<Bool>(false)
@@ -119,10 +118,8 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     init(record: ProviderRecord, provider: ProviderHandle, block: consuming DMABuffer, providerChannel: any ProviderChannel,
          cpu: Int, priority: Int, attributes: ProviderAttributes) {
-        self.recordOwner = record
         self.record = record
         self.provider = provider
-        self.providerChannel = providerChannel
         self.engine = providerChannel
         self.index = providerChannel.index
         self.cpu = cpu
@@ -238,6 +235,7 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     /// NetDMA 1.0 power handling (netdma.md §10): the provider lost its context and asks for a
     /// Start on a NULL descriptor; the NULL descriptor leads into the chain being appended.
+    @inline(never)  // cold: keeps the lock out of the Append hot path
     private func reseedAfterContextLoss(_ chain: DescriptorChain) throws(DriverError) {
         try control.withLock { _ throws(DriverError) in
             nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion],
@@ -437,26 +435,23 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     private func noteChain(_ chain: DescriptorChain?) {
         lastChainIOVA.store(chain?.iova ?? 0, ordering: .relaxed)
-        lastChainAddress.store(chain.map { UInt(bitPattern: $0.address) } ?? 0, ordering: .relaxed)
         lastChainCount.store(chain?.count ?? 0, ordering: .relaxed)
     }
 
-    /// The last descriptor submitted: the tail of the last chain, found by walking it.
+    /// The last descriptor submitted: the tail of the last chain, found by walking it through
+    /// the DMA memory table (never through a stored pointer: the client may have released the
+    /// descriptors since, and then nothing of them can be outstanding).
     private func submittedTail() -> (iova: UInt64, address: UnsafeMutablePointer<Descriptor>)? {
         let count = lastChainCount.load(ordering: .relaxed)
         var iova = lastChainIOVA.load(ordering: .relaxed)
-        guard count > 0, var d = UnsafeMutablePointer<Descriptor>(bitPattern: lastChainAddress.load(ordering: .relaxed)) else {
-            return nil
-        }
-        var steps = 0
-        while true {
-            steps += 1
-            if providerVersion.countedChains && steps >= count { break }
+        guard count > 0, var d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { return nil }
+        var steps = 1
+        while !(providerVersion.countedChains && steps >= count) && steps <= 1 << 20 {
             let n = d.pointee.next
-            if n == 0 || steps > 1 << 20 { break }
-            guard let a = n == nullDescriptorIOVA ? UnsafeMutableRawPointer(nullDescriptor) : dmaMemory.address(ofIOVA: n) else { break }
+            guard n != 0, let a = dmaMemory.address(ofIOVA: n) else { break }
             iova = n
             d = a.assumingMemoryBound(to: Descriptor.self)
+            steps += 1
         }
         return (iova, d)
     }

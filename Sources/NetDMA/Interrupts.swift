@@ -5,6 +5,11 @@ import Synchronization
 import Glibc
 #endif
 
+/// Counts the live threads of one provider's interrupt machinery.
+final class ThreadCounter: Sendable {
+    let count = Atomic<Int>(0)
+}
+
 /// A joinable POSIX thread running a Swift closure: the interrupt thread and the completion
 /// workers. (No Foundation in this package.)
 final class NativeThread: @unchecked Sendable {
@@ -61,6 +66,8 @@ final class InterruptDispatcher: @unchecked Sendable {
     /// Serialises add/remove/shutdown (they wait for the interrupt thread's acknowledgement).
     private let control = Mutex<Void>(())
     private let workers = Mutex<[Int: CompletionWorker]>([:])
+    /// Threads of this dispatcher running now: the interrupt thread and its completion workers.
+    let threads = ThreadCounter()
     private var thread: NativeThread?
     /// The registry, asked for each DPC's CPU (`NetDmaIsr`).
     private let dpcCPU: @Sendable (NetDMAChannel, InterruptReport) -> Int
@@ -73,8 +80,19 @@ final class InterruptDispatcher: @unchecked Sendable {
         thread = try NativeThread.spawn(name: "netdma-irq") { [self] in run() }
     }
 
-    /// Starts waiting on `channel`'s eventfd.
-    func add(_ channel: NetDMAChannel, fd: Int32) {
+    /// Starts waiting on `channel`'s eventfd, with a completion worker on its DPC CPU.
+    ///
+    /// - Throws: `.outOfMemory` when the worker thread cannot be created.
+    func add(_ channel: NetDMAChannel, fd: Int32) throws(DriverError) {
+        if workers.withLock({ $0[channel.cpu] }) == nil {
+            let w = try CompletionWorker(cpu: channel.cpu, threads: threads)
+            let extra: CompletionWorker? = workers.withLock { ws in
+                if ws[channel.cpu] != nil { return w }
+                ws[channel.cpu] = w
+                return nil
+            }
+            extra?.shutdown()
+        }
         control.withLock { _ in
             let g = table.withLock { t in
                 t.entries.append(Entry(fd: fd, channel: channel))
@@ -122,6 +140,8 @@ final class InterruptDispatcher: @unchecked Sendable {
 
     /// The interrupt thread: poll every channel's eventfd and the wake fd.
     private func run() {
+        threads.count.add(1, ordering: .relaxed)
+        defer { threads.count.subtract(1, ordering: .relaxed) }
         var seen = UInt64.max
         var fds: [pollfd] = []
         var entries: [Entry] = []
@@ -151,16 +171,12 @@ final class InterruptDispatcher: @unchecked Sendable {
                 // interface names.
                 let report = e.channel.serviceInterrupt()
                 let cpu = dpcCPU(e.channel, report)
-                worker(for: cpu)?.enqueue(e.channel, report) ?? e.channel.runDPC(report)
+                // `add` made a worker for the channel's CPU; a DPC CPU the registry names
+                // beyond those falls back to the channel's own worker.
+                let w = workers.withLock { $0[cpu] ?? $0[e.channel.cpu] }
+                w?.enqueue(e.channel, report)
             }
         }
-    }
-
-    private func worker(for cpu: Int) -> CompletionWorker? {
-        if let w = workers.withLock({ $0[cpu] }) { return w }
-        guard let w = try? CompletionWorker(cpu: cpu) else { return nil }
-        workers.withLock { $0[cpu] = w }
-        return w
     }
 }
 
@@ -179,9 +195,11 @@ final class CompletionWorker: @unchecked Sendable {
     private let wake: EventFD
     private let queue = Mutex(Queue())
     private var thread: NativeThread?
+    private let threads: ThreadCounter
 
-    init(cpu: Int) throws(DriverError) {
+    init(cpu: Int, threads: ThreadCounter) throws(DriverError) {
         self.cpu = cpu
+        self.threads = threads
         wake = try EventFD()
         thread = try NativeThread.spawn(name: "netdma-dpc\(cpu)") { [self] in run() }
     }
@@ -198,6 +216,8 @@ final class CompletionWorker: @unchecked Sendable {
     }
 
     private func run() {
+        threads.count.add(1, ordering: .relaxed)
+        defer { threads.count.subtract(1, ordering: .relaxed) }
         // If the CPU went offline the DPC still runs, unpinned; the channel reports its CPU.
         try? CPUAffinity.pinCurrentThread(to: [cpu])
         while true {

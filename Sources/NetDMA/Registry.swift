@@ -65,7 +65,9 @@ public struct NetDMANotification: Sendable, Hashable, CustomStringConvertible {
             }
         }
     }
+    /// What happened.
     public var code: Code
+    /// The provider it happened to.
     public var provider: ProviderHandle
     public init(code: Code, provider: ProviderHandle) {
         self.code = code
@@ -93,16 +95,19 @@ public struct ProviderInfo: Sendable {
 }
 
 /// The interface's record of one registered provider.
-final class ProviderRecord: @unchecked Sendable {
-    // @unchecked: `dispatcher` is only written under `NetDMARegistry.state`'s lock (start/stop);
-    // everything else is a let, an atomic or behind `channels`.
+final class ProviderRecord: Sendable {
     let handle: ProviderHandle
     let provider: any NetDMAProvider
     let characteristics: ProviderCharacteristics
     let affinityTable: [ChannelCPUAffinity]
     let poweredDown = Atomic<Bool>(false)
     let channels = Mutex<[NetDMAChannel]>([])
-    var dispatcher: InterruptDispatcher?
+    private let dispatcherSlot = Mutex<InterruptDispatcher?>(nil)
+    /// The interrupt machinery while started (nil otherwise).
+    var dispatcher: InterruptDispatcher? {
+        get { dispatcherSlot.withLock { $0 } }
+        set { dispatcherSlot.withLock { $0 = newValue } }
+    }
     unowned let registry: NetDMARegistry
 
     init(handle: ProviderHandle, provider: any NetDMAProvider, affinityTable: [ChannelCPUAffinity], registry: NetDMARegistry) {
@@ -428,9 +433,19 @@ public final class NetDMARegistry: Sendable {
         }
         let channel = NetDMAChannel(record: record, provider: handle, block: block, providerChannel: pc, cpu: cpu,
                                     priority: priority, attributes: attributes)
+        if let fd = pc.interruptEventFD, let dispatcher = record.dispatcher {
+            do { try dispatcher.add(channel, fd: fd) } catch {
+                pc.free()
+                throw error
+            }
+        }
         record.channels.withLock { $0.append(channel) }
-        if let fd = pc.interruptEventFD { record.dispatcher?.add(channel, fd: fd) }
         return channel
+    }
+
+    /// The thread counter of a started provider's interrupt machinery (tests).
+    func interruptThreads(_ handle: ProviderHandle) -> ThreadCounter? {
+        state.withLock { $0.providers[handle.id]?.record.dispatcher?.threads }
     }
 
     /// `NetDmaIsr`: the CPU on which a channel's DPC must run (the CPU reported at allocation).

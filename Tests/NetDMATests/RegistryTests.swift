@@ -1,9 +1,9 @@
-import NetDMA
+@testable import NetDMA
 import Platform
 import Synchronization
 import Testing
 
-@Suite("NetDMA registry (netdma.md §2, §4.4–4.5, §6, §11.1)")
+@Suite("NetDMA registry (netdma.md §2, §4.4–4.5, §6, §11.1)", .serialized)
 struct RegistryTests {
     @Test("version is 2.1, encoded major << 16 | minor")
     func version() {
@@ -165,5 +165,47 @@ struct RegistryTests {
             #expect(error.code == .invalidState)
             #expect(error.message.contains("Free") && error.message.contains("freed"))
         }
+    }
+
+    @Test("the interrupt thread and completion workers run while started and are joined by stop")
+    func threadsShutDown() async throws {
+        let h = try Harness(.fixture(.v2_0))
+        defer { h.close() }
+        let counter = try #require(h.registry.interruptThreads(h.handle))
+        let cpus = Array(CPUSet.allowed)
+        let a = try h.channel(affinity: [cpus.first!]), b = try h.channel(affinity: [cpus.last!])
+        let pool = try DescriptorPool(memory: h.memory, count: 4)
+        for c in [a, b] {
+            setNull(pool, c.index, flags: [.interruptOnCompletion])
+            let g = c.interruptGeneration
+            try c.start(pool.chain(from: c.index, count: 1))
+            _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        }
+        // One interrupt thread plus one worker per DPC CPU.
+        #expect(counter.count.load(ordering: .acquiring) == 1 + Set([a.cpu, b.cpu]).count)
+        try h.registry.stop(h.handle)
+        #expect(counter.count.load(ordering: .acquiring) == 0, "stop joins every thread")
+        #expect(h.registry.interruptThreads(h.handle) == nil)
+    }
+
+    @Test("Free is refused while descriptors are outstanding, allowed once they completed", arguments: TargetFactory.all)
+    func freeOnlyWhenDrained(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 4)
+        setNull(pool, 0)
+        setNull(pool, 1)
+        h.target.hold(channel: c.index, true)
+        try c.start(link(pool, 0..<2, counted: c.countedChains))
+        #expect(waitUntil { h.target.inFlight(channel: c.index) != 0 })
+        do { try c.free(); Issue.record("freed with work outstanding") } catch {
+            #expect(error.code == .invalidState)
+            #expect(error.message.contains("outstanding"))
+        }
+        h.target.hold(channel: c.index, false)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 1), status: .idle) })
+        try c.free()
+        #expect(c.state == .freed)
     }
 }

@@ -87,7 +87,7 @@ final class Harness {
 
     deinit { close() }
 
-    func channel(affinity: CPUSet = [], priority: Int = 0) throws -> NetDMAChannel {
+    func channel(affinity: CPUSet = [], priority: Int = 0) throws(DriverError) -> NetDMAChannel {
         try registry.allocateChannel(provider: handle, affinity: affinity, priority: priority)
     }
 }
@@ -121,7 +121,8 @@ func waitUntil(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bo
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         if ContinuousClock.now >= deadline { return false }
-        sched_yield()
+        var ts = timespec(tv_sec: 0, tv_nsec: 20_000)  // poll the condition; leave the CPU to the engine
+        nanosleep(&ts, nil)
     }
     return true
 }
