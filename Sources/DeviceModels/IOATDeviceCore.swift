@@ -20,6 +20,9 @@ final class IOATDeviceCore: @unchecked Sendable {
     let channelCount: Int
     let vectorCount: Int
     let v1: Bool
+    /// Profile fields the engine loop reads, copied out so it never touches the profile's strings.
+    let capabilities: IOAT.DMACapability
+    let maximumTransferSize: Int
     let config: PCIConfigModel
 
     let channels: UnsafeMutablePointer<IOATChannelState>
@@ -61,6 +64,8 @@ final class IOATDeviceCore: @unchecked Sendable {
         channelCount = max(1, min(profile.channelsPerFunction, 31))
         vectorCount = channelCount
         v1 = profile.isV1
+        capabilities = profile.capabilities
+        maximumTransferSize = profile.maximumTransferSize
         config = PCIConfigModel(profile: profile, vectors: channelCount)
         channels = .allocate(capacity: channelCount)
         for i in 0..<channelCount { (channels + i).initialize(to: IOATChannelState()) }
@@ -184,20 +189,25 @@ final class IOATDeviceCore: @unchecked Sendable {
     /// The control word after a channel RESET: HALTED, counts 0, no requests, no error halt.
     func resetValue(_ v: UInt64) -> UInt64 { Ctl.initial }
 
-    /// Clears the registers a RESET clears (call with the channel not ACTIVE or owned).
-    func clearForReset(_ c: Int) {
+    /// Clears what a RESET clears: the engine's position (call with the channel not ACTIVE, or
+    /// from the engine) and, with `registers`, the registers software writes (CHANCTRL and the
+    /// interrupt arm, CHAINADDR, CHANCMP, ATTNSTATUS bit). CHANERR is kept.
+    func clearForReset(_ c: Int, engine: Bool = true, registers: Bool = true) {
         let ch = channels + c
-        ch.pointee.completed.store(0, ordering: .relaxed)
-        ch.pointee.previousCompleted.store(0, ordering: .relaxed)
-        ch.pointee.cdar.store(0, ordering: .relaxed)
-        ch.pointee.nextDescriptor.store(0, ordering: .relaxed)
-        ch.pointee.lastDescriptor.store(0, ordering: .relaxed)
+        if engine {
+            ch.pointee.completed.store(0, ordering: .relaxed)
+            ch.pointee.previousCompleted.store(0, ordering: .relaxed)
+            ch.pointee.cdar.store(0, ordering: .relaxed)
+            ch.pointee.nextDescriptor.store(0, ordering: .relaxed)
+            ch.pointee.lastDescriptor.store(0, ordering: .relaxed)
+            ch.pointee.deferredInterrupt.store(0, ordering: .relaxed)
+        }
+        guard registers else { return }
         ch.pointee.chainAddr.store(0, ordering: .relaxed)
         ch.pointee.chanCmp.store(0, ordering: .relaxed)
         ch.pointee.chanCmpCommitted.store(0, ordering: .relaxed)
         ch.pointee.chanctrl.store(0, ordering: .relaxed)
         ch.pointee.intArmed.store(false, ordering: .relaxed)
-        ch.pointee.deferredInterrupt.store(0, ordering: .relaxed)
         attnStatus.bitwiseAnd(~(1 << UInt32(c)), ordering: .relaxed)
     }
 

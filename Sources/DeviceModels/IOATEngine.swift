@@ -87,8 +87,8 @@ extension IOATDeviceCore {
                 if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
                     return work + 1
                 }
-                v = ch.pointee.ctl.load(ordering: .acquiring)
-                if Ctl.state(v) != Ctl.active || v & Ctl.busy != 0 { return work }
+                v = stableControl(c)
+                if Ctl.state(v) != Ctl.active { return work }
                 if v & Ctl.requests != 0 { return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0) }
                 continue
             }
@@ -118,7 +118,7 @@ extension IOATDeviceCore {
                 ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
                 next = following
                 fresh = false
-                v = ch.pointee.ctl.load(ordering: .acquiring)
+                v = stableControl(c)
                 continue
             }
             count = v1 ? count : count &+ 1
@@ -127,11 +127,14 @@ extension IOATDeviceCore {
             ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
             ch.pointee.previousCompleted.store(ch.pointee.completed.load(ordering: .relaxed), ordering: .relaxed)
             ch.pointee.completed.store(address & IOAT.ChanSts.completedDescriptorMask, ordering: .releasing)
-            v = ch.pointee.ctl.load(ordering: .acquiring)
+            v = stableControl(c)
+            if v & (Ctl.reqReset | Ctl.reqAbort) != 0 {
+                // RESET or ABORT arrived while this descriptor ran: it is not reported.
+                return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
+            }
             if control & IOAT.DescriptorControl.completionWrite != 0 {
                 let pendingMore = v1 ? next != 0 : count != Ctl.dmacount(v)
-                let state: UInt64 = v & Ctl.reqSuspend != 0 ? Ctl.suspended
-                    : (v & (Ctl.reqAbort | Ctl.reqReset) != 0 ? Ctl.halted : (pendingMore ? Ctl.active : Ctl.done))
+                let state: UInt64 = v & Ctl.reqSuspend != 0 ? Ctl.suspended : (pendingMore ? Ctl.active : Ctl.done)
                 let flags = (v & Ctl.softError != 0 ? IOAT.ChanSts.softError : 0)
                 if !writeCompletion(c, (address & IOAT.ChanSts.completedDescriptorMask) | flags | state) {
                     halt(c, v, error: IOAT.ChanErr.completionAddress.rawValue, count: count, next: next)
@@ -139,11 +142,7 @@ extension IOATDeviceCore {
                 }
             }
             if control & IOAT.DescriptorControl.intEnable != 0 { raiseInterrupt(c, error: false) }
-            if Ctl.state(v) != Ctl.active || v & Ctl.busy != 0 {
-                // Power loss or a racing writer: hand back what we have.
-                ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
-                return work
-            }
+            if Ctl.state(v) != Ctl.active { return work }  // power loss: nothing to hand back
             if v & Ctl.requests != 0 {
                 return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
             }
@@ -159,6 +158,17 @@ extension IOATDeviceCore {
             if v & Ctl.busy != 0 { cvfio_pause() }
         }
         return work
+    }
+
+    /// The channel control word once no register writer holds it (writers hold it for a few
+    /// stores only, so this spins at most briefly).
+    @inline(__always)
+    func stableControl(_ c: Int) -> UInt64 {
+        while true {
+            let v = channels[c].ctl.load(ordering: .acquiring)
+            if v & Ctl.busy == 0 { return v }
+            cvfio_pause()
+        }
     }
 
     /// Errors detected before the descriptor's `next` could be read.
@@ -194,7 +204,7 @@ extension IOATDeviceCore {
                 v = ch.pointee.ctl.load(ordering: .acquiring)
                 continue
             }
-            if resetting { clearForReset(c) } else { ch.pointee.nextDescriptor.store(next, ordering: .relaxed) }
+            if resetting { clearForReset(c, registers: false) } else { ch.pointee.nextDescriptor.store(next, ordering: .relaxed) }
             if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
                 if resetting { afterReset(c) }
                 return true
@@ -246,7 +256,7 @@ extension IOATDeviceCore {
             if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
             v = ch.pointee.ctl.load(ordering: .acquiring)
         }
-        if resetting { clearForReset(c); afterReset(c); return }
+        if resetting { clearForReset(c, registers: false); afterReset(c); return }
         if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
     }
 
@@ -312,10 +322,10 @@ extension IOATDeviceCore {
         let op = UInt8(truncatingIfNeeded: ctrl >> IOAT.DescriptorControl.opShift)
         let srcBreak = ctrl & IOAT.DescriptorControl.sourcePageBreak != 0
         let dstBreak = ctrl & IOAT.DescriptorControl.destinationPageBreak != 0
-        if (srcBreak || dstBreak) && !profile.capabilities.contains(.pageBreak) {
+        if (srcBreak || dstBreak) && !capabilities.contains(.pageBreak) {
             return IOAT.ChanErr.descriptorControl.rawValue
         }
-        guard size != 0, size <= profile.maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
+        guard size != 0, size <= maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
         switch op {
         case IOAT.Opcode.copy:
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
@@ -339,7 +349,7 @@ extension IOATDeviceCore {
             if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
             return 0
         case IOAT.Opcode.fill:
-            guard profile.capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
+            guard capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
             let nextDst = dstBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextDestination, as: UInt64.self) : 0
             var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil

@@ -378,6 +378,8 @@ extension IOATDeviceCore {
             ch.pointee.resetUntil.store(options.resetMicroseconds > 0
                 ? monotonicNanoseconds() &+ UInt64(options.resetMicroseconds) &* 1000 : 0, ordering: .relaxed)
             if state == Ctl.active {
+                // The registers reset now; the engine stops after the current descriptor.
+                clearForReset(c, engine: false, registers: true)
                 nv = (v & ~Ctl.requests) | Ctl.reqReset
             } else {
                 clearForReset(c)

@@ -175,5 +175,6 @@ final class PCIConfigModel: @unchecked Sendable {
         }
         let msixAfter = msixControl.load(ordering: .relaxed)
         if msixAfter != msixBefore { core?.deliverPending() }
+        core?.wake()  // bus mastering may have been enabled under a waiting channel
     }
 }

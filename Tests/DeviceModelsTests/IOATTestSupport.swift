@@ -136,3 +136,30 @@ func fillRandom(_ p: UnsafeMutableRawPointer, _ n: Int, seed: UInt64) {
 
 /// Waits (bounded) for an eventfd to be signalled; returns the count read (0 on timeout).
 func waitEvent(_ fd: borrowing EventFD, milliseconds: Int32 = 2000) -> UInt64 { fd.wait(timeoutMilliseconds: milliseconds) }
+
+/// A flag one thread sets and another polls.
+final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var stopped: Bool { flag.load(ordering: .acquiring) }
+    func stop() { flag.store(true, ordering: .releasing) }
+}
+
+/// A plain POSIX thread for tests that need real concurrency (not the cooperative pool).
+final class TestThread: @unchecked Sendable {
+    // @unchecked: `thread` is written once in init before anyone else sees the object.
+    private var thread = pthread_t()
+    private let body: @Sendable () -> Void
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        self.body = body
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let r = pthread_create(&thread, nil, { context in
+            let me = Unmanaged<TestThread>.fromOpaque(context!).takeRetainedValue()
+            me.body()
+            return nil
+        }, context)
+        precondition(r == 0)
+    }
+
+    func join() { pthread_join(thread, nil) }
+}
