@@ -93,11 +93,11 @@ final class IOATDirectChannel: @unchecked Sendable {
     let channel: IOATChannel<IOATCountingBAR>
     let cpu: Int
 
-    init(_ rig: IOATProviderRig, affinity: CPUSet = [0]) throws {
+    init(_ rig: IOATProviderRig, affinity: CPUSet = [0], completionIOVA: UInt64? = nil) throws {
         word = try rig.buffer(64)
         word.base.storeBytes(of: UInt64(TransferStatus.armed.rawValue), as: UInt64.self)
         let p = ChannelParameters(completionAddress: word.base.assumingMemoryBound(to: UInt64.self),
-                                  completionIOVA: word.iova, affinity: affinity)
+                                  completionIOVA: completionIOVA ?? word.iova, affinity: affinity)
         let (ch, cpu) = try rig.provider.allocateChannel(p)
         channel = ch as! IOATChannel<IOATCountingBAR>
         self.cpu = cpu
