@@ -143,7 +143,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                     chainHead = chain.iova
                     needsProgramming = false
                     inPlaceRecoveries.add(1, ordering: .relaxed)
-                    ring(countToRun(chain), restarted: true)
+                    ring(prepare(chain), restarted: true)
                     return
                 }
                 try device.fullReset(regs, channel: index)
@@ -152,20 +152,51 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             }
         }
         if needsProgramming { program() }
-        let n = countToRun(chain)
+        let n = prepare(chain)
         point(at: chain.iova)
         ring(n, restarted: true)
     }
 
-    /// How many descriptors of `chain` to put on DMACOUNT: `chain.count` for counted chains;
-    /// for a NULL-terminated chain on CB ≥ 2 (where `chain.count` is only informational) the
-    /// length found by walking it to NULL, remembering its tail.
+    /// Walks `chain` before the engine may fetch it, and returns how many descriptors to put
+    /// on DMACOUNT: `chain.count` for counted chains; for a NULL-terminated chain on CB ≥ 2
+    /// (where `chain.count` is only informational) the length up to NULL, remembering its tail.
+    ///
+    /// On the way it gives NULL descriptors with a zero TransferSize a size of 1: NetDMA lets
+    /// the engine ignore the size of a NULL transfer, but CBDMA rejects size 0 with DXSERR
+    /// (ioat.md §7.1; every CBDMA driver uses a non-zero size). One load per descriptor, cached.
     @inline(__always)
-    private func countToRun(_ chain: DescriptorChain) -> Int {
-        guard !countedChains, device.hasDMACount else { return chain.count }
-        let w = walkToNull(from: chain.iova, first: UnsafeRawPointer(chain.address))
+    private func prepare(_ chain: DescriptorChain) -> Int {
+        if countedChains {
+            _ = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count)
+            return chain.count
+        }
+        let w = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: nil)
         tail = w.tail
-        return w.count
+        return device.hasDMACount ? w.count : chain.count
+    }
+
+    /// Follows `next` from the descriptor at `iova` (CPU address `first`, or translated):
+    /// `limit` descriptors, or until NULL (at most 65535) without one. Fixes zero-size NULL
+    /// descriptors (see ``prepare(_:)``). Returns how many it saw and the last one.
+    private func walk(from iova: UInt64, first: UnsafeMutableRawPointer?, limit: Int?) -> (count: Int, tail: UInt64) {
+        var iova = iova
+        var d = first ?? hostAddress(ofDescriptor: iova)
+        let max = limit ?? Int(UInt16.max)
+        var n = 0
+        while n < max, let p = d {
+            n += 1
+            let control = p.load(fromByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+            if control & IOAT.DescriptorControl.null != 0,
+               p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt32.self) == 0 {
+                p.storeBytes(of: UInt32(1), toByteOffset: IOAT.DescriptorField.size, as: UInt32.self)
+            }
+            if n == max { break }
+            let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            if next == 0 { break }
+            d = next == iova &+ 64 ? p + 64 : hostAddress(ofDescriptor: next)
+            iova = next
+        }
+        return (Swift.max(n, 1), iova)
     }
 
     /// CHAINADDR = `iova`: the engine's count restarts at 0 (ARMED).
@@ -198,8 +229,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// is what re-reading the tail yields. When the engine is executing the old tail (CDAR)
     /// it may hold the `next` it read before the client linked `chain`: Append waits for that
     /// one descriptor, then re-points. While suspended only the count grows; Resume
-    /// continues through it. Hot path (2.0): one register write, no lock, no allocation; 1.x
-    /// on CB ≥ 2 also walks the new chain to its tail.
+    /// continues through it. Hot path: one pass over the new descriptors (see ``prepare(_:)``)
+    /// and one register write; no lock, no allocation, no system call.
     ///
     /// - Throws: `.invalidArgument` for more than 65535 descriptors; `.contextLost` (NetDMA 1.0,
     ///   once after a power cycle); `.timeout` when a 1.x engine stays on the old tail.
@@ -207,27 +238,28 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else { throw Self.tooMany(chain.count) }
         if contextLost { throw lostContext() }
         if suspended {
-            if device.hasDMACount { count &+= UInt16(truncatingIfNeeded: chain.count) }
+            let n = prepare(chain)
+            if device.hasDMACount && countedChains { count &+= UInt16(truncatingIfNeeded: n) }
             return
         }
         if countedChains {
-            ring(chain.count, restarted: false)
+            ring(prepare(chain), restarted: false)
             return
         }
         // NULL-terminated (1.x) chains: tail re-read semantics.
         if parked {
             // Resume found the old tail's `next` empty; it now holds this chain.
-            let n = countToRun(chain)
+            let n = prepare(chain)
             point(at: chain.iova)
             ring(n, restarted: true)
             return
         }
         guard device.hasDMACount else {
-            ring(chain.count, restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
+            ring(prepare(chain), restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
             return
         }
         let oldTail = tail
-        let n = countToRun(chain)
+        let n = prepare(chain)
         var state = device.state(regs)
         if state == .active && device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask == oldTail {
             // The engine is on the old tail and may have read its `next` before the client
@@ -338,30 +370,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             parked = true
             return
         }
-        var n = 0
-        if device.hasDMACount {
-            let walk = walkToNull(from: first, first: nil)
-            n = walk.count
-            tail = walk.tail
-        }
+        let w = walk(from: first, first: nil, limit: nil)
+        tail = w.tail
         point(at: first)
-        ring(n, restarted: true)
-    }
-
-    /// Follows `next` from the descriptor at `iova` (CPU address `first`, or translated)
-    /// until NULL, at most 65535 descriptors: how many there are and the last one.
-    private func walkToNull(from iova: UInt64, first: UnsafeRawPointer?) -> (count: Int, tail: UInt64) {
-        var iova = iova
-        var d = first ?? hostAddress(ofDescriptor: iova).map { UnsafeRawPointer($0) }
-        var n = 1
-        while n < Int(UInt16.max), let p = d {
-            let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
-            if next == 0 { break }
-            iova = next
-            d = hostAddress(ofDescriptor: next).map { UnsafeRawPointer($0) }
-            n += 1
-        }
-        return (n, iova)
+        ring(device.hasDMACount ? w.count : 0, restarted: true)
     }
 
     /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)
