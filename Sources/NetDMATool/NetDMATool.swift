@@ -12,6 +12,7 @@ struct NetDMATool: ParsableCommand {
         Bind.self,
         Unbind.self,
         UdevRules.self,
+        Probe.self,
     ]
 
     static let configuration = CommandConfiguration(
