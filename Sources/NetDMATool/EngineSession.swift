@@ -210,7 +210,8 @@ final class EngineSession {
     let deviceNode: Int?
     /// How long bring-up (reset, configuration, NULL self-checks) took.
     let bringUpTime: Duration
-    /// Makes the next copy on the model go wrong (nil on hardware).
+    /// Makes the next copy on the model go wrong: set when `--inject-fault copy` asked for it
+    /// (never on hardware). Commands call it right before the copies it should hit.
     let injectCopyFault: (() -> Void)?
     private var teardown: (() -> Void)?
 
@@ -261,7 +262,7 @@ final class EngineSession {
 
     /// Bounds for the register sequences of a model that shares two busy cores: generous, so a
     /// slow scheduler never fails a probe (they are bounds, not waits).
-    static let modelIOATTimeouts = IOATTimeouts(quiesce: .seconds(2), reset: .seconds(2), selfTest: .seconds(2), recovery: .milliseconds(100))
+    static let modelIOATTimeouts = IOATTimeouts(quiesce: .seconds(2), reset: .seconds(2), selfTest: .seconds(1), recovery: .milliseconds(100))
 
     static func modelMemory(_ iommu: SoftIOMMU) -> DMAMemory {
         // Allocated IOVAs (not IOVA = VA) so that an unmapped address is certain to fault.
@@ -287,13 +288,12 @@ final class EngineSession {
             let elapsed = ContinuousClock.now - started
             let handle = try provider.register(with: registry)
             let inject: () -> Void = {
-                for c in 0..<device.channelCount { device.inject(.corruptRead(index: 0, byteOffset: 1, mask: 0), channel: c) }
+                for c in 0..<device.channelCount { device.inject(.corruptRead(index: 0, byteOffset: 0, mask: 0), channel: c) }
             }
-            if fault == .copy { inject() }
             return EngineSession(
                 label: "model:ioat/\(p.name)", family: .ioat, isModel: true, registry: registry, handle: handle,
                 provider: provider, identity: ioatIdentity(provider.device, provider, platform: p.platform),
-                deviceNode: nil, bringUpTime: elapsed, injectCopyFault: inject,
+                deviceNode: nil, bringUpTime: elapsed, injectCopyFault: fault == .copy ? inject : nil,
                 teardown: { _ = try? provider.deregister(); withExtendedLifetime(device) {} })
         case .dsa:
             let p = DSA.profile(named: profile)!
@@ -306,11 +306,10 @@ final class EngineSession {
             let elapsed = ContinuousClock.now - started
             let handle = try provider.register(with: registry)
             let inject: () -> Void = { device.inject(.failDescriptor(index: 0, status: .pageFault)) }
-            if fault == .copy { inject() }
             return EngineSession(
                 label: "model:dsa/\(p.name)", family: .dsa, isModel: true, registry: registry, handle: handle,
                 provider: provider, identity: dsaIdentity(provider.device, provider, platform: p.platform),
-                deviceNode: nil, bringUpTime: elapsed, injectCopyFault: inject,
+                deviceNode: nil, bringUpTime: elapsed, injectCopyFault: fault == .copy ? inject : nil,
                 teardown: { _ = try? provider.deregister(); withExtendedLifetime(device) {} })
         }
     }

@@ -3,6 +3,10 @@ import Foundation
 import NetDMA
 import Platform
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One check's outcome (also the JSON schema).
 struct CheckResult: Codable, Equatable {
     /// "bring-up", "null", "copy", "fill", "interrupt".
@@ -99,10 +103,23 @@ struct Probe: ResultCommand {
             name: "bring-up", passed: true,
             detail: "reset and NULL self-check on \(session.channelCount) channel\(session.channelCount == 1 ? "" : "s") in \(formatDuration(session.bringUpTime))",
             microseconds: microseconds(session.bringUpTime))
+        // Allocate every channel first, so that each hardware channel is checked once.
+        var rigs: [ChannelRig] = []
         var channels: [ChannelReport] = []
         for _ in 0..<session.channelCount {
-            channels.append(probeChannel(session))
+            do {
+                rigs.append(try ChannelRig(session: session, length: 160 * 1024))
+            } catch {
+                channels.append(ChannelReport(index: -1, cpu: nil, numaNode: nil,
+                                              checks: [CheckResult(name: "allocate", passed: false, detail: error.message, microseconds: 0)],
+                                              passed: false))
+            }
         }
+        for rig in rigs {
+            channels.append(probeChannel(rig, session))
+            rig.free()
+        }
+        channels.sort { $0.index < $1.index }
         return EngineReport(engine: session.label, identity: session.identity, bringUp: bringUp, channels: channels,
                             passed: channels.allSatisfy(\.passed) && !channels.isEmpty)
     }
@@ -113,17 +130,10 @@ struct Probe: ResultCommand {
     static let fillPattern: UInt64 = 0x0123_4567_89AB_CDEF
     static let timeout: Duration = .seconds(2)
 
-    static func probeChannel(_ session: EngineSession) -> ChannelReport {
-        let rig: ChannelRig
-        do {
-            rig = try ChannelRig(session: session, length: 160 * 1024)
-        } catch {
-            return ChannelReport(index: -1, cpu: nil, numaNode: nil,
-                                 checks: [CheckResult(name: "allocate", passed: false, detail: error.message, microseconds: 0)], passed: false)
-        }
-        defer { rig.free() }
+    static func probeChannel(_ rig: ChannelRig, _ session: EngineSession) -> ChannelReport {
         var checks: [CheckResult] = []
         checks.append(nullCheck(rig))
+        session.injectCopyFault?()
         checks.append(copyCheck(rig))
         checks.append(fillCheck(rig))
         checks.append(interruptCheck(rig))
@@ -225,8 +235,12 @@ struct Probe: ResultCommand {
             }
             let r = rig.drain(timeout: timeout)
             if r.failed > 0 || r.timedOut { return (false, faultText(rig)) }
-            let after = rig.channel.interruptGeneration
-            guard after > before else { return (false, "the copy completed but no interrupt was delivered") }
+            // The completion word may be seen before the DPC has run: wait (bounded) for the DPC.
+            let deadline = ContinuousClock.now + timeout
+            while rig.channel.interruptGeneration <= before && ContinuousClock.now < deadline { sched_yield() }
+            guard rig.channel.interruptGeneration > before else {
+                return (false, "the copy completed but no interrupt reached the DPC within \(timeout)")
+            }
             return (true, "delivered to the DPC on CPU \(rig.channel.cpu)")
         }
     }
