@@ -433,6 +433,15 @@ func byteCount(_ n: Int) -> String {
     return "\(n) B"
 }
 
+/// "512 B", "12.3 KiB", "4.5 MiB", "1.2 GiB".
+func approximateBytes(_ n: Int) -> String {
+    let d = Double(n)
+    if n >= 1 << 30 { return String(format: "%.1f GiB", d / Double(1 << 30)) }
+    if n >= 1 << 20 { return String(format: "%.1f MiB", d / Double(1 << 20)) }
+    if n >= 1 << 10 { return String(format: "%.1f KiB", d / Double(1 << 10)) }
+    return "\(n) B"
+}
+
 /// Parses "64", "4K", "4KiB", "1M", "1MiB".
 func parseByteCount(_ s: String) -> Int? {
     var t = s.trimmingCharacters(in: .whitespaces).uppercased()

@@ -13,6 +13,7 @@ struct NetDMATool: ParsableCommand {
         Unbind.self,
         UdevRules.self,
         Probe.self,
+        Selftest.self,
     ]
 
     static let configuration = CommandConfiguration(
