@@ -203,7 +203,15 @@ func columns(_ rows: [[String]], rightAligned: Set<Int> = []) -> [String] {
         zip(row.indices, row).map { c, cell in
             let pad = String(repeating: " ", count: widths[c] - cell.count)
             return rightAligned.contains(c) ? pad + cell : cell + pad
-        }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "  ").trimmingTrailingSpaces
+    }
+}
+
+extension String {
+    var trimmingTrailingSpaces: String {
+        var s = Substring(self)
+        while s.last == " " { s.removeLast() }
+        return String(s)
     }
 }
 

@@ -164,6 +164,15 @@ struct EngineTargets {
     }
 }
 
+extension DriverError {
+    /// Whether the error is about this machine's setup (root, IOMMU, driver binding, another
+    /// user of the device, locked memory), not about the engine: commands stop with a one-line
+    /// error and its fix instead of reporting the engine as failed.
+    var isSetupProblem: Bool {
+        [.permissionDenied, .noIOMMU, .wrongDriver, .groupNotViable, .busy, .notFound, .memlockLimit].contains(code)
+    }
+}
+
 /// A register in the identity report: its name, raw value and what it means.
 struct RegisterValue: Codable, Equatable {
     var name: String

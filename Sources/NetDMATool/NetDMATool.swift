@@ -14,6 +14,7 @@ struct NetDMATool: ParsableCommand {
         UdevRules.self,
         Probe.self,
         Selftest.self,
+        Bench.self,
     ]
 
     static let configuration = CommandConfiguration(

@@ -76,14 +76,16 @@ struct Probe: ResultCommand {
         var reports: [EngineReport] = []
         for (i, t) in targets.targets.enumerated() {
             progress?.update(Double(i) / Double(targets.targets.count), "probing engine \(i + 1) of \(targets.targets.count)")
-            reports.append(Probe.probe(t, targets))
+            reports.append(try Probe.probe(t, targets))
         }
         let doc = Document(source: targets.usesModel ? "model" : "vfio", headline: targets.headline, engines: reports,
                            passed: !reports.isEmpty && reports.allSatisfy(\.passed))
         return CommandResult(text: json ? try encodeJSON(doc) : Probe.text(doc), exitCode: doc.passed ? 0 : 1)
     }
 
-    static func probe(_ target: EngineTargets.Target, _ targets: EngineTargets) -> EngineReport {
+    /// Probes one engine. Setup problems (permissions, IOMMU, binding, busy) are thrown; engine
+    /// failures are reported.
+    static func probe(_ target: EngineTargets.Target, _ targets: EngineTargets) throws(DriverError) -> EngineReport {
         let name: String
         switch target {
         case .vfio(let d): name = d.address.description
@@ -94,6 +96,7 @@ struct Probe: ResultCommand {
         do {
             session = try targets.open(target)
         } catch {
+            if error.isSetupProblem { throw error }
             let bringUp = CheckResult(name: "bring-up", passed: false, detail: error.message,
                                       microseconds: microseconds(ContinuousClock.now - started))
             return EngineReport(engine: name, identity: nil, bringUp: bringUp, channels: [], passed: false)

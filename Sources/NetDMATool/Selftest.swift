@@ -96,7 +96,7 @@ struct Selftest: ResultCommand {
             let report: (Double, String) -> Void = { f, label in
                 progress?.update((Double(i) + f) / Double(targets.targets.count), label)
             }
-            results.append(Selftest.run(t, targets, seconds: seconds, cycles: cycles, seed: seed &+ UInt64(i), progress: report))
+            results.append(try Selftest.run(t, targets, seconds: seconds, cycles: cycles, seed: seed &+ UInt64(i), progress: report))
         }
         let doc = Document(source: targets.usesModel ? "model" : "vfio", headline: targets.headline, seed: seed,
                            seconds: seconds, engines: results, passed: !results.isEmpty && results.allSatisfy(\.passed))
@@ -104,7 +104,7 @@ struct Selftest: ResultCommand {
     }
 
     static func run(_ target: EngineTargets.Target, _ targets: EngineTargets, seconds: Double, cycles: Int, seed: UInt64,
-                    progress: (Double, String) -> Void) -> EngineResult {
+                    progress: (Double, String) -> Void) throws(DriverError) -> EngineResult {
         var result = EngineResult(engine: "", name: nil, channels: 0, randomOps: nil, errorPath: [], cycles: nil, openError: nil, passed: false)
         do throws(DriverError) {
             let session = try targets.open(target)
@@ -114,7 +114,7 @@ struct Selftest: ResultCommand {
             var rigs: [ChannelRig] = []
             do {
                 for _ in 0..<session.channelCount {
-                    rigs.append(try ChannelRig(session: session, length: 1 << 20, ringSize: 256))
+                    rigs.append(try ChannelRig(session: session, length: 256 << 10, ringSize: 256))
                 }
             } catch {
                 for r in rigs { r.free() }
@@ -129,6 +129,7 @@ struct Selftest: ResultCommand {
             rigs.removeAll()
             session.close()
         } catch {
+            if error.isSetupProblem { throw error }
             result.engine = result.engine.isEmpty ? label(target) : result.engine
             result.openError = error.message
             return result
