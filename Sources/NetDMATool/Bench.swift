@@ -214,6 +214,7 @@ struct Bench: ResultCommand {
         var i = 0
         while i + 8 <= s.workingSet { source.base.storeBytes(of: g.next(), toByteOffset: i, as: UInt64.self); i += 8 }
 
+        var pendingFault = session.injectCopyFault
         var result = EngineResult(engine: session.label, name: session.identity.name, channels: n, rows: [], copyThreshold: nil, errors: [])
         let buffers = BenchBuffers(source: source.base, sourceIOVA: source.iova, destination: destination.base,
                                    destinationIOVA: destination.iova, length: s.workingSet)
@@ -228,6 +229,8 @@ struct Bench: ResultCommand {
             // Warm-up: wakes an engine (or a model's thread) from its idle state.
             _ = Bench.stream(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
             memset(destination.base, 0, s.workingSet)
+            pendingFault?()
+            pendingFault = nil
             let run = Bench.stream(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
             if let e = run.error { result.errors.append("\(byteCount(size)): \(e)") }
             let touched = min(run.ops, s.workingSet / size) * size
@@ -347,11 +350,20 @@ struct Bench: ResultCommand {
                 }
             }
             if !progressed && s.mode == .interrupt {
-                // Nothing to do until an engine finishes: sleep on the first busy channel's interrupt.
+                // Nothing to do until an engine finishes: sleep on the first busy channel's
+                // interrupt (generation read before one more poll, so none is missed).
                 if let i = queues.firstIndex(where: { $0.outstanding > 0 }) {
-                    do throws(DriverError) { try rigs[i].waitForInterrupt(timeout: .seconds(5)) } catch {
-                        r.error = r.error ?? error.message
+                    let g = rigs[i].channel.interruptGeneration
+                    let c = queues[i].completed(max: s.ring)
+                    completed += c.count
+                    if c.hadError {
+                        r.error = r.error ?? "a copy failed: \(queues[i].lastFault.map { "\($0)" } ?? "device error")"
                         stop = true
+                    } else if c.count == 0 {
+                        do throws(DriverError) { try rigs[i].waitForInterrupt(after: g, timeout: .seconds(5)) } catch {
+                            r.error = r.error ?? error.message
+                            stop = true
+                        }
                     }
                 }
             }
@@ -377,11 +389,12 @@ struct Bench: ResultCommand {
         for i in 0..<samples {
             if i % 16 == 0 && ContinuousClock.now > deadline && out.count >= 20 { break }
             let off = UInt64((i % slots) * size)
+            let g = rig.channel.interruptGeneration
             let t0 = cvfio_rdtsc()
             do throws(DriverError) {
                 _ = try q.enqueueCopy(source: b.sourceIOVA &+ off, destination: b.destinationIOVA &+ off, length: size)
                 try q.submit()
-                if mode == .interrupt { try rig.waitForInterrupt(timeout: .seconds(5)) }
+                if mode == .interrupt { try rig.waitForInterrupt(after: g, timeout: .seconds(5)) }
             } catch {
                 return LatencyResult(samples: out.sorted(), error: error.message)
             }

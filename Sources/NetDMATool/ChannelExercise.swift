@@ -73,13 +73,6 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-/// Moves a non-Sendable value into a task that the caller waits for (the caller does not touch
-/// it meanwhile).
-final class UncheckedBox<T>: @unchecked Sendable {
-    var value: T
-    init(_ value: T) { self.value = value }
-}
-
 /// A channel with a ``CopyQueue`` and two DMA buffers (source and destination), for the
 /// checks of `probe` and `selftest` and the runs of `bench`.
 final class ChannelRig {
@@ -103,7 +96,12 @@ final class ChannelRig {
         }
         self.channel = channel
         self.length = length
+        let signal = interruptSignal
+        channel.setCompletionHandler { _ in signal.signal() }
     }
+
+    /// Signalled by the channel's DPC (its completion handler).
+    private let interruptSignal = DispatchSemaphore(value: 0)
 
     var hasInterrupts: Bool { queue.interrupts }
     var sourceBytes: UnsafeMutablePointer<UInt8> { source.base.assumingMemoryBound(to: UInt8.self) }
@@ -138,21 +136,23 @@ final class ChannelRig {
         return (done, failed, false)
     }
 
-    /// Waits for the channel's interrupt until an op can be retired (``CopyQueue/waitForCompletion(timeout:)``).
-    func waitForInterrupt(timeout: Duration) throws(DriverError) {
-        let box = UncheckedBox(queue)
-        let outcome = UncheckedBox<DriverError?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            do throws(DriverError) { try await box.value.waitForCompletion(timeout: timeout) } catch { outcome.value = error }
-            done.signal()
+    /// Waits until the channel's DPC has run after interrupt generation `generation` (read it
+    /// before the last poll that found nothing, so no interrupt is missed). The thread sleeps on
+    /// a semaphore the channel's completion handler signals; no async executor is involved.
+    ///
+    /// - Throws: `.timeout` when no interrupt came within `timeout`.
+    func waitForInterrupt(after generation: UInt64, timeout: Duration) throws(DriverError) {
+        let deadline = DispatchTime.now() + .microseconds(Int(microseconds(timeout)))
+        while channel.interruptGeneration <= generation {
+            if interruptSignal.wait(timeout: deadline) == .timedOut && channel.interruptGeneration <= generation {
+                throw DriverError(.timeout, "No interrupt on channel \(channel.index) within \(formatDuration(timeout)) (channel \(channel.state)); check the MSI-X routing (`dmesg`, /proc/interrupts).")
+            }
         }
-        done.wait()
-        if let e = outcome.value { throw e }
     }
 
     /// Frees the channel (after a drain; a channel with work left is reset first).
     func free() {
+        channel.setCompletionHandler(nil)
         if (try? channel.free()) == nil {
             try? channel.reset()
             try? channel.free()
