@@ -41,6 +41,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline let regs: IOATChannelRegisters
     private let eventFD: EventFD?
 
+    private let rearmCount = Atomic<Int>(0)
     private let inPlaceRecoveries = Atomic<Int>(0)
     private let resetRecoveries = Atomic<Int>(0)
 
@@ -452,29 +453,28 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     // MARK: - Interrupts
 
-    /// The ISR: reads the completion word, CHANSTS and CHANERR and reports the last completed
-    /// descriptor, or a decoded fault when the channel halted with an error. The address comes
-    /// from CHANSTS on CB ≥ 3.3 and from the completion word below (split CHANSTS reads tear).
+    /// The ISR: reads CHANSTS and CHANERR and reports the last completed descriptor (CHANSTS
+    /// bits 63:6, whether or not it asked for a status write; 0 when nothing completed since
+    /// the chain was loaded), or a decoded fault when the channel halted with an error. Below
+    /// CB 3.3 CHANSTS is read as two tear-safe halves (see ``IOATDevice/readWide(_:)``).
     /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
     public func serviceInterrupt() -> InterruptReport {
-        let word = loadCompletion()
-        let low = device.bar.read32(regs.chansts)
-        if low & 0x7 == UInt32(IOAT.ChannelState.halted.rawValue), let f = fault {
+        let sts = device.readChanSts(regs)
+        let state = sts & IOAT.ChanSts.stateMask
+        if state == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
             return InterruptReport(lastCompleted: 0, fault: f)
         }
-        if device.profile.tornChanstsReads || regs.chansts & 7 != 0 {
-            return InterruptReport(lastCompleted: word.status == .armed ? 0 : word.descriptor)
-        }
-        let sts = device.bar.read64(regs.chansts)
-        let state = sts & IOAT.ChanSts.stateMask
-        let last = state == UInt64(IOAT.ChannelState.armed.rawValue) ? 0 : sts & IOAT.ChanSts.completedDescriptorMask
-        return InterruptReport(lastCompleted: last)
+        return InterruptReport(lastCompleted: sts & IOAT.ChanSts.completedDescriptorMask)
     }
 
     /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
     public func rearmInterrupt() {
         device.bar.write16(regs.chanctrl, runControl)
+        rearmCount.add(1, ordering: .relaxed)
     }
+
+    /// How many times ``rearmInterrupt()`` re-armed the channel (the DPC does, once per interrupt).
+    public var interruptRearms: Int { rearmCount.load(ordering: .relaxed) }
 
     /// The decoded CHANERR when the channel is HALTED with an error, with the failing
     /// descriptor (the one after the last completed, or the chain head when none completed).
