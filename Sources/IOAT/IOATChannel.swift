@@ -51,8 +51,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         (inPlaceRecoveries.load(ordering: .relaxed), resetRecoveries.load(ordering: .relaxed))
     }
 
+    let allocation = Atomic<Bool>(false)
+
     /// Whether the channel is allocated to a client.
-    let allocated = Atomic<Bool>(false)
+    public var allocated: Bool { allocation.load(ordering: .acquiring) }
     /// The completion word's CPU address (0 while free); the interrupt thread reads it.
     private let completionAddress = Atomic<UInt>(0)
     /// The completion word's IOVA.
@@ -428,7 +430,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         completionIOVA = 0
         count = 0
         chainHead = 0
-        allocated.store(false, ordering: .releasing)
+        allocation.store(false, ordering: .releasing)
     }
 
     // MARK: - Power
@@ -445,7 +447,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     func powerUp(contextLost: Bool) throws(DriverError) {
         try device.fullReset(regs, channel: index)
         count = 0
-        if allocated.load(ordering: .acquiring) {
+        if allocated {
             program()
             self.contextLost = contextLost
         }
