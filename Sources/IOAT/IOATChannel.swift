@@ -59,18 +59,28 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private let completionAddress = Atomic<UInt>(0)
     /// The completion word's IOVA.
     private var completionIOVA: UInt64 = 0
-    /// CHANCTRL while running.
-    @usableFromInline let runControl: UInt16
+    /// CHANCTRL while running, without the priority: error abort and completion, and with an
+    /// interrupt vector INT_REARM and ERR_INT_EN.
+    private let baseControl: UInt16
+    /// CHANCTRL while running: ``baseControl`` plus the allocation's priority (bits 15:12);
+    /// atomic because the DPC writes it to re-arm.
+    private let control = Atomic<UInt16>(0)
+    @inline(__always) var runControl: UInt16 { control.load(ordering: .relaxed) }
 
     /// The running DMACOUNT value since the last CHAINADDR write.
     @usableFromInline var count: UInt16 = 0
-    /// The first descriptor of the chain given to the last CHAINADDR write.
-    private var chainHead: UInt64 = 0
+    /// The first descriptor of the chain given to the last CHAINADDR write (atomic: the
+    /// interrupt thread reads it when it decodes a fault).
+    private let head = Atomic<UInt64>(0)
+    private var chainHead: UInt64 {
+        get { head.load(ordering: .relaxed) }
+        set { head.store(newValue, ordering: .relaxed) }
+    }
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
     /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
     private var tail: UInt64 = 0
-    /// A one-region IOVA → CPU address cache for walking 1.x chains without a lock.
+    /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
     /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
     @usableFromInline var contextLost = false
@@ -97,13 +107,18 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             interruptEventFD = nil
             self.eventFD = nil
         }
-        runControl = control.rawValue
+        baseControl = control.rawValue
+        self.control.store(control.rawValue, ordering: .relaxed)
     }
 
     // MARK: - Allocation (provider)
 
-    /// Claims the channel for a client and points it at `parameters`' completion word.
+    /// Claims the channel for a client and points it at `parameters`' completion word. The
+    /// NetDMA channel priority goes to CHANCTRL bits 15:12 (clamped to 0…15, the "CB spec"
+    /// field NetDMA's `ChannelPriority` names).
     func activate(_ parameters: ChannelParameters) {
+        let priority = UInt16(min(max(parameters.priority, 0), 15))
+        control.store(baseControl | priority << 12, ordering: .relaxed)
         completionIOVA = parameters.completionIOVA
         completionAddress.store(UInt(bitPattern: parameters.completionAddress), ordering: .releasing)
         count = 0
@@ -458,7 +473,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// The ISR: reads CHANSTS and CHANERR and reports the last completed descriptor (CHANSTS
     /// bits 63:6, whether or not it asked for a status write; 0 when nothing completed since
     /// the chain was loaded), or a decoded fault when the channel halted with an error. Below
-    /// CB 3.3 CHANSTS is read as two tear-safe halves (see ``IOATDevice/readWide(_:)``).
+    /// CB 3.3 CHANSTS is read as two tear-safe halves (high, low, high again).
     /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
     public func serviceInterrupt() -> InterruptReport {
         let sts = device.readChanSts(regs)

@@ -48,8 +48,12 @@ struct IOATLifecycleTests {
         #expect(info.state == .started)
         #expect(info.attributes == rig.provider.attributes)
         #expect(info.characteristics.friendlyName == rig.provider.characteristics.friendlyName)
-        let channel = try registry.allocateChannel(provider: handle, affinity: [0])
+        let channel = try registry.allocateChannel(provider: handle, affinity: [0], priority: 20)
         #expect(rig.provider.channels[channel.index].allocated)
+        // ChannelPriority → CHANCTRL bits 15:12, clamped to the field.
+        let ctrl = rig.device.bar0.read16(IOAT.channelBase(channel.index) + IOAT.CHANCTRL)
+        #expect(ctrl & IOAT.ChanCtrl.priorityMask == 0xF000)
+        #expect(IOAT.ChanCtrl(rawValue: ctrl).isSuperset(of: [.anyErrAbortEnable, .errCompletionEnable, .errIntEnable]))
         #expect(throws: DriverError.self) { try rig.provider.register(with: registry) }
         let aborted = try rig.provider.deregister()
         #expect(aborted.isEmpty)
