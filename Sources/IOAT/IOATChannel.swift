@@ -14,8 +14,7 @@ import Synchronization
 /// | Append, 2.0 chain | DMACOUNT += count | — (1.x only) |
 /// | Append, 1.x chain | DMACOUNT += count, or CHAINADDR at the new chain when the engine stopped on the old tail | CHANCMD.APPEND |
 /// | Suspend | CHANCMD.SUSPEND, wait for SUSPENDED, read CHANSTS | same |
-/// | Resume, 2.0 chain | DMACOUNT; CHANCMD.RESUME | — |
-/// | Resume, 1.x chain | CHAINADDR at the last processed descriptor's `next`; DMACOUNT | same; CHANCMD.START |
+/// | Resume | CHAINADDR at the last processed descriptor's `next`; DMACOUNT = what is left | same; CHANCMD.START |
 /// | Abort | CHANCMD.ABORT, wait for HALTED (else RESET) | same |
 /// | Reset, Free | CHANCMD.RESET, wait | same |
 ///
@@ -78,7 +77,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     }
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
-    /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
+    /// The IOVA of the last submitted descriptor (the chain's tail).
     private var tail: UInt64 = 0
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
@@ -88,8 +87,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline var suspended = false
     /// The IOVA Suspend returned (the last descriptor processed; 0 if none).
     private var suspendedAt: UInt64 = 0
-    /// 1.x chains: a Resume found nothing after the last processed descriptor; the engine is
-    /// parked there and the next Append points it at the new chain.
+    /// A Resume found nothing after the last processed descriptor; the engine is parked there
+    /// and the next Append points it at the new chain.
     @usableFromInline var parked = false
 
     init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
@@ -175,9 +174,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         ring(n, restarted: true)
     }
 
-    /// Walks `chain` before the engine may fetch it, and returns how many descriptors to put
-    /// on DMACOUNT: `chain.count` for counted chains; for a NULL-terminated chain on CB ≥ 2
-    /// (where `chain.count` is only informational) the length up to NULL, remembering its tail.
+    /// Walks `chain` before the engine may fetch it, remembers its last descriptor (``tail``)
+    /// and returns how many descriptors to put on DMACOUNT: `chain.count` for counted chains;
+    /// for a NULL-terminated chain on CB ≥ 2 (where `chain.count` is only informational) the
+    /// length up to NULL.
     ///
     /// On the way it gives NULL descriptors with a zero TransferSize a size of 1: NetDMA lets
     /// the engine ignore the size of a NULL transfer, but CBDMA rejects size 0 with DXSERR
@@ -185,7 +185,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
         if countedChains {
-            _ = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count)
+            tail = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count).tail
             return chain.count
         }
         let w = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: nil)
@@ -260,18 +260,18 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             if device.hasDMACount && countedChains { count &+= UInt16(truncatingIfNeeded: n) }
             return
         }
-        if countedChains {
-            ring(prepare(chain), restarted: false)
-            return
-        }
-        // NULL-terminated (1.x) chains: tail re-read semantics.
         if parked {
-            // Resume found the old tail's `next` empty; it now holds this chain.
+            // Resume found nothing after the last processed descriptor; this chain follows it.
             let n = prepare(chain)
             point(at: chain.iova)
             ring(n, restarted: true)
             return
         }
+        if countedChains {
+            ring(prepare(chain), restarted: false)
+            return
+        }
+        // NULL-terminated (1.x) chains: tail re-read semantics.
         guard device.hasDMACount else {
             ring(prepare(chain), restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
             return
@@ -354,11 +354,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// `ProviderResumeDma`: continue at the first unprocessed descriptor, re-reading the last
     /// processed descriptor's `next` (which the client may have edited while suspended).
     ///
-    /// 2.0 counted chains: DMACOUNT (with whatever was appended while suspended), then
-    /// CHANCMD.RESUME: the engine keeps its count and reloads its position. 1.x chains: the
-    /// provider reads that `next` itself and points CHAINADDR there (CB ≥ 2 with the count of
-    /// the rest of the NULL-terminated chain; CB 1.x with CHANCMD.START); when it is NULL the
-    /// channel stays parked on the tail until the next Append.
+    /// The provider reads that `next` itself and points CHAINADDR there, with DMACOUNT = the
+    /// descriptors from it up to the last one submitted (2.0: found by walking to the chain's
+    /// tail, so inserted or removed descriptors count; 1.x: up to NULL; CB 1.x: CHANCMD.START).
+    /// Only documented register behaviour is used (CHAINADDR from SUSPENDED, as the Linux VFIO
+    /// selftest driver does after every suspend). When nothing is left the channel stays
+    /// parked and the next Append points it at its chain. If an edited 2.0 chain no longer
+    /// reaches its tail, the engine is told CHANCMD.RESUME with its own count instead.
     ///
     /// - Throws: `.channelHalted` when the channel halted with an error while suspended;
     ///   `.unmappedAddress` when the last processed descriptor is not in the provider's DMA memory.
@@ -370,12 +372,6 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
                                   : CompletionWord(descriptor: last, status: .active))
         suspended = false
-        if countedChains {
-            cvfio_io_wmb()
-            device.bar.write16(regs.dmacount, count)
-            device.command(regs, .resume)
-            return
-        }
         var first = chainHead
         if last != 0 {
             guard let d = hostAddress(ofDescriptor: last) else {
@@ -383,6 +379,21 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                     "Descriptor 0x\(String(last, radix: 16)) is not in the provider's DMA memory; allocate chains from the provider's dmaMemory.")
             }
             first = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        }
+        if countedChains {
+            if last != 0 && last == tail {
+                parked = true  // everything submitted ran; `first` heads the next Append
+                return
+            }
+            guard let n = stepsToTail(from: first) else {
+                cvfio_io_wmb()
+                device.bar.write16(regs.dmacount, count)
+                device.command(regs, .resume)
+                return
+            }
+            point(at: first)
+            ring(n, restarted: true)
+            return
         }
         guard first != 0 else {
             parked = true
@@ -392,6 +403,19 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         tail = w.tail
         point(at: first)
         ring(device.hasDMACount ? w.count : 0, restarted: true)
+    }
+
+    /// How many descriptors from `first` up to and including ``tail`` (nil when `next` never
+    /// reaches it within 65535).
+    private func stepsToTail(from first: UInt64) -> Int? {
+        var iova = first
+        var n = 1
+        while iova != tail {
+            guard n < Int(UInt16.max), let d = hostAddress(ofDescriptor: iova) else { return nil }
+            iova = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            n += 1
+        }
+        return n
     }
 
     /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)
