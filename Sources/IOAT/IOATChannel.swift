@@ -140,11 +140,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// A running engine is first suspended, so the current descriptor finishes and the rest
     /// of the old chain is dropped. A channel halted by an error is recovered first (CB 3.4 in
     /// place, else a full reset). Then CHAINADDR = `chain.iova` and DMACOUNT = `chain.count`
-    /// (CB 1.x: CHANCMD.START). Spins (bounded by the quiesce and reset timeouts), never sleeps.
+    /// (1.x chains on CB ≥ 2: their length up to NULL; CB 1.x: CHANCMD.START). Spins (bounded
+    /// by the quiesce and reset timeouts), never sleeps; the reset path of a recovery may make
+    /// config-space and interrupt-routing calls.
     ///
-    /// - Throws: `.invalidArgument` when a counted chain has more than 65535 descriptors or a
-    ///   1.x chain on a CB ≥ 2 engine has no count; `.timeout` when the engine does not stop
-    ///   or reset in time.
+    /// - Throws: `.invalidArgument` when a chain has more than 65535 descriptors (DMACOUNT is
+    ///   16 bits); `.timeout` when the engine does not stop or reset in time.
     public func start(_ chain: DescriptorChain) throws(DriverError) {
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else {
             throw DriverError(.invalidArgument,
@@ -153,23 +154,21 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         contextLost = false
         parked = false
         try device.quiesceForStart(regs, channel: index)
-        if device.state(regs) == .halted {
-            if device.chanErr(regs) != 0 {
-                if device.profile.recoversFromHalt,
-                   device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
-                    chainHead = chain.iova
-                    needsProgramming = false
-                    inPlaceRecoveries.add(1, ordering: .relaxed)
-                    ring(prepare(chain), restarted: true)
-                    return
-                }
-                try device.fullReset(regs, channel: index)
-                needsProgramming = true
-                resetRecoveries.add(1, ordering: .relaxed)
+        let n = prepare(chain)
+        if device.state(regs) == .halted && device.chanErr(regs) != 0 {
+            if device.profile.recoversFromHalt,
+               device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
+                chainHead = chain.iova
+                needsProgramming = false
+                inPlaceRecoveries.add(1, ordering: .relaxed)
+                ring(n, restarted: true)
+                return
             }
+            try device.fullReset(regs, channel: index)
+            needsProgramming = true
+            resetRecoveries.add(1, ordering: .relaxed)
         }
         if needsProgramming { program() }
-        let n = prepare(chain)
         point(at: chain.iova)
         ring(n, restarted: true)
     }
