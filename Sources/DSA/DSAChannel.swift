@@ -64,7 +64,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let vector: UInt16
     private let descriptorFlags: UInt32
     private let portalBase: Int
-    private let wake: @Sendable () -> Void
+    /// The provider's completion poller, woken after portal writes.
+    let poller: CompletionPoller
     private let memory: DMAMemory
 
     // DMA area: members (slots × batchLimit × 64), member records (slots × batchLimit × 32),
@@ -120,14 +121,14 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     init(index: Int, device: DSADevice<BAR, Portals>, eventFD: consuming EventFD?, workQueueSize: Int,
          batchLimit: Int, minimumBatch: Int, countedChains: Bool, memory: DMAMemory,
-         wake: @escaping @Sendable () -> Void) throws(DriverError) {
+         poller: CompletionPoller) throws(DriverError) {
         self.index = index
         self.device = device
         self.workQueueSize = workQueueSize
         self.batchLimit = max(1, batchLimit)
         self.minimumBatch = max(2, minimumBatch)
         self.countedChains = countedChains
-        self.wake = wake
+        self.poller = poller
         self.memory = memory
         vector = UInt16(index + 1)
         portalBase = index * DSA.portalWindowSize
@@ -580,7 +581,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         cvfio_wmb()
         device.portals.submit64(portalBase + (portalSlot & 63) * 64, UnsafeRawPointer(p))
         portalSlot &+= 1
-        wake()
+        poller.wake()
     }
 
     /// Processes the oldest outstanding submission if its record has arrived; false when not.

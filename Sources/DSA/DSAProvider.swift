@@ -72,6 +72,9 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         guard version >= .v1_0, version <= .interface else {
             throw DriverError(.unsupported, "NetDMA \(version) is not a version this provider can declare; use 1.0, 1.1, 2.0 or 2.1.")
         }
+        // Memory Space and Bus Master first: without them BAR0 reads all-ones and Enable Device
+        // fails with 0x12.
+        try DSADevice<BAR, Portals>.enableBusMaster(config, interrupts: interrupts != nil)
         let device = try DSADevice(bar: bar, portals: portals, config: config, timeouts: configuration.timeouts,
                                    mode: configuration.mode)
         let cap = device.wqCap
@@ -90,7 +93,6 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         let batchLimit = batching ? min(configuration.maximumBatch, 1 << batchShift) : 1
         let fill = device.supports(opcode: DSA.Opcode.fill)
 
-        try device.enableBusMaster(interrupts: interrupts != nil)
         try device.reset()
         let groups = try device.configure(wqs: wqs, size: size, transferShift: transferShift, batchShift: batchShift)
 
@@ -109,7 +111,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
                 channels.append(try DSAChannel(index: i, device: device, eventFD: fd, workQueueSize: size,
                                                batchLimit: batchLimit, minimumBatch: configuration.minimumBatch,
                                                countedChains: version.countedChains, memory: memory,
-                                               wake: { [poller] in poller.wake() }))
+                                               poller: poller))
             }
             if let interrupts, !fds.isEmpty { try interrupts.routeInterrupts(start: 1, eventFDs: fds) }
         } catch {
@@ -240,7 +242,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
     /// 1.1+ providers tell the interface, which re-Starts every channel with a NULL
     /// descriptor; a 1.0 provider fails each channel's next Append with `.contextLost`.
     public func powerUp() throws(DriverError) {
-        try device.enableBusMaster(interrupts: interrupts != nil)
+        try DSADevice<BAR, Portals>.enableBusMaster(device.config, interrupts: interrupts != nil)
         try device.reset()
         _ = try device.configure(wqs: layout.workQueues, size: layout.workQueueSize,
                                  transferShift: layout.maximumTransferShift, batchShift: layout.maximumBatchShift)
