@@ -237,6 +237,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         }
         acquire()
         defer { release() }
+        if device.state == .halted { throw device.haltedError("Start on WQ \(index)") }
         var current: UInt64? = nil
         if tail != head { current = try quiesce() }
         pending.store(0, ordering: .relaxed)
@@ -396,6 +397,29 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         lastCompleted = last
         contextLost = wasRunning
         release()
+    }
+
+    /// The device halted (GENSTS): the descriptors outstanding on this WQ will never complete.
+    /// Records that did arrive are processed; the oldest descriptor still outstanding is
+    /// reported as the failing one, the rest are abandoned, and the channel halts with an
+    /// interrupt, as on a descriptor failure. Called by the completion poller and by
+    /// ``DSAProvider/recover()``.
+    func deviceHalted(_ reason: String) {
+        acquire()
+        defer { release() }
+        while tail != head && !halted && reapOne() {}
+        guard tail != head, !halted else { return }
+        let failing = memberIOVA[(head % workQueueSize) * batchLimit]
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: UInt64(device.bar.read32(DSA.GENSTS)),
+                              causes: ["device halted (GENSTS)", reason], descriptor: failing)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        running = false
+        writeWord(last, .halted)
+        raiseInterrupt()
     }
 
     // MARK: - The engine work (under `busy`)

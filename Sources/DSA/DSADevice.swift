@@ -405,6 +405,12 @@ public final class DSADevice<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~C
         return groups
     }
 
+    /// The error for `call` on a halted device, saying how to recover.
+    func haltedError(_ call: String) -> DriverError {
+        DriverError(.deviceError,
+            "\(call) refused: the DSA is halted (\(diagnostics())). \(resetType == .software ? "Call recover() on the provider (Reset Device and bring-up)" : resetType == .flr ? "Reset the function (VFIO_DEVICE_RESET), then call recover() on the provider" : "The platform needs a \(resetType) reset"), then Start the channel again.")
+    }
+
     /// Spins, then yields, until `condition` holds or `limit` passes.
     func spin(for limit: Duration, _ condition: () -> Bool) -> Bool {
         for _ in 0..<1000 {

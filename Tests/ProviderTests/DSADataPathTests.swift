@@ -312,4 +312,45 @@ struct DSADataPathTests {
             #expect(Self.same(src.base + i * 256, dst.base + i * 256, 256), "op \(i)")
         }
     }
+
+    @Test("the device halts with work outstanding: the oldest op is reported failed once, Start is refused until recover(), then the rest complete",
+          arguments: [DSA.ResetType.software, .flr])
+    func haltAndRecover(_ type: DSA.ResetType) throws {
+        let h = try Harness(.dsa(.v2_0))
+        defer { h.close() }
+        let rig = (h.target as! DSATarget).rig
+        let q = try CopyQueue(channel: try h.channel(), ringSize: 32)
+        let src = try h.memory.allocate(length: 20 * 256), dst = try h.memory.allocate(length: 20 * 256)
+        Self.fillSource(src, seed: 11)
+        rig.model.stall()
+        for i in 0..<20 { _ = try q.enqueueCopy(source: src.iova(at: i * 256), destination: dst.iova(at: i * 256), length: 256) }
+        try q.submit()
+        rig.model.inject(.halt(resetType: type))
+        rig.model.resume()
+        var statuses: [CopyStatus] = []
+        var buffer = [CopyStatus](repeating: .successful, count: 32)
+        func poll() {
+            buffer.withUnsafeMutableBufferPointer { b in
+                let (n, _) = q.completedStatus(max: b.count, into: b)
+                statuses.append(contentsOf: b.prefix(n))
+            }
+        }
+        #expect(waitUntil { poll(); return !statuses.isEmpty }, "the halt is noticed")
+        #expect(statuses == [.failed], "the op outstanding at the halt fails, once")
+        #expect(q.lastFault?.causes.first == "device halted (GENSTS)")
+        #expect(q.outstanding == 19)
+        let spare = try DescriptorPool(memory: h.memory, count: 1)
+        spare[0].pointee = Descriptor(controlFlags: [.nullTransfer])
+        do { try rig.channel(q.channel.index).start(spare.chain(from: 0, count: 1)); Issue.record("Start on a halted device") } catch {
+            #expect(error.code == .deviceError && error.message.contains("recover()"))
+        }
+        if type == .flr {
+            expectDriverError(.deviceError, ["VFIO_DEVICE_RESET"]) { try rig.provider.recover() }
+            rig.model.functionLevelReset()
+        }
+        try rig.provider.recover()
+        #expect(waitUntil(.seconds(10)) { poll(); return q.outstanding == 0 })
+        #expect(statuses.count == 20 && statuses.dropFirst().allSatisfy { $0 == .successful })
+        #expect(Self.same(src.base + 256, dst.base + 256, 19 * 256), "the rest ran after recovery")
+    }
 }
