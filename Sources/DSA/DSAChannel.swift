@@ -98,7 +98,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let rearmCount = Atomic<Int>(0)
     private let faultState = Mutex<ChannelFault?>(nil)
     private let starts = Mutex<[ControlFlags]>([])
-    /// Set while a Suspend is in progress or in force.
+    /// Set once a Suspend has stopped the WQ (Abort WQ done), until Resume or Start.
     private let suspendFlag = Atomic<Bool>(false)
 
     // Guarded by `busy`.
@@ -240,6 +240,9 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         if device.state == .halted { throw device.haltedError("Start on WQ \(index)") }
         var current: UInt64? = nil
         if tail != head { current = try quiesce() }
+        // The interface wrote Armed before calling; a failure this channel processed while the
+        // Start waited for the channel (Halted) belongs to the chain being replaced.
+        word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
         pending.store(0, ordering: .relaxed)
         halted = false
         contextLost = false
@@ -273,16 +276,17 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// - Throws: `.timeout` or `.deviceError` when Abort WQ fails or the current descriptor
     ///   does not complete.
     public func suspend() throws(DriverError) -> UInt64 {
-        suspendFlag.store(true, ordering: .releasing)
         acquire()
         defer { release() }
         if tail != head, let current = try quiesce(), let p = descriptor(at: current) {
+            suspendFlag.store(true, ordering: .releasing)  // Abort WQ is done: only the current one runs
             submitCurrent(p, iova: current)
             guard device.spin(for: device.timeouts.command, { reapOne() || tail == head }) || tail == head else {
                 throw DriverError(.timeout, "DSA WQ \(index): the current descriptor did not complete within \(device.timeouts.command) during Suspend (\(device.diagnostics())).")
             }
             while tail != head && reapOne() {}
         }
+        suspendFlag.store(true, ordering: .releasing)
         running = false
         if !halted { writeWord(lastCompleted, .suspend) }
         return processedSinceStart ? lastCompleted : 0
@@ -428,7 +432,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private func progress() {
         guard word != nil else { return }
         while tail != head && reapOne() {}
-        if running && !halted && !suspendFlag.load(ordering: .relaxed) { fill() }
+        if running && !halted { fill() }
     }
 
     /// Whether NetDMA descriptors wait to be submitted.
