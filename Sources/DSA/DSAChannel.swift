@@ -64,7 +64,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let vector: UInt16
     private let descriptorFlags: UInt32
     private let portalBase: Int
-    private let wake: @Sendable () -> Void
+    /// The provider's completion poller, woken after portal writes.
+    let poller: CompletionPoller
     private let memory: DMAMemory
 
     // DMA area: members (slots × batchLimit × 64), member records (slots × batchLimit × 32),
@@ -97,7 +98,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let rearmCount = Atomic<Int>(0)
     private let faultState = Mutex<ChannelFault?>(nil)
     private let starts = Mutex<[ControlFlags]>([])
-    /// Set while a Suspend is in progress or in force.
+    /// Set once a Suspend has stopped the WQ (Abort WQ done), until Resume or Start.
     private let suspendFlag = Atomic<Bool>(false)
 
     // Guarded by `busy`.
@@ -120,14 +121,14 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     init(index: Int, device: DSADevice<BAR, Portals>, eventFD: consuming EventFD?, workQueueSize: Int,
          batchLimit: Int, minimumBatch: Int, countedChains: Bool, memory: DMAMemory,
-         wake: @escaping @Sendable () -> Void) throws(DriverError) {
+         poller: CompletionPoller) throws(DriverError) {
         self.index = index
         self.device = device
         self.workQueueSize = workQueueSize
         self.batchLimit = max(1, batchLimit)
         self.minimumBatch = max(2, minimumBatch)
         self.countedChains = countedChains
-        self.wake = wake
+        self.poller = poller
         self.memory = memory
         vector = UInt16(index + 1)
         portalBase = index * DSA.portalWindowSize
@@ -236,8 +237,12 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         }
         acquire()
         defer { release() }
+        if device.state == .halted { throw device.haltedError("Start on WQ \(index)") }
         var current: UInt64? = nil
         if tail != head { current = try quiesce() }
+        // The interface wrote Armed before calling; a failure this channel processed while the
+        // Start waited for the channel (Halted) belongs to the chain being replaced.
+        word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
         pending.store(0, ordering: .relaxed)
         halted = false
         contextLost = false
@@ -271,16 +276,17 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// - Throws: `.timeout` or `.deviceError` when Abort WQ fails or the current descriptor
     ///   does not complete.
     public func suspend() throws(DriverError) -> UInt64 {
-        suspendFlag.store(true, ordering: .releasing)
         acquire()
         defer { release() }
         if tail != head, let current = try quiesce(), let p = descriptor(at: current) {
+            suspendFlag.store(true, ordering: .releasing)  // Abort WQ is done: only the current one runs
             submitCurrent(p, iova: current)
             guard device.spin(for: device.timeouts.command, { reapOne() || tail == head }) || tail == head else {
                 throw DriverError(.timeout, "DSA WQ \(index): the current descriptor did not complete within \(device.timeouts.command) during Suspend (\(device.diagnostics())).")
             }
             while tail != head && reapOne() {}
         }
+        suspendFlag.store(true, ordering: .releasing)
         running = false
         if !halted { writeWord(lastCompleted, .suspend) }
         return processedSinceStart ? lastCompleted : 0
@@ -397,13 +403,36 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         release()
     }
 
+    /// The device halted (GENSTS): the descriptors outstanding on this WQ will never complete.
+    /// Records that did arrive are processed; the oldest descriptor still outstanding is
+    /// reported as the failing one, the rest are abandoned, and the channel halts with an
+    /// interrupt, as on a descriptor failure. Called by the completion poller and by
+    /// ``DSAProvider/recover()``.
+    func deviceHalted(_ reason: String) {
+        acquire()
+        defer { release() }
+        while tail != head && !halted && reapOne() {}
+        guard tail != head, !halted else { return }
+        let failing = memberIOVA[(head % workQueueSize) * batchLimit]
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: UInt64(device.bar.read32(DSA.GENSTS)),
+                              causes: ["device halted (GENSTS)", reason], descriptor: failing)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        running = false
+        writeWord(last, .halted)
+        raiseInterrupt()
+    }
+
     // MARK: - The engine work (under `busy`)
 
     /// Processes arrived records, then submits what is ready.
     private func progress() {
         guard word != nil else { return }
         while tail != head && reapOne() {}
-        if running && !halted && !suspendFlag.load(ordering: .relaxed) { fill() }
+        if running && !halted { fill() }
     }
 
     /// Whether NetDMA descriptors wait to be submitted.
@@ -580,7 +609,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         cvfio_wmb()
         device.portals.submit64(portalBase + (portalSlot & 63) * 64, UnsafeRawPointer(p))
         portalSlot &+= 1
-        wake()
+        poller.wake()
     }
 
     /// Processes the oldest outstanding submission if its record has arrived; false when not.
