@@ -110,10 +110,14 @@ struct Bench: ResultCommand {
         var ops: Int
         var opsPerSecond: Double
         var gigabytesPerSecond: Double
-        /// Submitter TSC cycles inside enqueue, submit and non-empty completed calls, per op.
+        /// Submitter TSC cycles per op: its share of a batch's enqueues and submit, plus its
+        /// share of the non-empty `completed` call that retired it (intervals where the thread
+        /// was descheduled are left out).
         var cyclesPerOp: Double
         /// `completed` calls that found nothing (waiting, not work).
         var emptyPolls: Int
+        /// API intervals left out of ``cyclesPerOp`` because the thread was descheduled.
+        var preemptedIntervals: Int
         var latencySamples: Int
         var latencyP50Nanoseconds: Double
         var latencyP99Nanoseconds: Double
@@ -244,8 +248,8 @@ struct Bench: ResultCommand {
             let gbps = run.seconds > 0 ? Double(run.ops * size) / run.seconds / 1e9 : 0
             result.rows.append(Row(
                 size: size, ops: run.ops, opsPerSecond: run.seconds > 0 ? Double(run.ops) / run.seconds : 0,
-                gigabytesPerSecond: gbps, cyclesPerOp: run.ops > 0 ? Double(run.apiCycles) / Double(run.ops) : 0,
-                emptyPolls: run.emptyPolls, latencySamples: lat.samples.count,
+                gigabytesPerSecond: gbps, cyclesPerOp: run.cyclesPerOp,
+                emptyPolls: run.emptyPolls, preemptedIntervals: run.preempted, latencySamples: lat.samples.count,
                 latencyP50Nanoseconds: percentile(lat.samples, 0.50), latencyP99Nanoseconds: percentile(lat.samples, 0.99),
                 memcpyOpsPerSecond: cpu.opsPerSecond, memcpyGigabytesPerSecond: cpu.gbps,
                 engineOverMemcpy: cpu.gbps > 0 ? gbps / cpu.gbps : 0, verified: verified))
@@ -285,9 +289,34 @@ struct Bench: ResultCommand {
     struct StreamResult {
         var ops = 0
         var seconds = 0.0
-        var apiCycles: UInt64 = 0
+        var submitCycles: UInt64 = 0
+        var submitOps = 0
+        var pollCycles: UInt64 = 0
+        var pollOps = 0
         var emptyPolls = 0
+        var preempted = 0
         var error: String?
+
+        /// Adds one API interval of `ops` ops. An interval longer than 20,000 + 400 × ops
+        /// cycles cannot be the call itself (the thread was descheduled): it is left out of the
+        /// cycles per op and counted as preempted (peer-benchmark.md §3).
+        @inline(__always)
+        mutating func account(_ cycles: UInt64, ops: Int, submit: Bool) {
+            if cycles > 20_000 &+ 400 &* UInt64(ops) {
+                preempted += 1
+            } else if submit {
+                submitCycles &+= cycles
+                submitOps += ops
+            } else {
+                pollCycles &+= cycles
+                pollOps += ops
+            }
+        }
+
+        /// Enqueue+submit cycles per op plus completed cycles per op.
+        var cyclesPerOp: Double {
+            (submitOps > 0 ? Double(submitCycles) / Double(submitOps) : 0) + (pollOps > 0 ? Double(pollCycles) / Double(pollOps) : 0)
+        }
     }
 
     /// The steady stream: batches while there is room, one `completed` per channel per pass.
@@ -321,14 +350,14 @@ struct Bench: ResultCommand {
                         r.error = error.message
                         stop = true
                     }
-                    r.apiCycles &+= cvfio_rdtsc() &- t0
+                    r.account(cvfio_rdtsc() &- t0, ops: s.batch, submit: true)
                     progressed = true
                 }
                 let t0 = cvfio_rdtsc()
                 let c = q.completed(max: s.ring)
                 let t1 = cvfio_rdtsc()
                 if c.count > 0 {
-                    r.apiCycles &+= t1 &- t0
+                    r.account(t1 &- t0, ops: c.count, submit: false)
                     completed += c.count
                     progressed = true
                 } else if !c.hadError {
@@ -474,7 +503,7 @@ struct Bench: ResultCommand {
         return out.joined(separator: "\n")
     }
 
-    static let csvHeader = "engine,size,ops,ops_per_second,gb_per_second,cycles_per_op,empty_polls,qd1_samples,qd1_p50_ns,qd1_p99_ns,memcpy_ops_per_second,memcpy_gb_per_second,engine_over_memcpy,verified,copy_threshold"
+    static let csvHeader = "engine,size,ops,ops_per_second,gb_per_second,cycles_per_op,empty_polls,preempted_intervals,qd1_samples,qd1_p50_ns,qd1_p99_ns,memcpy_ops_per_second,memcpy_gb_per_second,engine_over_memcpy,verified,copy_threshold"
 
     static func csv(_ doc: Document) -> String {
         var lines = [csvHeader]
@@ -482,7 +511,7 @@ struct Bench: ResultCommand {
             for r in e.rows {
                 let fields: [String] = [
                     e.engine, "\(r.size)", "\(r.ops)", String(format: "%.1f", r.opsPerSecond), String(format: "%.4f", r.gigabytesPerSecond),
-                    String(format: "%.1f", r.cyclesPerOp), "\(r.emptyPolls)", "\(r.latencySamples)", String(format: "%.1f", r.latencyP50Nanoseconds),
+                    String(format: "%.1f", r.cyclesPerOp), "\(r.emptyPolls)", "\(r.preemptedIntervals)", "\(r.latencySamples)", String(format: "%.1f", r.latencyP50Nanoseconds),
                     String(format: "%.1f", r.latencyP99Nanoseconds), String(format: "%.1f", r.memcpyOpsPerSecond),
                     String(format: "%.4f", r.memcpyGigabytesPerSecond), String(format: "%.4f", r.engineOverMemcpy), r.verified ? "1" : "0",
                     e.copyThreshold.map(String.init) ?? "",

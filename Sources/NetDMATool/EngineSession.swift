@@ -117,6 +117,16 @@ struct EngineTargets {
                                  usesModel: true, system: system, fault: fault)
         }
         if model != nil { return onModel("--model asked for it") }
+        let hardware = try resolveHardware(addresses: addresses, generation: generation, system: system, onModel: onModel)
+        if fault != nil && !hardware.usesModel {
+            throw DriverError(.invalidArgument, "--inject-fault works only on the built-in model; add --model ioat|dsa.")
+        }
+        return hardware
+    }
+
+    private static func resolveHardware(addresses: [PCIAddress], generation: String?, system: SystemOptions,
+                                        onModel: (String) -> EngineTargets) throws(DriverError) -> EngineTargets {
+        let fault: ModelFault? = nil
         let discovery = system.discovery
         if !addresses.isEmpty {
             var devices: [PCIDevice] = []

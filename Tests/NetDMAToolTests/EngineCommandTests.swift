@@ -315,7 +315,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         for (line, size) in zip(lines.dropFirst(), Bench.quickSizes) {
             let f = line.split(separator: ",", omittingEmptySubsequences: false)
             #expect(f.count == columns)
-            #expect(f[0] == "model:dsa/spr" && f[1] == "\(size)" && f[13] == "1")
+            #expect(f[0] == "model:dsa/spr" && f[1] == "\(size)" && f[14] == "1")
             #expect((Double(f[3]) ?? 0) > 0)
         }
     }
@@ -350,7 +350,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
 
     @Test func copyThresholdIsTheSmallestSizeFromWhichTheEngineAlwaysWins() {
         func row(_ size: Int, _ engine: Double, _ cpu: Double) -> Bench.Row {
-            Bench.Row(size: size, ops: 1, opsPerSecond: 1, gigabytesPerSecond: engine, cyclesPerOp: 1, emptyPolls: 0,
+            Bench.Row(size: size, ops: 1, opsPerSecond: 1, gigabytesPerSecond: engine, cyclesPerOp: 1, emptyPolls: 0, preemptedIntervals: 0,
                       latencySamples: 1, latencyP50Nanoseconds: 1, latencyP99Nanoseconds: 1, memcpyOpsPerSecond: 1,
                       memcpyGigabytesPerSecond: cpu, engineOverMemcpy: engine / cpu, verified: true)
         }
