@@ -43,7 +43,7 @@ struct Bench: ResultCommand {
     @Option(name: .customLong("queue-depth"), help: "Most copies in flight per channel (default: ring size - 1).")
     var queueDepth: Int?
 
-    @Option(help: "Channels to use (default 1; at most the engine's).")
+    @Option(help: "Channels to use (at most the engine's).")
     var channels: Int = 1
 
     @Option(help: "poll (spin on the completion word) or interrupt (sleep on the channel's interrupt).")
