@@ -190,6 +190,27 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(try execute(["probe", "--model", "ioat"] + roots(tree)).exitCode == 0)
     }
 
+    @Test func faultInjectionIsRefusedOnHardware() throws {
+        let tree = try FakeSysfsTree()
+        try tree.addDevice(PCIAddress("0000:00:04.0")!, id: PCIID(vendor: 0x8086, device: 0x0B00), driver: "vfio-pci",
+                           iommuGroup: 5, vfioNode: true)
+        do {
+            _ = try execute(["probe", "--inject-fault", "copy"] + roots(tree))
+            Issue.record("--inject-fault must not reach a real engine")
+        } catch let e as DriverError {
+            #expect(e.code == .invalidArgument && e.message.contains("--model"))
+        }
+    }
+
+    // The real machine, as `Scripts/run` sees it: without an engine bound to vfio-pci the
+    // commands run on the model.
+    @Test(.enabled(if: !PCIDiscovery().engines().contains { $0.driver == "vfio-pci" }, "an engine is bound to vfio-pci here"))
+    func thisMachineFallsBackToTheModel() throws {
+        let r = try execute(["probe"])
+        #expect(r.exitCode == 0)
+        #expect(r.text.hasPrefix("Running on the built-in device model"))
+    }
+
     @Test func badCombinationsAreRejectedAtParsing() throws {
         #expect(throws: (any Error).self) { try NetDMATool.parseAsRoot(["probe", "--model", "dsa", "--generation", "icx"]) }
         #expect(throws: (any Error).self) { try NetDMATool.parseAsRoot(["probe", "--generation", "nosuch"]) }
