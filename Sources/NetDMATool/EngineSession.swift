@@ -281,7 +281,7 @@ final class EngineSession {
 
     /// Bounds for the register sequences of a model that shares two busy cores: generous, so a
     /// slow scheduler never fails a probe (they are bounds, not waits).
-    static let modelIOATTimeouts = IOATTimeouts(quiesce: .seconds(2), reset: .seconds(2), selfTest: .seconds(1), recovery: .milliseconds(100))
+    static let modelIOATTimeouts = IOATTimeouts(quiesce: .seconds(2), reset: .seconds(2), selfTest: .seconds(2), recovery: .milliseconds(100))
 
     static func modelMemory(_ iommu: SoftIOMMU) -> DMAMemory {
         // Allocated IOVAs (not IOVA = VA) so that an unmapped address is certain to fault.

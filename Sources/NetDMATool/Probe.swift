@@ -131,7 +131,7 @@ struct Probe: ResultCommand {
     /// addresses on purpose.
     static let copies: [(size: Int, source: Int, destination: Int)] = [(1, 0, 0), (64, 64, 128), (4093, 4099, 8195), (65536, 16384, 81920)]
     static let fillPattern: UInt64 = 0x0123_4567_89AB_CDEF
-    static let timeout: Duration = .seconds(2)
+    static let timeout: Duration = .seconds(5)
 
     static func probeChannel(_ rig: ChannelRig, _ session: EngineSession) -> ChannelReport {
         var checks: [CheckResult] = []
