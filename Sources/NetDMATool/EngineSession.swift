@@ -338,7 +338,14 @@ final class EngineSession {
             throw DriverError(.unsupported, "\(pci.address) is not an engine this driver drives.")
         }
         let container = try VFIOContainer(sysfsRoot: system.sysfsRoot, devRoot: system.devRoot)
-        let device = try container.openDevice(pci.address)
+        let device: VFIODevice
+        do {
+            device = try container.openDevice(pci.address)
+        } catch where error.code == .busy {
+            let node = pci.iommuGroup.map { "\(system.devRoot)/vfio/\($0)" } ?? "the group's /dev/vfio node"
+            throw DriverError(.busy, errno: error.errno,
+                "\(error.message) Stop that user (`sudo fuser -v \(node)` names it) and run netdma again.")
+        }
         // Allocated IOVAs below 2^39: within every engine's reach (ioat.md §6.8 step 7).
         let memory = DMAMemory(spaces: [container], policy: VFIOContainer.iovaPolicy(dmaMaskBits: 39))
         let local = pci.numaNode.map { NUMA.cpus(ofNode: $0).intersection(CPUSet.allowed) }.flatMap { $0.isEmpty ? nil : $0 }
