@@ -83,8 +83,11 @@ public struct ClientRegistration: Sendable, Hashable {
 
 /// What a client learns about a provider when it looks for one.
 public struct ProviderInfo: Sendable {
+    /// The provider's handle, for ``NetDMARegistry/allocateChannel(provider:affinity:priority:)``.
     public var handle: ProviderHandle
+    /// What it declared at registration (version, flags, channels, callbacks, name).
     public var characteristics: ProviderCharacteristics
+    /// Where it is in its lifecycle.
     public var state: ProviderState
     /// The attributes given at start (nil while only registered).
     public var attributes: ProviderAttributes?

@@ -148,7 +148,7 @@ struct RegistryTests {
 
     @Test("stop drains, aborts a channel that does not drain, and frees every channel", arguments: TargetFactory.all)
     func stopDrainsAndFrees(_ factory: TargetFactory) throws {
-        let h = try Harness(factory)
+        let h = try Harness(factory, drainTimeout: .milliseconds(200))
         defer { h.close() }
         let a = try h.channel(), b = try h.channel()
         let pool = try DescriptorPool(memory: h.memory, count: 4)

@@ -56,13 +56,14 @@ struct TargetFactory: Sendable, CustomTestStringConvertible {
 
 /// A started provider on its own registry, a channel helper, and DMA buffers.
 final class Harness {
-    let registry = NetDMARegistry(drainTimeout: .seconds(2))
+    let registry: NetDMARegistry
     let target: any ConformanceTarget
     let handle: ProviderHandle
     var memory: DMAMemory { target.provider.dmaMemory }
     private var closed = false
 
-    init(_ factory: TargetFactory) throws {
+    init(_ factory: TargetFactory, drainTimeout: Duration = .seconds(2)) throws {
+        registry = NetDMARegistry(drainTimeout: drainTimeout)
         target = try factory.make()
         handle = try registry.register(target.provider)
         try registry.start(handle, attributes: target.attributes)
