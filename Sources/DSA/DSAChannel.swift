@@ -100,6 +100,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let starts = Mutex<[ControlFlags]>([])
     /// Set once a Suspend has stopped the WQ (Abort WQ done), until Resume or Start.
     private let suspendFlag = Atomic<Bool>(false)
+    /// NetDMA 1.0 after a power cycle: the next Append fails once with `.contextLost`.
+    private let contextLost = Atomic<Bool>(false)
 
     // Guarded by `busy`.
     private var word: UnsafeMutablePointer<Atomic<UInt64>>?
@@ -115,7 +117,6 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var processedSinceStart = false
     private var halted = false
     private var running = false
-    private var contextLost = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
 
@@ -245,7 +246,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
         pending.store(0, ordering: .relaxed)
         halted = false
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         suspendFlag.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
         processedSinceStart = false
@@ -264,7 +265,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     ///
     /// - Throws: `.contextLost` once after a power cycle (NetDMA 1.0).
     public func append(_ chain: DescriptorChain) throws(DriverError) {
-        if contextLost { throw lostContext() }
+        if contextLost.load(ordering: .relaxed) { throw lostContext() }
         if countedChains { pending.add(chain.count, ordering: .releasing) }
         kick()
     }
@@ -338,7 +339,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         forget()
         lastCompleted = 0
         lastCompletedAtomic.store(0, ordering: .relaxed)
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
     }
 
@@ -399,7 +400,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         let wasRunning = running
         forget()
         lastCompleted = last
-        contextLost = wasRunning
+        contextLost.store(wasRunning, ordering: .releasing)
         release()
     }
 
@@ -749,7 +750,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     @inline(never)
     private func lostContext() -> DriverError {
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         return DriverError(.contextLost, "DSA WQ \(index) lost its context in a power cycle; Start again with a NULL descriptor.")
     }
 
