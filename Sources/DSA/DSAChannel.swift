@@ -115,6 +115,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var chainStart: UInt64 = 0
     private var lastCompleted: UInt64 = 0
     private var processedSinceStart = false
+    /// The walk met a `next` outside DMA memory (0: no).
+    private var unreachableDescriptor: UInt64 = 0
     private var halted = false
     private var running = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
@@ -217,6 +219,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         pending.store(0, ordering: .relaxed)
         atTail = false
         cursorIOVA = 0
+        unreachableDescriptor = 0
         running = false
         halted = false
         processedSinceStart = false
@@ -252,6 +255,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         processedSinceStart = false
         chainStart = chain.iova
         cursorIOVA = chain.iova
+        unreachableDescriptor = 0
         atTail = false
         running = true
         if let current, let p = descriptor(at: current) { submitCurrent(p, iova: current) }
@@ -300,6 +304,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         defer { release() }
         suspendFlag.store(false, ordering: .relaxed)
         guard !halted else { return }
+        unreachableDescriptor = 0
         if processedSinceStart, let p = descriptor(at: lastCompleted) {
             let next = Self.loadNext(p)
             if !countedChains && next == 0 {
@@ -434,6 +439,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         guard word != nil else { return }
         while tail != head && reapOne() {}
         if running && !halted { fill() }
+        if unreachableDescriptor != 0 && tail == head && !halted { haltUnreachable() }
     }
 
     /// Whether NetDMA descriptors wait to be submitted.
@@ -450,7 +456,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     @inline(__always)
     private func nextDescriptor() -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
         if countedChains {
-            guard pending.load(ordering: .acquiring) > 0, let p = descriptor(at: cursorIOVA) else { return nil }
+            guard pending.load(ordering: .acquiring) > 0 else { return nil }
+            guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
             pending.subtract(1, ordering: .relaxed)
             let iova = cursorIOVA
             cursorIOVA = p.pointee.next
@@ -463,7 +470,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
             atTail = false
         }
-        guard cursorIOVA != 0, let p = descriptor(at: cursorIOVA) else { return nil }
+        guard cursorIOVA != 0 else { return nil }
+        guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
         let iova = cursorIOVA
         let n = Self.loadNext(p)
         if n == 0 {
@@ -473,6 +481,32 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
         }
         return (iova, p)
+    }
+
+    /// The walk reached a `next` that is not in DMA memory (what a CBDMA engine reports as a
+    /// chain address error): the walk stops there, and once everything before it completed the
+    /// channel halts with a fault naming that address.
+    @inline(never)
+    private func unreachable(_ iova: UInt64) -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
+        if unreachableDescriptor == 0 { unreachableDescriptor = iova }
+        return nil
+    }
+
+    /// Halts for ``unreachable(_:)`` once nothing is outstanding.
+    @inline(never)
+    private func haltUnreachable() {
+        let iova = unreachableDescriptor
+        unreachableDescriptor = 0
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: iova, causes: [
+                "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not in this provider's DMA memory (a bad NextDescriptor); allocate descriptors from the provider's DMA memory"],
+                descriptor: iova)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        writeWord(last, .halted)
+        raiseInterrupt()
     }
 
     /// Submits the "current" descriptor that Abort WQ discarded again, alone (the WQ is empty).

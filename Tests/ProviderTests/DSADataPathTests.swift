@@ -176,6 +176,26 @@ struct DSADataPathTests {
         }
     }
 
+    @Test("a NextDescriptor outside DMA memory: what precedes it completes, then the channel halts naming the address",
+          arguments: [true, false])
+    func unreachableNext(_ counted: Bool) throws {
+        let rig = try DSARig(configuration: .init(version: counted ? .v2_0 : .v1_1, workQueues: 1))
+        let ch = try DSADirectChannel(rig)
+        let pool = try DescriptorPool(memory: rig.memory, count: 4)
+        for i in 0..<3 { pool[i].pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion]) }
+        let chain = dsaChain(pool, 0..<3, counted: counted)
+        pool[1].pointee.next = 0xF0_0000_0000
+        try ch.channel.start(chain)
+        #expect(waitUntil { ch.completion.status == .halted })
+        #expect(ch.completion.descriptor == pool.iova(at: 1), "descriptors 0 and 1 completed")
+        let f = try #require(ch.channel.fault)
+        #expect(f.descriptor == 0xF0_0000_0000 && f.causes[0].contains("not in this provider's DMA memory"))
+        // Start recovers.
+        try ch.channel.start(pool.chain(from: 2, count: 1))
+        #expect(waitUntil { ch.completion == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) })
+        #expect(ch.channel.fault == nil)
+    }
+
     @Test("status names: every DSA status code has its Linux name")
     func statusNames() {
         let codes: [UInt8] = Array(0x00...0x09) + Array(0x10...0x22)
