@@ -336,6 +336,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     /// `ProviderResetChannel`: as Abort, then the post-allocation state; no previously
     /// submitted descriptor is touched again.
+    ///
+    /// Uses Abort WQ, not Reset WQ: Reset WQ also clears the WQ's WQCFG, and the WQ size can be
+    /// written only while the whole device is disabled (dsa.md §9.2), so the WQ could not be
+    /// enabled again without stopping every other channel.
     public func reset() throws(DriverError) {
         acquire()
         defer { release() }
