@@ -88,12 +88,8 @@ extension TargetFactory {
 
     /// Every DSA target: each NetDMA version with batches on SPR, 2.0 without batches, and the
     /// DSA 2.0 profile.
-    static let all: [TargetFactory] = [.dsa(.v1_0), .dsa(.v1_1), .dsa(.v2_0), .dsa(.v2_0, maximumBatch: 1),
-                                       .dsa(.v2_0, profile: DSA.dsa2)]
-    /// The target of single-version tests.
-    static func primary(_ version: NetDMAVersion) -> TargetFactory { .dsa(version) }
-    /// A 2.0 target whose channels have no interrupt vector.
-    static var withoutInterrupts: TargetFactory { .dsa(.v2_0, interrupts: false) }
+    static let dsaTargets: [TargetFactory] = [.dsa(.v1_0), .dsa(.v1_1), .dsa(.v2_0), .dsa(.v2_0, maximumBatch: 1),
+                                              .dsa(.v2_0, profile: DSA.dsa2)]
 }
 
 /// A provider channel allocated directly (no registry), with its own completion word.
