@@ -100,6 +100,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let starts = Mutex<[ControlFlags]>([])
     /// Set once a Suspend has stopped the WQ (Abort WQ done), until Resume or Start.
     private let suspendFlag = Atomic<Bool>(false)
+    /// NetDMA 1.0 after a power cycle: the next Append fails once with `.contextLost`.
+    private let contextLost = Atomic<Bool>(false)
 
     // Guarded by `busy`.
     private var word: UnsafeMutablePointer<Atomic<UInt64>>?
@@ -113,9 +115,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var chainStart: UInt64 = 0
     private var lastCompleted: UInt64 = 0
     private var processedSinceStart = false
+    /// The walk met a `next` outside DMA memory (0: no).
+    private var unreachableDescriptor: UInt64 = 0
     private var halted = false
     private var running = false
-    private var contextLost = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
 
@@ -216,6 +219,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         pending.store(0, ordering: .relaxed)
         atTail = false
         cursorIOVA = 0
+        unreachableDescriptor = 0
         running = false
         halted = false
         processedSinceStart = false
@@ -245,12 +249,13 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
         pending.store(0, ordering: .relaxed)
         halted = false
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         suspendFlag.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
         processedSinceStart = false
         chainStart = chain.iova
         cursorIOVA = chain.iova
+        unreachableDescriptor = 0
         atTail = false
         running = true
         if let current, let p = descriptor(at: current) { submitCurrent(p, iova: current) }
@@ -264,7 +269,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     ///
     /// - Throws: `.contextLost` once after a power cycle (NetDMA 1.0).
     public func append(_ chain: DescriptorChain) throws(DriverError) {
-        if contextLost { throw lostContext() }
+        if contextLost.load(ordering: .relaxed) { throw lostContext() }
         if countedChains { pending.add(chain.count, ordering: .releasing) }
         kick()
     }
@@ -299,6 +304,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         defer { release() }
         suspendFlag.store(false, ordering: .relaxed)
         guard !halted else { return }
+        unreachableDescriptor = 0
         if processedSinceStart, let p = descriptor(at: lastCompleted) {
             let next = Self.loadNext(p)
             if !countedChains && next == 0 {
@@ -330,6 +336,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     /// `ProviderResetChannel`: as Abort, then the post-allocation state; no previously
     /// submitted descriptor is touched again.
+    ///
+    /// Uses Abort WQ, not Reset WQ: Reset WQ also clears the WQ's WQCFG, and the WQ size can be
+    /// written only while the whole device is disabled (dsa.md §9.2), so the WQ could not be
+    /// enabled again without stopping every other channel.
     public func reset() throws(DriverError) {
         acquire()
         defer { release() }
@@ -338,7 +348,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         forget()
         lastCompleted = 0
         lastCompletedAtomic.store(0, ordering: .relaxed)
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
     }
 
@@ -399,7 +409,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         let wasRunning = running
         forget()
         lastCompleted = last
-        contextLost = wasRunning
+        contextLost.store(wasRunning, ordering: .releasing)
         release()
     }
 
@@ -433,6 +443,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         guard word != nil else { return }
         while tail != head && reapOne() {}
         if running && !halted { fill() }
+        if unreachableDescriptor != 0 && tail == head && !halted { haltUnreachable() }
     }
 
     /// Whether NetDMA descriptors wait to be submitted.
@@ -449,7 +460,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     @inline(__always)
     private func nextDescriptor() -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
         if countedChains {
-            guard pending.load(ordering: .acquiring) > 0, let p = descriptor(at: cursorIOVA) else { return nil }
+            guard pending.load(ordering: .acquiring) > 0 else { return nil }
+            guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
             pending.subtract(1, ordering: .relaxed)
             let iova = cursorIOVA
             cursorIOVA = p.pointee.next
@@ -462,7 +474,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
             atTail = false
         }
-        guard cursorIOVA != 0, let p = descriptor(at: cursorIOVA) else { return nil }
+        guard cursorIOVA != 0 else { return nil }
+        guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
         let iova = cursorIOVA
         let n = Self.loadNext(p)
         if n == 0 {
@@ -472,6 +485,32 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
         }
         return (iova, p)
+    }
+
+    /// The walk reached a `next` that is not in DMA memory (what a CBDMA engine reports as a
+    /// chain address error): the walk stops there, and once everything before it completed the
+    /// channel halts with a fault naming that address.
+    @inline(never)
+    private func unreachable(_ iova: UInt64) -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
+        if unreachableDescriptor == 0 { unreachableDescriptor = iova }
+        return nil
+    }
+
+    /// Halts for ``unreachable(_:)`` once nothing is outstanding.
+    @inline(never)
+    private func haltUnreachable() {
+        let iova = unreachableDescriptor
+        unreachableDescriptor = 0
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: iova, causes: [
+                "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not in this provider's DMA memory (a bad NextDescriptor); allocate descriptors from the provider's DMA memory"],
+                descriptor: iova)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        writeWord(last, .halted)
+        raiseInterrupt()
     }
 
     /// Submits the "current" descriptor that Abort WQ discarded again, alone (the WQ is empty).
@@ -749,7 +788,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     @inline(never)
     private func lostContext() -> DriverError {
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         return DriverError(.contextLost, "DSA WQ \(index) lost its context in a power cycle; Start again with a NULL descriptor.")
     }
 

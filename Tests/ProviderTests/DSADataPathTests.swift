@@ -176,6 +176,26 @@ struct DSADataPathTests {
         }
     }
 
+    @Test("a NextDescriptor outside DMA memory: what precedes it completes, then the channel halts naming the address",
+          arguments: [true, false])
+    func unreachableNext(_ counted: Bool) throws {
+        let rig = try DSARig(configuration: .init(version: counted ? .v2_0 : .v1_1, workQueues: 1))
+        let ch = try DSADirectChannel(rig)
+        let pool = try DescriptorPool(memory: rig.memory, count: 4)
+        for i in 0..<3 { pool[i].pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion]) }
+        let chain = dsaChain(pool, 0..<3, counted: counted)
+        pool[1].pointee.next = 0xF0_0000_0000
+        try ch.channel.start(chain)
+        #expect(waitUntil { ch.completion.status == .halted })
+        #expect(ch.completion.descriptor == pool.iova(at: 1), "descriptors 0 and 1 completed")
+        let f = try #require(ch.channel.fault)
+        #expect(f.descriptor == 0xF0_0000_0000 && f.causes[0].contains("not in this provider's DMA memory"))
+        // Start recovers.
+        try ch.channel.start(pool.chain(from: 2, count: 1))
+        #expect(waitUntil { ch.completion == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) })
+        #expect(ch.channel.fault == nil)
+    }
+
     @Test("status names: every DSA status code has its Linux name")
     func statusNames() {
         let codes: [UInt8] = Array(0x00...0x09) + Array(0x10...0x22)
@@ -352,5 +372,105 @@ struct DSADataPathTests {
         #expect(waitUntil(.seconds(10)) { poll(); return q.outstanding == 0 })
         #expect(statuses.count == 20 && statuses.dropFirst().allSatisfy { $0 == .successful })
         #expect(Self.same(src.base + 256, dst.base + 256, 19 * 256), "the rest ran after recovery")
+    }
+}
+
+/// Power events and concurrency on the DSA provider.
+@Suite("DSA provider power and concurrency", .serialized)
+struct DSAPowerTests {
+    @Test("powerDown drains (1.1+), disables the device; power loss; powerUp re-runs the bring-up and the queue continues",
+          arguments: [NetDMAVersion.v1_0, .v1_1, .v2_0])
+    func powerCycle(_ version: NetDMAVersion) throws {
+        let rig = try DSARig(configuration: .init(version: version, workQueues: 2))
+        let registry = NetDMARegistry(drainTimeout: .seconds(5))
+        let handle = try rig.provider.register(with: registry)
+        defer { _ = try? rig.provider.deregister() }
+        #expect(registry.info(handle)?.state == .started)
+        let q = try CopyQueue(channel: try registry.allocateChannel(provider: handle), ringSize: 64)
+        let src = try rig.memory.allocate(length: 64 * 1024), dst = try rig.memory.allocate(length: 64 * 1024)
+        DSADataPathTests.fillSource(src, seed: 21)
+        var retired = 0
+        for i in 0..<20 { _ = try q.enqueueCopy(source: src.iova(at: i * 1024), destination: dst.iova(at: i * 1024), length: 1024) }
+        try q.submit()
+        #expect(waitUntil { retired += q.completed(max: 64).count; return retired == 20 }, "1.0 has no drain notification: wait")
+        try rig.provider.powerDown()
+        #expect(rig.provider.device.state == .disabled)
+        rig.model.injectPowerLoss()  // D3: the configuration is gone
+        try rig.provider.powerUp()
+        #expect(rig.provider.device.state == .enabled && rig.provider.device.workQueueState(1) == .enabled)
+        for i in 20..<50 { _ = try q.enqueueCopy(source: src.iova(at: i * 1024), destination: dst.iova(at: i * 1024), length: 1024) }
+        try q.submit()
+        #expect(waitUntil { retired += q.completed(max: 64).count; return retired == 50 })
+        #expect(q.failedCount == 0)
+        #expect(DSADataPathTests.same(src.base, dst.base, 50 * 1024))
+        let starts = rig.channel(q.channel.index).startedFlags
+        #expect(starts.last?.contains(ControlFlags.nullTransfer) == true, "re-seeded with a NULL Start after power-up")
+    }
+
+    @Test("four channels on four threads, copies with faults: WQs independent, every op accounted once on each")
+    func concurrentChannels() throws {
+        let h = try Harness(.dsa(.v2_0))
+        defer { h.close() }
+        let results = Mutex<[(failed: Set<Int>, bad: Set<Int>, ok: Bool)]>([])
+        var threads: [ConformanceThread] = []
+        let memory = h.memory
+        for t in 0..<4 {
+            let channel = try h.channel()
+            let q = try CopyQueue(channel: channel, ringSize: 128)
+            let src = try memory.allocate(length: 1000 * 256), dst = try memory.allocate(length: 1000 * 256)
+            DSADataPathTests.fillSource(src, seed: UInt8(t))
+            let box = QueueBox(q, src, dst)
+            threads.append(ConformanceThread {
+                let q = box.queue
+                let srcBase = box.src.base, dstBase = box.dst.base, srcIOVA = box.src.iova, dstIOVA = box.dst.iova
+                var rng = SplitMix(state: UInt64(t) &+ 100)
+                var statuses: [CopyStatus] = []
+                var bad = Set<Int>()
+                var buffer = [CopyStatus](repeating: .successful, count: 32)
+                func drain() {
+                    buffer.withUnsafeMutableBufferPointer { b in
+                        let (n, _) = q.completedStatus(max: b.count, into: b)
+                        statuses.append(contentsOf: b.prefix(n))
+                    }
+                }
+                var op = 0
+                while op < 1000 {
+                    while q.freeSlots > 0 && op < 1000 {
+                        let faulty = Int.random(in: 0..<100, using: &rng) < 3
+                        if faulty { bad.insert(op) }
+                        _ = try? q.enqueueCopy(source: faulty ? 0xF0_0000_0000 : srcIOVA + UInt64(op * 256),
+                                               destination: dstIOVA + UInt64(op * 256), length: 256)
+                        op += 1
+                        if op % 16 == 0 { break }
+                    }
+                    try? q.submit()
+                    drain()
+                }
+                let done = waitUntil(.seconds(20)) { drain(); return q.outstanding == 0 }
+                let failed = Set(statuses.indices.filter { statuses[$0] == .failed })
+                var ok = done && statuses.count == 1000
+                for i in 0..<1000 where !bad.contains(i) && memcmp(srcBase + i * 256, dstBase + i * 256, 256) != 0 { ok = false }
+                results.withLock { $0.append((failed, bad, ok)) }
+            })
+        }
+        for t in threads { t.join() }
+        let r = results.withLock { $0 }
+        #expect(r.count == 4)
+        for x in r {
+            #expect(x.ok, "every op reported once and every good op copied")
+            #expect(x.failed == x.bad)
+        }
+    }
+}
+
+/// A queue and its buffers, handed to the one test thread that uses them.
+final class QueueBox: @unchecked Sendable {
+    let queue: CopyQueue
+    let src: DMABuffer
+    let dst: DMABuffer
+    init(_ queue: CopyQueue, _ src: consuming DMABuffer, _ dst: consuming DMABuffer) {
+        self.queue = queue
+        self.src = src
+        self.dst = dst
     }
 }

@@ -54,8 +54,10 @@ final class DSARig: @unchecked Sendable {
 /// The DSA provider on the model as a target of the shared NetDMA conformance suite.
 final class DSATarget: ConformanceTarget, @unchecked Sendable {
     let rig: DSARig
-    init(version: NetDMAVersion, interrupts: Bool = true, maximumTransferShift: Int? = nil, maximumBatch: Int = 64) throws {
-        rig = try DSARig(configuration: .init(version: version, workQueues: 4, maximumBatch: maximumBatch,
+    init(version: NetDMAVersion, profile: DSA.Profile = DSA.sapphireRapids, interrupts: Bool = true,
+         maximumTransferShift: Int? = nil, maximumBatch: Int = 64) throws {
+        rig = try DSARig(profile: profile,
+                         configuration: .init(version: version, workQueues: 4, maximumBatch: maximumBatch,
                                               maximumTransferShift: maximumTransferShift),
                          interrupts: interrupts)
     }
@@ -75,18 +77,19 @@ final class DSATarget: ConformanceTarget, @unchecked Sendable {
 }
 
 extension TargetFactory {
-    static func dsa(_ version: NetDMAVersion, interrupts: Bool = true, maximumBatch: Int = 64) -> TargetFactory {
-        TargetFactory(name: maximumBatch > 1 ? "DSA on MockDSADevice" : "DSA on MockDSADevice, no batches", version: version) {
-            try DSATarget(version: version, interrupts: interrupts, maximumTransferShift: 20, maximumBatch: maximumBatch)
+    static func dsa(_ version: NetDMAVersion, profile: DSA.Profile = DSA.sapphireRapids, interrupts: Bool = true,
+                    maximumBatch: Int = 64) -> TargetFactory {
+        let name = "DSA (\(profile.name)) on MockDSADevice\(maximumBatch > 1 ? "" : ", no batches")"
+        return TargetFactory(name: name, version: version) {
+            try DSATarget(version: version, profile: profile, interrupts: interrupts, maximumTransferShift: 20,
+                          maximumBatch: maximumBatch)
         }
     }
 
-    /// Every DSA target: each NetDMA version with batches, and 2.0 without.
-    static let all: [TargetFactory] = [.dsa(.v1_0), .dsa(.v1_1), .dsa(.v2_0), .dsa(.v2_0, maximumBatch: 1)]
-    /// The target of single-version tests.
-    static func primary(_ version: NetDMAVersion) -> TargetFactory { .dsa(version) }
-    /// A 2.0 target whose channels have no interrupt vector.
-    static var withoutInterrupts: TargetFactory { .dsa(.v2_0, interrupts: false) }
+    /// Every DSA target: each NetDMA version with batches on SPR, 2.0 without batches, and the
+    /// DSA 2.0 profile.
+    static let dsaTargets: [TargetFactory] = [.dsa(.v1_0), .dsa(.v1_1), .dsa(.v2_0), .dsa(.v2_0, maximumBatch: 1),
+                                              .dsa(.v2_0, profile: DSA.dsa2)]
 }
 
 /// A provider channel allocated directly (no registry), with its own completion word.
