@@ -395,6 +395,15 @@ final class EngineSession {
         (.descriptorPrefetch, "descriptor prefetch"),
     ]
 
+    static let dsaOpcodeNames: [(UInt8, String)] = [
+        (DSA.Opcode.noop, "no-op"), (DSA.Opcode.batch, "batch"), (DSA.Opcode.drain, "drain"), (DSA.Opcode.memmove, "memmove"),
+        (DSA.Opcode.fill, "fill"), (DSA.Opcode.compare, "compare"), (DSA.Opcode.comparePattern, "compare pattern"),
+        (DSA.Opcode.createDelta, "create delta"), (DSA.Opcode.applyDelta, "apply delta"), (DSA.Opcode.dualcast, "dualcast"),
+        (DSA.Opcode.translationFetch, "translation fetch"), (DSA.Opcode.crcGenerate, "CRC"), (DSA.Opcode.copyCRC, "copy+CRC"),
+        (DSA.Opcode.difCheck, "DIF check"), (DSA.Opcode.difInsert, "DIF insert"), (DSA.Opcode.difStrip, "DIF strip"),
+        (DSA.Opcode.difUpdate, "DIF update"), (DSA.Opcode.dixGenerate, "DIX generate"), (DSA.Opcode.cacheFlush, "cache flush"),
+    ]
+
     static func ioatIdentity<B: RegisterIO & ~Copyable>(_ d: IOATDevice<B>, _ p: IOATProvider<B>, platform: String) -> EngineIdentityReport {
         let caps = dmaCapabilityNames.filter { d.capabilities.contains($0.0) }.map(\.1)
         let xfercap = d.maximumTransferSize.trailingZeroBitCount
@@ -427,7 +436,7 @@ final class EngineSession {
                 RegisterValue(name: "GRPCAP", value: hex(gr.rawValue, 16), meaning: "\(gr.count) groups, \(gr.totalReadBuffers) read buffers"),
                 RegisterValue(name: "ENGCAP", value: hex(d.engineCount, 16), meaning: "\(d.engineCount) engines"),
                 RegisterValue(name: "OPCAP", value: hex(d.opcap.first ?? 0, 16),
-                              meaning: d.supports(opcode: DSA.Opcode.fill) ? "memmove, fill, batch, …" : "memmove, batch, …"),
+                              meaning: dsaOpcodeNames.filter { d.supports(opcode: $0.0) }.map(\.1).joined(separator: ", ")),
             ],
             channels: p.channels.count, maximumTransferSize: p.attributes.maximumTransferSize,
             fill: p.characteristics.flags.contains(.fill), interrupts: p.channels.contains { $0.interruptEventFD != nil },

@@ -85,6 +85,8 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let id = try #require(e.identity)
         #expect(id.registers.map(\.name) == ["VERSION", "GENCAP", "WQCAP", "GRPCAP", "ENGCAP", "OPCAP"])
         #expect(id.registers[0].value == "0x100")
+        let opcap = id.registers[5].meaning
+        #expect(opcap.contains("memmove") && opcap.contains("fill") && opcap.contains("batch") && !opcap.contains("translation fetch"))
         let layout = try #require(id.dsaConfiguration)
         #expect(layout.contains("4 dedicated WQs"))
         // Every WQ is checked once.
