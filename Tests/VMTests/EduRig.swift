@@ -1,0 +1,104 @@
+import CVFIO
+import Hardware
+import Platform
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One QEMU `edu` device opened through VFIO: its device fd, BAR0 mapped, bus mastering on and
+/// its single MSI vector routed to an eventfd.
+final class EduDevice {
+    let function: VMEnvironment.PCIFunction
+    let device: GuestDevice
+    let bar: GuestBAR
+    let msi: EventFD
+
+    /// How long a test waits for an interrupt. An edu DMA takes ~100 ms of virtual time.
+    static let interruptTimeoutMilliseconds: Int32 = 5000
+
+    init(_ function: VMEnvironment.PCIFunction, group: GuestGroup) throws(DriverError) {
+        self.function = function
+        device = try group.device(function.address)
+        bar = try device.map(region: VFIO_PCI_BAR0_REGION_INDEX)
+        try device.enableBusMaster()
+        msi = try EventFD()
+        try device.routeInterrupts(index: VFIO_PCI_MSI_IRQ_INDEX, eventFDs: [msi.rawValue])
+    }
+
+    /// What one DMA did.
+    struct Completion: Equatable {
+        /// Whether the MSI eventfd fired before the timeout.
+        var interrupted: Bool
+        /// The `interrupt status` register when the interrupt arrived.
+        var status: UInt32
+        /// Whether `DMA command` bit 0 (busy) was clear afterwards.
+        var idle: Bool
+    }
+
+    /// Runs one transfer with an interrupt on completion and acknowledges it.
+    ///
+    /// - Parameters:
+    ///   - iova: the RAM side of the transfer.
+    ///   - bufferOffset: offset into the edu's 4 KiB buffer.
+    ///   - toRAM: the direction (edu → RAM when true).
+    func dma(iova: UInt64, bufferOffset: UInt64 = 0, count: Int, toRAM: Bool) -> Completion {
+        precondition(count > 0 && count <= Edu.maximumTransfer, "edu transfers must be 1...4095 bytes")
+        precondition(Int(bufferOffset) + count <= Edu.bufferSize, "transfer outside the edu buffer")
+        let device = Edu.bufferAddress + bufferOffset
+        bar.write64(Edu.Register.dmaSource, toRAM ? device : iova)
+        bar.write64(Edu.Register.dmaDestination, toRAM ? iova : device)
+        bar.write64(Edu.Register.dmaCount, UInt64(count))
+        var command: Edu.DMACommand = [.start, .interruptOnCompletion]
+        if toRAM { command.insert(.toRAM) }
+        bar.write64(Edu.Register.dmaCommand, command.rawValue)
+        let fired = msi.wait(timeoutMilliseconds: Self.interruptTimeoutMilliseconds) > 0
+        let status = bar.read32(Edu.Register.interruptStatus)
+        bar.write32(Edu.Register.interruptAcknowledge, status)
+        let idle = bar.read64(Edu.Register.dmaCommand) & Edu.DMACommand.start.rawValue == 0
+        return Completion(interrupted: fired, status: status, idle: idle)
+    }
+}
+
+/// A container with the given edu devices' groups attached (type1v2 IOMMU), the devices opened,
+/// and ``DMAMemory`` allocating IOVAs below edu's 28-bit DMA mask through the real IOMMU.
+final class EduRig {
+    let container: GuestContainer
+    let groups: [GuestGroup]
+    let edus: [EduDevice]
+    let memory: DMAMemory
+
+    /// The IOVA window the rig hands out: above the first MiB, inside edu's DMA mask.
+    static let iovaWindow: ClosedRange<UInt64> = 0x10_0000...Edu.dmaMask
+
+    init(eduCount: Int = 1) throws {
+        let functions = VMEnvironment.eduFunctions
+        try #require(functions.count >= eduCount, "expected \(eduCount) edu devices, found \(functions)")
+        container = try GuestContainer()
+        var groups: [GuestGroup] = []
+        for f in functions.prefix(eduCount) {
+            let g = try GuestGroup(try #require(f.iommuGroup, "\(f.address) has no IOMMU group"))
+            try g.attach(to: container)
+            groups.append(g)
+        }
+        self.groups = groups
+        try container.setIOMMU()
+        var edus: [EduDevice] = []
+        for (f, g) in zip(functions.prefix(eduCount), groups) { edus.append(try EduDevice(f, group: g)) }
+        self.edus = edus
+        let space = GuestContainerSpace(container, ranges: [Self.iovaWindow])
+        memory = DMAMemory(spaces: [space], policy: .allocate(in: Self.iovaWindow), preferHugePages: false)
+    }
+}
+
+/// Fills `count` bytes at `address` with a pattern that depends on `seed` and the offset.
+func fillPattern(_ address: UnsafeMutableRawPointer, count: Int, seed: UInt8) {
+    let p = address.assumingMemoryBound(to: UInt8.self)
+    for i in 0..<count { p[i] = UInt8(truncatingIfNeeded: i &* 31 &+ Int(seed)) }
+}
+
+/// Whether two byte ranges are equal.
+func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
+    memcmp(a, b, count) == 0
+}
