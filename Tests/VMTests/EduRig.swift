@@ -73,8 +73,8 @@ final class EduRig {
     static let iovaWindow: ClosedRange<UInt64> = 0x10_0000...Edu.dmaMask
 
     init(eduCount: Int = 1) throws {
-        let functions = VMEnvironment.eduFunctions
-        try #require(functions.count >= eduCount, "expected \(eduCount) edu devices, found \(functions)")
+        let functions = VMEnvironment.isolatedEduFunctions
+        try #require(functions.count >= eduCount, "expected \(eduCount) isolated edu devices, found \(functions)")
         container = try GuestContainer()
         var groups: [GuestGroup] = []
         for f in functions.prefix(eduCount) {

@@ -23,26 +23,54 @@ struct VFIOGuestTests {
         #expect(try container.supports(VFIO_TYPE1_IOMMU))
     }
 
-    @Test("The runner's devices are bound to vfio-pci, each in its own viable IOMMU group")
-    func devicesBoundInSeparateGroups() throws {
+    @Test("The runner's devices are bound to vfio-pci; the isolated ones each in their own viable group")
+    func devicesBound() throws {
         let edus = VMEnvironment.eduFunctions
         let nics = VMEnvironment.msixFunctions
         #expect(edus.count == VMEnvironment.expectedEduCount, "edu devices: \(edus)")
         #expect(nics.count == VMEnvironment.expectedMSIXCount, "MSI-X devices: \(nics)")
-        let all = edus + nics
-        for f in all {
+        for f in edus + nics {
             #expect(f.driver == "vfio-pci", "\(f) is bound to \(f.driver ?? "no driver")")
-            let group = try GuestGroup(try #require(f.iommuGroup, "\(f.address) has no IOMMU group"))
+            #expect(f.iommuGroup != nil, "\(f.address) has no IOMMU group")
+        }
+        let isolated = VMEnvironment.isolatedEduFunctions + nics
+        #expect(VMEnvironment.isolatedEduFunctions.count >= 2, "isolated edu devices: \(edus)")
+        for f in isolated {
+            let group = try GuestGroup(try #require(f.iommuGroup))
             let status = try group.status()
             #expect(status & UInt32(VFIO_GROUP_FLAGS_VIABLE) != 0, "group \(group.number) not viable")
             #expect(status & UInt32(VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
         }
-        #expect(Set(all.compactMap(\.iommuGroup)).count == all.count, "groups are not distinct: \(all)")
+        #expect(Set(isolated.compactMap(\.iommuGroup)).count == isolated.count, "groups are not distinct: \(isolated)")
+    }
+
+    @Test("A group holding a device bound to another driver is not viable and cannot join a container")
+    func nonViableGroup() throws {
+        let shared = try #require(
+            VMEnvironment.eduFunctions.first { f in f.iommuGroup.map { VMEnvironment.groupMembers($0).count > 1 } ?? false },
+            "the runner puts one edu behind a PCIe-to-PCI bridge with a virtio device")
+        let number = try #require(shared.iommuGroup)
+        let others = VMEnvironment.groupMembers(number).filter { $0 != shared.address }
+        let foreign = others.filter { a in
+            guard let d = VMEnvironment.driver(of: a) else { return false }
+            return d != "vfio-pci" && d != "pcieport" && d != "shpchp"
+        }
+        #expect(foreign.map { VMEnvironment.driver(of: $0) }.contains("virtio-pci"), "group \(number): \(others)")
+
+        let group = try GuestGroup(number)
+        #expect(try group.status() & UInt32(VFIO_GROUP_FLAGS_VIABLE) == 0)
+        let container = try GuestContainer()
+        let attach = #expect(throws: DriverError.self) { try group.attach(to: container) }
+        #expect(attach?.errno != nil, "\(String(describing: attach))")
+        #expect(try group.status() & UInt32(VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
+        // Neither the vfio-pci device nor the one bound to virtio-pci can be opened.
+        #expect(throws: DriverError.self) { _ = try group.device(shared.address) }
+        for a in foreign { #expect(throws: DriverError.self) { _ = try group.device(a) } }
     }
 
     @Test("A group can be opened only once at a time: the second open reports busy")
     func groupOpenIsExclusive() throws {
-        let f = try #require(VMEnvironment.eduFunctions.first)
+        let f = try #require(VMEnvironment.isolatedEduFunctions.first)
         let group = try #require(f.iommuGroup)
         do {
             let first = try GuestGroup(group)
@@ -57,7 +85,7 @@ struct VFIOGuestTests {
 
     @Test("A device fd is refused before the container has an IOMMU, and for a name not in the group")
     func deviceOpenErrors() throws {
-        let f = try #require(VMEnvironment.eduFunctions.first)
+        let f = try #require(VMEnvironment.isolatedEduFunctions.first)
         let container = try GuestContainer()
         let group = try GuestGroup(try #require(f.iommuGroup))
         try group.attach(to: container)

@@ -15,7 +15,7 @@ enum VMEnvironment {
     static let isGuest: Bool = environment("NETDMA_VM") == "1"
 
     /// How many devices of each kind the runner put in the VM (so a missing device fails).
-    static let expectedEduCount = Int(environment("NETDMA_VM_EDU_COUNT") ?? "") ?? 2
+    static let expectedEduCount = Int(environment("NETDMA_VM_EDU_COUNT") ?? "") ?? 3
     static let expectedMSIXCount = Int(environment("NETDMA_VM_MSIX_COUNT") ?? "") ?? 1
 
     /// QEMU's e1000e (Intel 82574L): the MSI-X device.
@@ -39,7 +39,7 @@ enum VMEnvironment {
         defer { closedir(dir) }
         var found: [PCIFunction] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { string(Array($0.bindMemory(to: CChar.self))) }
             if name.hasPrefix(".") { continue }
             let path = "\(root)/\(name)"
             guard let v = readHex(path + "/vendor"), let d = readHex(path + "/device"), v == vendor, d == device else {
@@ -53,6 +53,26 @@ enum VMEnvironment {
     }
 
     static var eduFunctions: [PCIFunction] { functions(vendor: Edu.vendorID, device: Edu.deviceID) }
+    /// The edu devices alone in their IOMMU group (the runner also puts one behind a PCIe-to-PCI
+    /// bridge, sharing its group with a virtio device bound to virtio-pci: a non-viable group).
+    static var isolatedEduFunctions: [PCIFunction] {
+        eduFunctions.filter { f in f.iommuGroup.map { groupMembers($0) == [f.address] } ?? false }
+    }
+
+    /// The PCI addresses in an IOMMU group (`/sys/kernel/iommu_groups/<n>/devices`).
+    static func groupMembers(_ group: Int) -> [String] {
+        guard let dir = opendir("/sys/kernel/iommu_groups/\(group)/devices") else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { string(Array($0.bindMemory(to: CChar.self))) }
+            if !name.hasPrefix(".") { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// The driver bound to a PCI function, if any.
+    static func driver(of address: String) -> String? { linkName("/sys/bus/pci/devices/\(address)/driver") }
     static var msixFunctions: [PCIFunction] { functions(vendor: e1000eVendor, device: e1000eDevice) }
 
     private static func environment(_ name: String) -> String? {
