@@ -15,8 +15,9 @@ final class EduDevice {
     let bar: GuestBAR
     let msi: EventFD
 
-    /// How long a test waits for an interrupt. An edu DMA takes ~100 ms of virtual time.
-    static let interruptTimeoutMilliseconds: Int32 = 5000
+    /// How long a test waits for an interrupt: an edu DMA takes ~100 ms of virtual time, so
+    /// 2 s is ample even on a loaded 2-core host, and keeps a broken run short.
+    static let interruptTimeoutMilliseconds: Int32 = 2000
 
     init(_ function: VMEnvironment.PCIFunction, group: GuestGroup) throws(DriverError) {
         self.function = function

@@ -187,7 +187,7 @@ struct VFIOGuestTests {
         #expect(msi.flags & UInt32(VFIO_IRQ_INFO_EVENTFD) != 0)
         for round in 1...3 {
             edu.bar.write32(Edu.Register.interruptRaise, 0x1)
-            #expect(edu.msi.wait(timeoutMilliseconds: EduDevice.interruptTimeoutMilliseconds) > 0, "round \(round)")
+            try #require(edu.msi.wait(timeoutMilliseconds: EduDevice.interruptTimeoutMilliseconds) > 0, "round \(round)")
             #expect(edu.bar.read32(Edu.Register.interruptStatus) & 0x1 != 0)
             edu.bar.write32(Edu.Register.interruptAcknowledge, 0x1)
             #expect(edu.bar.read32(Edu.Register.interruptStatus) & 0x1 == 0)
@@ -205,7 +205,7 @@ struct VFIOGuestTests {
         let count = 4000
         fillPattern(buffer.base, count: count, seed: 7)
         let toDevice = edu.dma(iova: buffer.iova, count: count, toRAM: false)
-        #expect(toDevice == .init(interrupted: true, status: Edu.dmaInterrupt, idle: true))
+        try #require(toDevice == .init(interrupted: true, status: Edu.dmaInterrupt, idle: true))
         let back = edu.dma(iova: buffer.iova(at: 8192), count: count, toRAM: true)
         #expect(back == .init(interrupted: true, status: Edu.dmaInterrupt, idle: true))
         #expect(bytesEqual(buffer.base, buffer.address(at: 8192), count: count))
@@ -224,7 +224,7 @@ struct VFIOGuestTests {
         let log = try KernelLog()
         let source = try rig.memory.allocate(length: 4096)
         fillPattern(source.base, count: 2048, seed: 0x33)
-        #expect(edu.dma(iova: source.iova, count: 2048, toRAM: false).interrupted)
+        try #require(edu.dma(iova: source.iova, count: 2048, toRAM: false).interrupted)
 
         // A page that was mapped and then unmapped: the device's write must not reach it.
         let length = 4096
@@ -256,7 +256,7 @@ struct VFIOGuestTests {
         let count = 3000
         fillPattern(buffer.base, count: count, seed: 0xA5)
         // source → A → middle → B → end, all through the same IOVAs.
-        #expect(a.dma(iova: buffer.iova, count: count, toRAM: false).interrupted)
+        try #require(a.dma(iova: buffer.iova, count: count, toRAM: false).interrupted)
         #expect(a.dma(iova: buffer.iova(at: 4096), count: count, toRAM: true).interrupted)
         #expect(b.dma(iova: buffer.iova(at: 4096), count: count, toRAM: false).interrupted)
         #expect(b.dma(iova: buffer.iova(at: 8192), count: count, toRAM: true).interrupted)
@@ -283,7 +283,7 @@ struct VFIOGuestTests {
             edu.bar.write32(Edu.Register.liveness, UInt32(round))
             #expect(edu.bar.read32(Edu.Register.liveness) == ~UInt32(round))
             if round == 1 || round == 10 {
-                #expect(edu.dma(iova: buffer.iova, count: 256, toRAM: false).interrupted)
+                try #require(edu.dma(iova: buffer.iova, count: 256, toRAM: false).interrupted, "round \(round)")
                 #expect(edu.dma(iova: buffer.iova(at: 1024), count: 256, toRAM: true).interrupted)
                 #expect(bytesEqual(buffer.base, buffer.address(at: 1024), count: 256), "round \(round)")
             }
