@@ -7,7 +7,8 @@
  *  - DMA barriers with DPDK's meanings (io_wmb/io_rmb for coherent memory vs MMIO,
  *    wmb/rmb/mb for write-combining, non-temporal stores and clflush);
  *  - 64-byte portal writes for DSA (MOVDIR64B, ENQCMD);
- *  - a few syscalls Glibc's Swift overlay does not expose (eventfd, memfd_create, mbind).
+ *  - a few syscalls Glibc's Swift overlay does not expose (eventfd, memfd_create, getcpu, futex,
+ *    sched_{get,set}affinity) and RLIMIT_MEMLOCK helpers.
  *
  * Everything is prefixed cvfio_. Layout asserts at the end pin the kernel structures the
  * Swift code builds by hand.
@@ -246,5 +247,13 @@ _Static_assert(sizeof(struct vfio_irq_info) == 16, "vfio_irq_info layout");
 _Static_assert(sizeof(struct vfio_group_status) == 8, "vfio_group_status layout");
 _Static_assert(sizeof(struct vfio_device_info) >= 16, "vfio_device_info layout");
 _Static_assert(sizeof(struct vfio_info_cap_header) == 8, "vfio_info_cap_header layout");
+_Static_assert(sizeof(struct vfio_iommu_type1_info) == 24, "vfio_iommu_type1_info layout");
+_Static_assert(offsetof(struct vfio_iommu_type1_info, cap_offset) == 16, "vfio_iommu_type1_info.cap_offset");
+_Static_assert(offsetof(struct vfio_region_info, cap_offset) == 12, "vfio_region_info.cap_offset");
+_Static_assert(sizeof(struct vfio_iova_range) == 16, "vfio_iova_range layout");
+_Static_assert(offsetof(struct vfio_iommu_type1_info_cap_iova_range, iova_ranges) == 16, "iova range cap layout");
+_Static_assert(sizeof(struct vfio_region_sparse_mmap_area) == 16, "sparse mmap area layout");
+_Static_assert(offsetof(struct vfio_region_info_cap_sparse_mmap, areas) == 16, "sparse mmap cap layout");
+_Static_assert(offsetof(struct vfio_iommu_type1_info_dma_avail, avail) == 8, "dma avail cap layout");
 
 #endif /* CVFIO_H */

@@ -1,1 +1,0 @@
-// VFIO module: see Package.swift for the layering.
