@@ -192,6 +192,11 @@ public protocol NetDMAProvider: AnyObject, Sendable {
     /// What the provider declares at registration.
     var characteristics: ProviderCharacteristics { get }
 
+    /// DMA memory mapped into this engine's address space (the VFIO container or the model's
+    /// IOMMU). The interface allocates each channel's completion word and its reserved NULL
+    /// descriptor here, and clients allocate descriptor pools and data buffers from it.
+    var dmaMemory: DMAMemory { get }
+
     /// `ProviderSetDmaChannelCpuAffinity`: the CPU each channel's interrupt should target, one
     /// entry per channel up to ``ProviderCharacteristics/maxChannelCount``. Called during
     /// registration; may block (PASSIVE_LEVEL). Optional.
@@ -257,6 +262,11 @@ public protocol ProviderChannel: AnyObject, Sendable {
     func rearmInterrupt()
 
     /// Why the channel halted, if it did (decoded error registers). Cleared by Start/Reset.
+    ///
+    /// Contract on an error halt: the completion word (when the engine writes it) holds the
+    /// last descriptor that completed successfully with status Halted, and
+    /// ``ChannelFault/descriptor`` names the descriptor that failed, so the interface can
+    /// Start again at the first unprocessed descriptor after it.
     var fault: ChannelFault? { get }
 }
 
@@ -284,4 +294,8 @@ extension DriverError.Code {
     public static let descriptorTooLarge = Self(rawValue: "descriptorTooLarge")
     /// The ring or queue has no room.
     public static let queueFull = Self(rawValue: "queueFull")
+    /// A NetDMA 1.0 provider lost its hardware context (power cycle) and asks the interface to
+    /// re-seed the channel with a Start on a NULL descriptor. Thrown by
+    /// ``ProviderChannel/append(_:)``; the interface handles it (netdma.md §10).
+    public static let contextLost = Self(rawValue: "contextLost")
 }

@@ -1,0 +1,520 @@
+import Platform
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A channel's state as the NetDMA interface tracks it (netdma.md §11.2).
+///
+/// "Running-idle" (the engine reached the end of the chain) is not a separate state: it is
+/// ``running`` with status Idle in the completion word.
+public enum ChannelState: UInt8, Sendable, Hashable, CustomStringConvertible {
+    /// Fresh from allocation or Reset: only Start (or Free, Reset) is allowed.
+    case allocated = 0
+    /// Started or resumed: Append, Start, Suspend, Abort, Reset and (when drained) Free.
+    case running = 1
+    /// Suspended: only Resume; the client may edit the chain.
+    case suspended = 2
+    /// Aborted or halted by a device error: Start (required before Append), Reset or Free.
+    case halted = 3
+    /// Freed: nothing is allowed.
+    case freed = 4
+
+    public var description: String {
+        switch self {
+        case .allocated: "allocated"
+        case .running: "running"
+        case .suspended: "suspended"
+        case .halted: "halted"
+        case .freed: "freed"
+        }
+    }
+}
+
+/// What one DPC (`NetDmaInterruptDpc`) told a channel's client.
+public struct ChannelCompletion: Sendable, Hashable {
+    /// The IOVA of the last completed descriptor, or 0 when the interrupt was not a completion.
+    public var lastCompleted: UInt64
+    /// Set when the channel halted with a device error.
+    public var fault: ChannelFault?
+    /// The channel's interrupt count after this DPC (see ``NetDMAChannel/interruptGeneration``).
+    public var generation: UInt64
+}
+
+/// A DMA channel allocated to a client: the client side of `ProviderXxxDma`, with the NetDMA
+/// rules enforced.
+///
+/// The channel owns its 64-bit completion word in DMA memory and a reserved NULL descriptor
+/// used to re-seed the engine after a power cycle. Every call checks the state machine of
+/// netdma.md §11.2 and throws ``DriverError`` `.invalidState` naming the call and the state.
+///
+/// Control calls (Start, Suspend, Resume, Abort, Reset, Free) are serialised by a lock and may
+/// run on any thread. ``append(_:)`` is the hot path: it takes no lock and does not allocate
+/// (one client submits to a channel at a time, as NetDMA requires).
+public final class NetDMAChannel: @unchecked Sendable {
+    // @unchecked: `word` and `nullDescriptor` point into `block`, which this object owns for
+    // its whole life; the rest of the mutable state is in atomics and Mutexes.
+
+    /// The provider the channel belongs to.
+    public let provider: ProviderHandle
+    /// The hardware channel (or work queue) index within the engine.
+    public let index: Int
+    /// The CPU the provider tied the channel's interrupt and DPC to (`CpuNumber`).
+    public let cpu: Int
+    /// The priority asked for at allocation (`ChannelPriority`).
+    public let priority: Int
+    /// The provider's NetDMA version, which decides the chain format.
+    public let providerVersion: NetDMAVersion
+    /// The provider's flags (fill, page break, …).
+    public let providerFlags: ProviderFlags
+    /// The optional callbacks the provider implements.
+    public let callbacks: ProviderCallbacks
+    /// The most bytes one descriptor may carry (`MaximumTransferSize`).
+    public let maximumTransferSize: Int
+    /// The highest IOVA the engine can reach (`MaximumAddressSpace`).
+    public let maximumAddress: UInt64
+    /// The DMA memory of the provider's address space (for pools and buffers).
+    public let dmaMemory: DMAMemory
+    /// The IOVA of the completion word (`CompletionPhysicalAddress`).
+    public let completionIOVA: UInt64
+
+    /// The provider's channel.
+    ///
+    /// Hot-path calls go through this strong `let` of a final class: the compiler borrows it
+    /// in place from the guaranteed `self`, so an Append does no retain/release (checked in the
+    /// release build's disassembly). An `unowned(unsafe)` copy was tried and is worse: the
+    /// compiler retains an unmanaged existential around each call to keep it alive.
+    let engine: any ProviderChannel
+    /// The provider's record (strong: a channel keeps it alive; the record drops its channels
+    /// when they are freed, so there is no lasting cycle).
+    let record: ProviderRecord
+
+    private let block: DMABuffer
+    /// The completion word (`CompletionVirtualAddress`), read with one acquire load.
+    let word: UnsafeMutablePointer<Atomic<UInt64>>
+    /// The reserved NULL descriptor (64-byte aligned, after the completion word's cache line).
+    let nullDescriptor: UnsafeMutablePointer<Descriptor>
+    let nullDescriptorIOVA: UInt64
+
+    private let stateRaw = Atomic<UInt8>(ChannelState.allocated.rawValue)
+    private let control = Mutex<Void>(())
+    // The last chain given to Start or Append (for drain and power-up), relaxed stores.
+    private let lastChainIOVA = Atomic<UInt64>(0)
+    private let lastChainCount = Atomic<Int>(0)
+    /// Set after a NULL re-Start: the engine's tail is the NULL descriptor (1.x Append patches it).
+    private let reseeded = Atomic<Bool>(false)
+    /// Set by the DPC when the channel halted with a fault; cleared by Start and by ``CopyQueue``.
+    let faultPending = Atomic<Bool>(false)
+    private let lastInterruptCompleted = Atomic<UInt64>(0)
+    private let generation = Atomic<UInt64>(0)
+    private let waiters = Mutex<Waiters>(Waiters())
+    private let handler = Mutex<(@Sendable (ChannelCompletion) -> Void)?>(nil)
+
+    private struct Waiters {
+        var nextID: UInt64 = 0
+        var list: [(id: UInt64, after: UInt64, continuation: CheckedContinuation<UInt64?, Never>)] = []
+    }
+
+    init(record: ProviderRecord, provider: ProviderHandle, block: consuming DMABuffer, providerChannel: any ProviderChannel,
+         cpu: Int, priority: Int, attributes: ProviderAttributes) {
+        self.record = record
+        self.provider = provider
+        self.engine = providerChannel
+        self.index = providerChannel.index
+        self.cpu = cpu
+        self.priority = priority
+        let c = record.provider.characteristics
+        providerVersion = c.version
+        providerFlags = c.flags
+        callbacks = c.callbacks
+        maximumTransferSize = attributes.maximumTransferSize
+        maximumAddress = attributes.maximumAddress
+        dmaMemory = record.provider.dmaMemory
+        word = block.base.bindMemory(to: Atomic<UInt64>.self, capacity: 1)
+        nullDescriptor = (block.base + Self.nullDescriptorOffset).bindMemory(to: Descriptor.self, capacity: 1)
+        nullDescriptorIOVA = block.iova + UInt64(Self.nullDescriptorOffset)
+        completionIOVA = block.iova
+        self.block = block
+    }
+
+    /// Bytes of DMA memory a channel needs: the completion word's cache line and the NULL descriptor.
+    static let blockLength = 128
+    static let nullDescriptorOffset = 64
+
+    // MARK: - state
+
+    /// The channel's state: the interface's record, refined by the completion word (a device
+    /// error halts a running channel).
+    public var state: ChannelState {
+        let s = ChannelState(rawValue: stateRaw.load(ordering: .acquiring))!
+        if s == .running && word.pointee.load(ordering: .acquiring) & CompletionWord.statusMask
+            == UInt64(TransferStatus.halted.rawValue) {
+            return .halted
+        }
+        return s
+    }
+
+    /// The completion word, read with one 64-bit acquire load.
+    @inlinable
+    public var completionWord: CompletionWord { CompletionWord(rawValue: loadCompletionWord()) }
+
+    @usableFromInline
+    func loadCompletionWord() -> UInt64 { word.pointee.load(ordering: .acquiring) }
+
+    /// Whether chains are counted (2.0 provider) rather than NULL-terminated (1.x).
+    public var countedChains: Bool { providerVersion.countedChains }
+
+    /// The eventfd the channel's interrupt signals, if it has one.
+    public var interruptEventFD: Int32? { engine.interruptEventFD }
+
+    /// Why the channel halted, if it did (the provider's decoded error registers).
+    public var fault: ChannelFault? { engine.fault }
+
+    // MARK: - NetDMA calls
+
+    /// `ProviderStartDma`: process `chain`. Allowed when allocated, running (the current
+    /// descriptor finishes, the rest of the old chain is dropped) or halted. Writes Armed to the
+    /// completion word first. 2.0: `chain.count` is exact; 1.x: the chain ends in NULL.
+    ///
+    /// - Throws: `.invalidState` in any other state or while the provider is powered down;
+    ///   `.invalidArgument` for an empty chain; the provider's error.
+    public func start(_ chain: DescriptorChain) throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .allocated || s == .running || s == .halted else {
+                throw Self.refused("Start", s, allowed: "allocated, running or halted")
+            }
+            try checkPowered("Start")
+            guard chain.count >= 1 else {
+                throw DriverError(.invalidArgument, "Start needs a chain of at least one descriptor, got count \(chain.count).")
+            }
+            try startLocked(chain)
+        }
+    }
+
+    private func startLocked(_ chain: DescriptorChain) throws(DriverError) {
+        word.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+        reseeded.store(false, ordering: .relaxed)
+        try engine.start(chain)
+        // After the provider cleared its fault: a DPC (which runs under the same lock) either
+        // ran before and its flag is dropped here, or runs after and sees no fault.
+        faultPending.store(false, ordering: .releasing)
+        noteChain(chain)
+        stateRaw.store(ChannelState.running.rawValue, ordering: .releasing)
+    }
+
+    /// `ProviderAppendDma`: add `chain` after the last submitted descriptor. 1.x: the old
+    /// tail's `next` must already point at `chain` (use ``DescriptorPool/publishNext(of:_:)``).
+    /// 2.0: the old tail's `next` already pointed at `chain`'s first descriptor.
+    ///
+    /// Hot path: no lock, no allocation, no retain/release (error paths excepted).
+    ///
+    /// - Throws: `.invalidState` unless running (Append after Allocate, Abort, Reset or a halt
+    ///   needs a Start first), or while powered down; the provider's error.
+    public func append(_ chain: DescriptorChain) throws(DriverError) {
+        let s = stateRaw.load(ordering: .acquiring)
+        guard s == ChannelState.running.rawValue else { throw Self.refused("Append", ChannelState(rawValue: s)!, allowed: "running") }
+        guard word.pointee.load(ordering: .acquiring) & CompletionWord.statusMask != UInt64(TransferStatus.halted.rawValue) else {
+            throw Self.refused("Append", .halted, allowed: "running")
+        }
+        if record.poweredDown.load(ordering: .relaxed) { throw Self.poweredDownError("Append") }
+        if reseeded.load(ordering: .relaxed) {
+            // The engine's tail is the NULL descriptor of a power-up re-Start: link it (1.x).
+            if !providerVersion.countedChains { DescriptorPool.publishNext(of: nullDescriptor, chain.iova) }
+            reseeded.store(false, ordering: .relaxed)
+        }
+        do {
+            try engine.append(chain)
+        } catch {
+            guard error.code == .contextLost, providerVersion == .v1_0 else { throw error }
+            try reseedAfterContextLoss(chain)
+        }
+        noteChain(chain)
+    }
+
+    /// NetDMA 1.0 power handling (netdma.md §10): the provider lost its context and asks for a
+    /// Start on a NULL descriptor; the NULL descriptor leads into the chain being appended.
+    @inline(never)  // cold: keeps the lock out of the Append hot path
+    private func reseedAfterContextLoss(_ chain: DescriptorChain) throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion],
+                                                next: chain.iova)
+            try startLocked(DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: chain.count + 1))
+        }
+    }
+
+    /// `ProviderSuspendDma`: finish the current descriptor and halt; returns the IOVA of the last
+    /// descriptor processed (0 if none). The client may then edit the chain and ``resume()``.
+    ///
+    /// - Throws: `.invalidState` unless running; `.unsupported` when the provider has no Suspend.
+    public func suspend() throws(DriverError) -> UInt64 {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .running else { throw Self.refused("Suspend", s, allowed: "running") }
+            guard callbacks.contains(.suspendResume) else { throw Self.missing("SuspendDma") }
+            let last = try engine.suspend()
+            stateRaw.store(ChannelState.suspended.rawValue, ordering: .releasing)
+            return last
+        }
+    }
+
+    /// `ProviderResumeDma`: the engine re-reads the last processed descriptor's `next` and continues.
+    ///
+    /// - Throws: `.invalidState` unless suspended.
+    public func resume() throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .suspended else { throw Self.refused("Resume", s, allowed: "suspended") }
+            try engine.resume()
+            stateRaw.store(ChannelState.running.rawValue, ordering: .releasing)
+        }
+    }
+
+    /// `ProviderAbortDma`: stop at once (the current copy may be partial), abandon the rest,
+    /// status Halted. The next call must be Start (or Reset, Free).
+    ///
+    /// - Throws: `.invalidState` unless running; `.unsupported` when the provider has no Abort.
+    public func abort() throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .running else { throw Self.refused("Abort", s, allowed: "running") }
+            guard callbacks.contains(.abort) else { throw Self.missing("AbortDma") }
+            try engine.abort()
+            stateRaw.store(ChannelState.halted.rawValue, ordering: .releasing)
+        }
+    }
+
+    /// `ProviderResetChannel`: as Abort, then back to the post-allocation state; the provider
+    /// never touches a previously submitted descriptor again.
+    ///
+    /// - Throws: `.invalidState` when suspended or freed; `.unsupported` without ResetChannel.
+    public func reset() throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .allocated || s == .running || s == .halted else {
+                throw Self.refused("Reset", s, allowed: "allocated, running or halted")
+            }
+            guard callbacks.contains(.reset) else { throw Self.missing("ResetChannel") }
+            try engine.reset()
+            noteChain(nil)
+            reseeded.store(false, ordering: .relaxed)
+            stateRaw.store(ChannelState.allocated.rawValue, ordering: .releasing)
+        }
+    }
+
+    /// `ProviderFreeDmaChannel`: release the channel. Nothing may be outstanding: a running
+    /// channel must have completed its last submitted descriptor (seen in the completion word or
+    /// an interrupt); otherwise Abort or Reset it first.
+    ///
+    /// - Throws: `.invalidState` when suspended, freed, or running with work outstanding.
+    public func free() throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            let s = state
+            guard s == .allocated || s == .running || s == .halted else {
+                throw Self.refused("Free", s, allowed: "allocated, running (drained) or halted")
+            }
+            if s == .running && hasOutstandingWork() {
+                throw DriverError(.invalidState,
+                    "Free is not allowed on a running channel with descriptors outstanding; wait for the last one to complete (ask for status or an interrupt on it), or Abort/Reset first.")
+            }
+            freeLocked()
+        }
+        record.channelFreed(self)
+    }
+
+    /// Frees without state checks (ProviderStop, after draining or aborting).
+    func forceFree() {
+        control.withLock { _ in
+            guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return }
+            freeLocked()
+        }
+    }
+
+    private func freeLocked() {
+        if engine.interruptEventFD != nil { record.dispatcher?.remove(self) }
+        stateRaw.store(ChannelState.freed.rawValue, ordering: .releasing)
+        engine.free()
+        wakeWaiters(generation: generation.load(ordering: .acquiring), timedOut: true)
+    }
+
+    // MARK: - completions
+
+    /// Sets the closure the DPC calls after retiring descriptors (on the channel's DPC CPU).
+    /// It must not block; it may call any channel method.
+    public func setCompletionHandler(_ handler: (@Sendable (ChannelCompletion) -> Void)?) {
+        self.handler.withLock { $0 = handler }
+    }
+
+    /// How many DPCs have run for this channel. Read it before submitting, then wait with
+    /// ``waitForInterrupt(after:timeout:)`` so no interrupt is missed.
+    public var interruptGeneration: UInt64 { generation.load(ordering: .acquiring) }
+
+    /// The last completed descriptor an interrupt reported (0 before any).
+    public var lastInterruptDescriptor: UInt64 { lastInterruptCompleted.load(ordering: .acquiring) }
+
+    /// Waits until a DPC runs after `generation` and returns the new generation.
+    ///
+    /// - Throws: `.unsupported` when the channel has no interrupt; `.timeout` after `timeout`;
+    ///   `.invalidState` when the channel is freed while waiting.
+    public func waitForInterrupt(after generation: UInt64, timeout: Duration) async throws(DriverError) -> UInt64 {
+        guard engine.interruptEventFD != nil else {
+            throw DriverError(.unsupported, "Channel \(index) has no interrupt vector; poll the completion word instead.")
+        }
+        let id = waiters.withLock { w in
+            w.nextID += 1
+            return w.nextID
+        }
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            expire(id)
+        }
+        let result: UInt64? = await withCheckedContinuation { (c: CheckedContinuation<UInt64?, Never>) in
+            let g = self.generation.load(ordering: .acquiring)
+            let resumeNow: Bool = waiters.withLock { w in
+                if g > generation || self.stateRaw.load(ordering: .acquiring) == ChannelState.freed.rawValue { return true }
+                w.list.append((id, generation, c))
+                return false
+            }
+            if resumeNow { c.resume(returning: g > generation ? g : nil) }
+        }
+        timer.cancel()
+        guard let result else {
+            if stateRaw.load(ordering: .acquiring) == ChannelState.freed.rawValue {
+                throw DriverError(.invalidState, "Channel \(index) was freed while waiting for an interrupt.")
+            }
+            throw DriverError(.timeout, "No interrupt on channel \(index) within \(timeout); did the last descriptor ask for one?")
+        }
+        return result
+    }
+
+    private func expire(_ id: UInt64) {
+        let c = waiters.withLock { w -> CheckedContinuation<UInt64?, Never>? in
+            guard let i = w.list.firstIndex(where: { $0.id == id }) else { return nil }
+            return w.list.remove(at: i).continuation
+        }
+        c?.resume(returning: nil)
+    }
+
+    private func wakeWaiters(generation g: UInt64, timedOut: Bool) {
+        let ready = waiters.withLock { w in
+            let ready = w.list.filter { timedOut || $0.after < g }
+            w.list.removeAll { timedOut || $0.after < g }
+            return ready
+        }
+        for r in ready { r.continuation.resume(returning: timedOut ? nil : g) }
+    }
+
+    /// The ISR half, called on the interrupt thread.
+    func serviceInterrupt() -> InterruptReport { engine.serviceInterrupt() }
+
+    /// `NetDmaInterruptDpc`: re-arm, retire descriptors up to the last completed one, note a
+    /// halt, then tell the client. Runs on the completion worker pinned to ``cpu``.
+    func runDPC(_ report: InterruptReport) {
+        let g: UInt64? = control.withLock { _ in
+            guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return nil }
+            engine.rearmInterrupt()
+            if report.lastCompleted != 0 { lastInterruptCompleted.store(report.lastCompleted, ordering: .releasing) }
+            // A fault that a Start or Reset already cleared is stale.
+            if report.fault != nil, engine.fault != nil {
+                if stateRaw.load(ordering: .acquiring) == ChannelState.running.rawValue {
+                    stateRaw.store(ChannelState.halted.rawValue, ordering: .releasing)
+                }
+                faultPending.store(true, ordering: .releasing)
+            }
+            return generation.add(1, ordering: .acquiringAndReleasing).newValue
+        }
+        guard let g else { return }
+        wakeWaiters(generation: g, timedOut: false)
+        if let h = handler.withLock({ $0 }) {
+            h(ChannelCompletion(lastCompleted: report.lastCompleted, fault: report.fault, generation: g))
+        }
+    }
+
+    // MARK: - drain and power
+
+    private func noteChain(_ chain: DescriptorChain?) {
+        lastChainIOVA.store(chain?.iova ?? 0, ordering: .relaxed)
+        lastChainCount.store(chain?.count ?? 0, ordering: .relaxed)
+    }
+
+    /// The last descriptor submitted: the tail of the last chain, found by walking it through
+    /// the DMA memory table (never through a stored pointer: the client may have released the
+    /// descriptors since, and then nothing of them can be outstanding).
+    private func submittedTail() -> (iova: UInt64, address: UnsafeMutablePointer<Descriptor>)? {
+        let count = lastChainCount.load(ordering: .relaxed)
+        var iova = lastChainIOVA.load(ordering: .relaxed)
+        guard count > 0, var d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { return nil }
+        var steps = 1
+        while !(providerVersion.countedChains && steps >= count) && steps <= 1 << 20 {
+            let n = d.pointee.next
+            guard n != 0, let a = dmaMemory.address(ofIOVA: n) else { break }
+            iova = n
+            d = a.assumingMemoryBound(to: Descriptor.self)
+            steps += 1
+        }
+        return (iova, d)
+    }
+
+    /// Whether the last submitted descriptor has not been seen completing (control path).
+    func hasOutstandingWork() -> Bool {
+        guard state == .running, let tail = submittedTail() else { return false }
+        let w = completionWord
+        if w.status != .armed && w.descriptor == tail.iova { return false }
+        return lastInterruptCompleted.load(ordering: .acquiring) != tail.iova
+    }
+
+    /// Waits (bounded) until nothing is outstanding; true when drained.
+    func waitUntilDrained(deadline: ContinuousClock.Instant) -> Bool {
+        while hasOutstandingWork() {
+            if ContinuousClock.now >= deadline { return false }
+            var ts = timespec(tv_sec: 0, tv_nsec: 50_000)
+            nanosleep(&ts, nil)
+        }
+        return true
+    }
+
+    /// PowerUp (1.1+): re-Start a running channel with a NULL descriptor that leads to where the
+    /// next Append will continue.
+    func reseedAfterPowerUp() throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            guard stateRaw.load(ordering: .acquiring) == ChannelState.running.rawValue else { return }
+            var next: UInt64 = 0
+            if providerVersion.countedChains, let tail = submittedTail() { next = tail.address.pointee.next }
+            nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion], next: next)
+            try startLocked(DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: 1))
+            noteChain(DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: 1))
+            reseeded.store(true, ordering: .relaxed)
+        }
+    }
+
+    /// Aborts or resets a channel that did not drain (ProviderStop); true when it stopped.
+    func stopForcibly() -> Bool {
+        control.withLock { _ in
+            if callbacks.contains(.abort), (try? engine.abort()) != nil { return true }
+            if callbacks.contains(.reset), (try? engine.reset()) != nil { return true }
+            return false
+        }
+    }
+
+    // MARK: - errors (cold)
+
+    @inline(never)
+    static func refused(_ call: String, _ state: ChannelState, allowed: String) -> DriverError {
+        DriverError(.invalidState, "\(call) is not allowed on a channel in state \(state) (allowed: \(allowed)).")
+    }
+
+    @inline(never)
+    static func missing(_ callback: String) -> DriverError {
+        DriverError(.unsupported, "The provider does not implement \(callback); the channel cannot do this.")
+    }
+
+    @inline(never)
+    static func poweredDownError(_ call: String) -> DriverError {
+        DriverError(.invalidState, "\(call) is not allowed while the provider is powered down; wait for the PowerUp notification.")
+    }
+
+    private func checkPowered(_ call: String) throws(DriverError) {
+        if record.poweredDown.load(ordering: .relaxed) { throw Self.poweredDownError(call) }
+    }
+}

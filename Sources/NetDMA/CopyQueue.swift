@@ -1,0 +1,399 @@
+import Platform
+import Synchronization
+
+/// What ``CopyQueue/completed(max:)`` retired (DPDK's `rte_dma_completed`).
+public struct CopyCompletion: Sendable, Hashable {
+    /// Ops that completed successfully, in ticket order.
+    public var count: Int
+    /// The ticket of the last successful op returned (or of the last op retired before, when
+    /// `count` is 0; 0xFFFF before any).
+    public var lastTicket: UInt16
+    /// Whether the op after `lastTicket` failed. That op is retired and reported only here.
+    public var hadError: Bool
+}
+
+/// The outcome of one op (DPDK's `rte_dma_status_code`, reduced to what NetDMA can tell).
+public enum CopyStatus: UInt8, Sendable, Hashable {
+    /// The engine completed the op.
+    case successful = 0
+    /// The engine halted on this op (see ``CopyQueue/lastFault``); nothing after it was lost:
+    /// the channel was re-Started at the next op.
+    case failed = 1
+}
+
+/// A DPDK-dmadev-shaped queue of copy, fill and NULL ops on one NetDMA channel.
+///
+/// The queue owns the channel's chain: a pre-linked ring of `ringSize` descriptors (a power of
+/// two) in DMA memory. Every op asks for a completion-word update, so ``completed(max:)`` needs
+/// one acquire load; with `interrupts`, the last op of each ``submit()`` also asks for an
+/// interrupt, which ``waitForCompletion(timeout:)`` awaits.
+///
+/// - 2.0 providers: counted chains; ``submit()`` is one Append of the batch's count.
+/// - 1.x providers: the batch's last descriptor ends in NULL; ``submit()`` links the previous
+///   tail to the batch (one release store) and Appends, so the engine re-reads the old tail.
+///
+/// When the engine halts on an op, the queue reports that op failed exactly once and re-Starts
+/// the channel at the next unprocessed op; every other op completes. None is lost or reported
+/// twice.
+///
+/// Not thread-safe: one thread enqueues, submits and polls (as with a DPDK vchan). The hot path
+/// (enqueue, submit, completed) does not allocate, lock, retain/release or make system calls;
+/// errors carry constant messages so that throwing does not allocate either.
+public final class CopyQueue {
+    /// The channel the queue runs on.
+    ///
+    /// The hot path calls it through this strong `let` of a final class: the compiler borrows
+    /// it in place from the guaranteed `self`, so submit does no retain/release (checked in
+    /// the release build's disassembly; an `unowned(unsafe)` reference is worse, as the
+    /// compiler copies an unmanaged reference to keep it alive across the call).
+    public let channel: NetDMAChannel
+    /// The number of descriptors in the ring; ``capacity`` is one less.
+    public let ringSize: Int
+    /// Whether each submit's last op asks for an interrupt.
+    public let interrupts: Bool
+
+    private let pool: DescriptorPool
+    private let ring: UnsafeMutablePointer<Descriptor>
+    private let ringIOVA: UInt64
+    private let mask: UInt64
+    private let counted: Bool
+    private let maximumTransfer: UInt64
+    private let maximumAddress: UInt64
+    private let canFill: Bool
+    /// Per-slot outcome of ops the engine finished and the client has not retired.
+    private let status: UnsafeMutablePointer<CopyStatus>
+
+    // Op numbers (monotonic; the ticket is the low 16 bits, the slot the low log2(ringSize) bits).
+    private var enqueued: UInt64 = 0
+    private var submitted: UInt64 = 0
+    /// Ops the engine finished (successfully or not); `retired ≤ finished ≤ submitted`.
+    private var finished: UInt64 = 0
+    private var retired: UInt64 = 0
+    private var needsStart = true
+
+    /// Why the last failed op failed (the provider's decoded error).
+    public private(set) var lastFault: ChannelFault?
+    /// How many ops failed since the queue was made.
+    public private(set) var failedCount: Int = 0
+
+    /// Builds a queue on a freshly allocated (or reset) channel.
+    ///
+    /// - Parameters:
+    ///   - ringSize: descriptors in the ring, a power of two from 2 to 65536.
+    ///   - interrupts: ask for an interrupt at the end of every submit (needed by
+    ///     ``waitForCompletion(timeout:)``).
+    /// - Throws: `.invalidArgument` for a bad ring size; `.invalidState` when the channel is not
+    ///   in the allocated state; `.unsupported` for interrupts on a channel without an
+    ///   interrupt vector; the DMA memory's error.
+    public init(channel: NetDMAChannel, ringSize: Int = 1024, interrupts: Bool = false) throws(DriverError) {
+        guard ringSize >= 2, ringSize <= 65536, ringSize & (ringSize - 1) == 0 else {
+            throw DriverError(.invalidArgument, "The ring size must be a power of two from 2 to 65536, got \(ringSize).")
+        }
+        guard channel.state == .allocated else {
+            throw DriverError(.invalidState, "A CopyQueue needs a channel in state allocated (fresh or reset), not \(channel.state).")
+        }
+        if interrupts && channel.interruptEventFD == nil {
+            throw DriverError(.unsupported, "Channel \(channel.index) has no interrupt vector; make the queue with interrupts: false and poll.")
+        }
+        self.channel = channel
+        self.ringSize = ringSize
+        self.interrupts = interrupts
+        pool = try DescriptorPool(memory: channel.dmaMemory, count: ringSize)
+        pool.linkRing()
+        ring = pool.base
+        ringIOVA = pool.baseIOVA
+        mask = UInt64(ringSize - 1)
+        counted = channel.countedChains
+        maximumTransfer = UInt64(channel.maximumTransferSize)
+        maximumAddress = channel.maximumAddress
+        canFill = channel.providerFlags.contains(.fill)
+        status = .allocate(capacity: ringSize)
+        status.initialize(repeating: .successful, count: ringSize)
+    }
+
+    deinit {
+        status.deinitialize(count: ringSize)
+        status.deallocate()
+    }
+
+    /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`.
+    public var capacity: Int { ringSize - 1 }
+
+    /// How many more ops can be enqueued now (DPDK's `rte_dma_burst_capacity`).
+    @inline(__always)
+    public var freeSlots: Int { capacity - Int(enqueued &- retired) }
+
+    /// Ops enqueued but not yet submitted.
+    public var pendingSubmission: Int { Int(enqueued &- submitted) }
+
+    /// Ops submitted and not yet retired by ``completed(max:)`` or ``completedStatus(max:into:)``.
+    public var outstanding: Int { Int(submitted &- retired) }
+
+    // MARK: - enqueue
+
+    /// Enqueues a copy of `length` bytes from IOVA `source` to IOVA `destination`.
+    ///
+    /// - Parameter fence: finish this op's writes before the next op reads (`NET_DMA_SERIALIZE_TRANSFER`).
+    /// - Returns: the op's ticket (DPDK's ring index).
+    /// - Throws: `.descriptorTooLarge` when `length` exceeds the channel's maximum transfer size
+    ///   or the destination lies beyond the engine's address limit (the queue never splits an
+    ///   op silently: split it yourself); `.queueFull` when ``freeSlots`` is 0.
+    @inline(__always)
+    public func enqueueCopy(source: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
+        guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
+        guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length),
+              source <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
+        var flags: UInt32 = ControlFlags.statusUpdateOnCompletion.rawValue
+        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
+    }
+
+    /// Enqueues a fill: the 8-byte `pattern` repeated over `length` bytes at `destination`.
+    ///
+    /// - Throws: `.unsupported` when the provider has no fill (``ProviderFlags/fill``); as
+    ///   ``enqueueCopy(source:destination:length:fence:)`` otherwise.
+    @inline(__always)
+    public func enqueueFill(pattern: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
+        guard canFill else { throw Self.noFill }
+        guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
+        guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
+        var flags = ControlFlags.statusUpdateOnCompletion.rawValue | UInt32(Operation.fill.rawValue) << 24
+        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: pattern, destination: destination)
+    }
+
+    /// Enqueues a NULL op (`NET_DMA_NULL_TRANSFER`): moves nothing; its completion proves that
+    /// every op before it finished.
+    @inline(__always)
+    public func enqueueNull(fence: Bool = false) throws(DriverError) -> UInt16 {
+        var flags = ControlFlags.statusUpdateOnCompletion.rawValue | ControlFlags.nullTransfer.rawValue
+        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        return try put(size: 0, flags: flags, source: 0, destination: 0)
+    }
+
+    @inline(__always)
+    private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
+        guard enqueued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        let slot = Int(truncatingIfNeeded: enqueued & mask)
+        let d = ring + slot
+        d.pointee.transferSize = size
+        d.pointee.controlFlags = flags
+        d.pointee.source = source
+        d.pointee.destination = destination
+        if !counted {
+            // 1.x: restore the ring link (a previous lap may have ended a batch here with NULL).
+            d.pointee.next = ringIOVA &+ ((UInt64(truncatingIfNeeded: slot) &+ 1) & mask) &* 64
+        }
+        d.pointee.userContext1 = enqueued
+        status[slot] = .successful
+        let ticket = UInt16(truncatingIfNeeded: enqueued)
+        enqueued &+= 1
+        return ticket
+    }
+
+    // MARK: - submit
+
+    /// Hands every enqueued op to the engine (the doorbell): one Append of the batch (the
+    /// first submit, and the first after a halt with nothing left to run, is a Start).
+    ///
+    /// - Throws: the channel's error (e.g. `.invalidState` while the provider is powered
+    ///   down); the ops stay enqueued and a later submit retries them.
+    @inline(__always)
+    public func submit() throws(DriverError) {
+        let n = enqueued &- submitted
+        guard n > 0 else { return }
+        let first = Int(truncatingIfNeeded: submitted & mask)
+        let last = Int(truncatingIfNeeded: (enqueued &- 1) & mask)
+        if interrupts { ring[last].controlFlags |= ControlFlags.interruptOnCompletion.rawValue }
+        if !counted { ring[last].next = 0 }
+        let chain = DescriptorChain(address: ring + first, iova: ringIOVA &+ UInt64(truncatingIfNeeded: first) &* 64,
+                                    count: Int(truncatingIfNeeded: n))
+        do {
+            if needsStart {
+                try startAt(chain)
+            } else {
+                let oldTail = ring + Int(truncatingIfNeeded: (submitted &- 1) & mask)
+                if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
+                do {
+                    try channel.append(chain)
+                } catch {
+                    if !counted { DescriptorPool.publishNext(of: oldTail, 0) }
+                    try submitAfterHalt(chain, oldTail: oldTail, error)
+                }
+            }
+        } catch {
+            // Not submitted: restore the 1.x ring link, so that the batch can grow and be
+            // submitted later as one chain.
+            if !counted { ring[last].next = ringIOVA &+ ((UInt64(truncatingIfNeeded: last) &+ 1) & mask) &* 64 }
+            throw error
+        }
+        submitted = enqueued
+    }
+
+    /// Append found the channel halted by an op the queue has not accounted for yet: account
+    /// for it (re-Starting the unprocessed ops), then hand the batch over. The restarted ops
+    /// may halt again; each round retires at least one failed op, so this ends. Cold path.
+    @inline(never)
+    private func submitAfterHalt(_ chain: DescriptorChain, oldTail: UnsafeMutablePointer<Descriptor>,
+                                 _ error: DriverError) throws(DriverError) {
+        var last = error
+        for _ in 0...ringSize {
+            guard channel.state == .halted || channel.faultPending.load(ordering: .acquiring) else { throw last }
+            handleHalt()
+            do {
+                if needsStart {
+                    try startAt(chain)
+                } else {
+                    if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
+                    try channel.append(chain)
+                }
+                return
+            } catch {
+                if !counted && !needsStart { DescriptorPool.publishNext(of: oldTail, 0) }
+                last = error
+            }
+        }
+        throw last
+    }
+
+    @inline(never)  // cold: the first submit and recovery (takes the channel lock)
+    private func startAt(_ chain: DescriptorChain) throws(DriverError) {
+        try channel.start(chain)
+        needsStart = false
+    }
+
+    // MARK: - completion
+
+    /// Reads the completion word once and advances ``finished``; handles a halt (cold).
+    @inline(__always)
+    private func refresh() {
+        let w = channel.loadCompletionWord()
+        let st = w & CompletionWord.statusMask
+        if st == UInt64(TransferStatus.halted.rawValue) || channel.faultPending.load(ordering: .relaxed) {
+            if finished != submitted { handleHalt() }
+            return
+        }
+        guard st != UInt64(TransferStatus.armed.rawValue), let slot = slot(ofIOVA: w & ~0x3F) else { return }
+        // The op with this slot among the outstanding ones; a slot of an op already finished
+        // (a stale word) maps beyond `submitted`.
+        let op = finished &+ ((slot &- finished) & mask)
+        if op < submitted { finished = op &+ 1 }
+    }
+
+    @inline(__always)
+    private func slot(ofIOVA iova: UInt64) -> UInt64? {
+        let off = iova &- ringIOVA
+        guard iova >= ringIOVA, off >> 6 <= mask else { return nil }
+        return off >> 6
+    }
+
+    /// The engine halted: ops up to the last completed one finished, the next one failed, and
+    /// the rest are re-Started. Cold path (reads the provider's fault, may take the channel lock).
+    @inline(never)
+    private func handleHalt() {
+        let fault = channel.fault
+        channel.faultPending.store(false, ordering: .relaxed)
+        let w = channel.completionWord
+        var failing = finished
+        if let d = fault?.descriptor, let s = slot(ofIOVA: d) {
+            failing = finished &+ ((s &- finished) & mask)
+        } else if w.status == .halted, let s = slot(ofIOVA: w.descriptor) {
+            let done = finished &+ ((s &- finished) & mask)
+            failing = done < submitted ? done &+ 1 : finished
+        }
+        guard failing < submitted else {
+            // Nothing of ours failed (the word names an op already accounted for, e.g. an
+            // Abort by someone else): re-Start whatever is left.
+            needsStart = true
+            restartRemaining()
+            return
+        }
+        status[Int(truncatingIfNeeded: failing & mask)] = .failed
+        failedCount += 1
+        lastFault = fault
+        finished = failing &+ 1
+        needsStart = true
+        restartRemaining()
+    }
+
+    private func restartRemaining() {
+        let remaining = submitted &- finished
+        guard remaining > 0 else { return }
+        let first = Int(truncatingIfNeeded: finished & mask)
+        let chain = DescriptorChain(address: ring + first, iova: ringIOVA &+ UInt64(truncatingIfNeeded: first) &* 64,
+                                    count: Int(truncatingIfNeeded: remaining))
+        // If the Start fails (e.g. powered down), the next submit or poll tries again.
+        if (try? startAt(chain)) == nil { needsStart = true }
+    }
+
+    /// Retires up to `max` ops that completed successfully, in order (DPDK's
+    /// `rte_dma_completed`). Stops at a failed op: it is retired, reported through `hadError`
+    /// (its ticket is `lastTicket &+ 1`), and never reported again.
+    @inline(__always)
+    public func completed(max: Int) -> CopyCompletion {
+        refresh()
+        if needsStart && submitted != finished { restartRemaining() }
+        var n = 0
+        var hadError = false
+        while n < max && retired < finished {
+            let slot = Int(truncatingIfNeeded: retired & mask)
+            if status[slot] == .failed {
+                status[slot] = .successful
+                retired &+= 1
+                hadError = true
+                return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 2), hadError: true)
+            }
+            retired &+= 1
+            n += 1
+        }
+        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 1), hadError: hadError)
+    }
+
+    /// Retires up to `min(max, statuses.count)` ops, failed ones included, writing each op's
+    /// status in order (DPDK's `rte_dma_completed_status`).
+    ///
+    /// - Returns: how many ops were retired and the ticket of the last one.
+    @inline(__always)
+    public func completedStatus(max: Int, into statuses: UnsafeMutableBufferPointer<CopyStatus>) -> (count: Int, lastTicket: UInt16) {
+        refresh()
+        if needsStart && submitted != finished { restartRemaining() }
+        let limit = Swift.min(max, statuses.count)
+        var n = 0
+        while n < limit && retired < finished {
+            let slot = Int(truncatingIfNeeded: retired & mask)
+            statuses[n] = status[slot]
+            status[slot] = .successful
+            retired &+= 1
+            n += 1
+        }
+        return (n, UInt16(truncatingIfNeeded: retired &- 1))
+    }
+
+    /// Waits for the channel's interrupt until at least one submitted op can be retired (or
+    /// nothing is outstanding). Needs `interrupts: true`.
+    ///
+    /// - Throws: `.unsupported` without interrupts; `.timeout` when no interrupt came within
+    ///   `timeout`.
+    public func waitForCompletion(timeout: Duration = .seconds(5)) async throws(DriverError) {
+        guard interrupts else {
+            throw DriverError(.unsupported, "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
+        }
+        while true {
+            let g = channel.interruptGeneration
+            refresh()
+            if needsStart && submitted != finished { restartRemaining() }
+            if finished != retired || submitted == retired { return }
+            _ = try await channel.waitForInterrupt(after: g, timeout: timeout)
+        }
+    }
+
+    // Constant errors: throwing them does not allocate.
+    private static let tooLarge = DriverError(.descriptorTooLarge,
+        "The op is longer than the channel's maximum transfer size; split it into several ops (CopyQueue never splits silently).")
+    private static let beyondReach = DriverError(.descriptorTooLarge,
+        "The op's addresses reach beyond the engine's maximum address; use DMA memory the engine can reach.")
+    private static let full = DriverError(.queueFull,
+        "The copy queue is full; retire finished ops with completed(max:) before enqueueing more.")
+    private static let noFill = DriverError(.unsupported,
+        "This provider does not execute fill descriptors; use a copy from a pattern buffer.")
+}
