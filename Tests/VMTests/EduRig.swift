@@ -1,31 +1,31 @@
-import CVFIO
 import Hardware
 import Platform
 import Testing
+import VFIO
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One QEMU `edu` device opened through VFIO: its device fd, BAR0 mapped, bus mastering on and
-/// its single MSI vector routed to an eventfd.
+/// One QEMU `edu` device opened through the VFIO module: its `VFIODevice`, BAR0 mapped, bus
+/// mastering on and its single MSI vector routed to an eventfd.
 final class EduDevice {
     let function: VMEnvironment.PCIFunction
-    let device: GuestDevice
-    let bar: GuestBAR
+    let device: VFIODevice
+    let bar: MappedBAR
     let msi: EventFD
 
     /// How long a test waits for an interrupt: an edu DMA takes ~100 ms of virtual time, so
     /// 2 s is ample even on a loaded 2-core host, and keeps a broken run short.
     static let interruptTimeoutMilliseconds: Int32 = 2000
 
-    init(_ function: VMEnvironment.PCIFunction, group: GuestGroup) throws(DriverError) {
+    init(_ function: VMEnvironment.PCIFunction, container: VFIOContainer) throws {
         self.function = function
-        device = try group.device(function.address)
-        bar = try device.map(region: VFIO_PCI_BAR0_REGION_INDEX)
-        try device.enableBusMaster()
+        device = try container.openDevice(try #require(PCIAddress(function.address)))
+        bar = try device.mapBAR(0)
+        try device.enableMemoryAndBusMaster()
         msi = try EventFD()
-        try device.routeInterrupts(index: VFIO_PCI_MSI_IRQ_INDEX, eventFDs: [msi.rawValue])
+        try device.enableInterrupts(.msi, eventFDs: [msi.rawValue])
     }
 
     /// What one DMA did.
@@ -62,34 +62,28 @@ final class EduDevice {
     }
 }
 
-/// A container with the given edu devices' groups attached (type1v2 IOMMU), the devices opened,
-/// and ``DMAMemory`` allocating IOVAs below edu's 28-bit DMA mask through the real IOMMU.
+/// A `VFIOContainer` with the given edu devices open (their groups attached, type1v2 IOMMU
+/// set by the first), and ``DMAMemory`` allocating IOVAs below edu's 28-bit DMA mask
+/// (`VFIOContainer.iovaPolicy(dmaMaskBits:)`) through the real IOMMU.
 final class EduRig {
-    let container: GuestContainer
-    let groups: [GuestGroup]
+    let container: VFIOContainer
     let edus: [EduDevice]
     let memory: DMAMemory
 
-    /// The IOVA window the rig hands out: above the first MiB, inside edu's DMA mask.
+    /// edu's DMA mask width (`dma_mask` property default).
+    static let dmaMaskBits = 28
+    /// The IOVA window the rig's memory hands out: above the first MiB, inside edu's DMA mask.
     static let iovaWindow: ClosedRange<UInt64> = 0x10_0000...Edu.dmaMask
 
     init(eduCount: Int = 1) throws {
         let functions = VMEnvironment.isolatedEduFunctions
         try #require(functions.count >= eduCount, "expected \(eduCount) isolated edu devices, found \(functions)")
-        container = try GuestContainer()
-        var groups: [GuestGroup] = []
-        for f in functions.prefix(eduCount) {
-            let g = try GuestGroup(try #require(f.iommuGroup, "\(f.address) has no IOMMU group"))
-            try g.attach(to: container)
-            groups.append(g)
-        }
-        self.groups = groups
-        try container.setIOMMU()
+        container = try VFIOContainer()
         var edus: [EduDevice] = []
-        for (f, g) in zip(functions.prefix(eduCount), groups) { edus.append(try EduDevice(f, group: g)) }
+        for f in functions.prefix(eduCount) { edus.append(try EduDevice(f, container: container)) }
         self.edus = edus
-        let space = GuestContainerSpace(container, ranges: [Self.iovaWindow])
-        memory = DMAMemory(spaces: [space], policy: .allocate(in: Self.iovaWindow), preferHugePages: false)
+        memory = DMAMemory(spaces: [container], policy: VFIOContainer.iovaPolicy(dmaMaskBits: Self.dmaMaskBits),
+                           preferHugePages: false)
     }
 }
 
@@ -102,4 +96,12 @@ func fillPattern(_ address: UnsafeMutableRawPointer, count: Int, seed: UInt8) {
 /// Whether two byte ranges are equal.
 func bytesEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, count: Int) -> Bool {
     memcmp(a, b, count) == 0
+}
+
+/// Polls an eventfd for `timeoutMilliseconds` and returns (and clears) its counter; 0 on timeout.
+func pollCount(_ fd: Int32, timeoutMilliseconds: Int32 = 50) -> UInt64 {
+    var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    guard poll(&p, 1, timeoutMilliseconds) > 0 else { return 0 }
+    var v: UInt64 = 0
+    return read(fd, &v, 8) == 8 ? v : 0
 }
