@@ -17,7 +17,7 @@ final class EduNetDMARig {
     let device: VFIODevice
     let memory: DMAMemory
     let provider: EduProvider<MappedBAR>
-    let registry = NetDMARegistry()
+    let registry = NetDMARegistry(drainTimeout: .seconds(2))
     let handle: ProviderHandle
 
     init(version: NetDMAVersion = .v2_0) throws {
@@ -33,12 +33,22 @@ final class EduNetDMARig {
         try registry.start(handle, attributes: provider.attributes)
     }
 
-    /// Stops and deregisters the provider, then stops its engine and detaches the MSI.
+    private var closed = false
+
+    /// Stops and deregisters the provider (freeing any channel a failed test left allocated),
+    /// then stops its engine and detaches the MSI, so the next test can open the group.
     func close() throws {
-        try registry.stop(handle)
+        guard !closed else { return }
+        closed = true
+        defer { provider.shutdown() }
+        if isStarted { try registry.stop(handle) }
         try registry.deregister(handle)
-        provider.shutdown()
     }
+
+    private var isStarted: Bool { registry.info(handle)?.state != .registered }
+
+    /// A test that failed before ``close()`` still releases the device.
+    deinit { try? close() }
 }
 
 /// NetDMA through ``EduProvider`` inside the `Scripts/vm-test` guest. Each copy is two edu DMAs
