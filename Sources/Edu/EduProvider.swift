@@ -211,8 +211,10 @@ public final class EduChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @un
 
     /// `ProviderStartDma`: the engine starts on `chain`; a descriptor in progress finishes first.
     public func start(_ chain: DescriptorChain) throws(DriverError) { engine.start(chain) }
-    /// `ProviderAppendDma`: 2.0 adds the count; 1.x re-reads the tail the engine stopped on.
-    public func append(_ chain: DescriptorChain) throws(DriverError) { try engine.append(chain) }
+    /// `ProviderAppendDma`: 2.0 adds the count; 1.x makes the engine re-read the tail it
+    /// stopped on. No lock and no allocation; a system call (the engine's doorbell) only when
+    /// the engine thread sleeps.
+    public func append(_ chain: DescriptorChain) throws(DriverError) { engine.append(chain) }
     /// `ProviderSuspendDma`: waits (bounded) for the descriptor in progress, then halts.
     public func suspend() throws(DriverError) -> UInt64 { try engine.suspend() }
     /// `ProviderResumeDma`.
@@ -245,6 +247,8 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
         var next: UInt64 = 0
         /// 2.0: descriptors still to process.
         var remaining = 0
+        /// 2.0: the value of ``EduEngine/appended`` already added to `remaining`.
+        var appendedSeen: UInt64 = 0
         var chainStart: UInt64 = 0
         var lastCompleted: UInt64 = 0
         var processedSinceStart = false
@@ -271,6 +275,10 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
     var interrupts: (any InterruptRouting)?
     let state = Mutex(State())
     let affinityCPU = Atomic<Int>(-1)
+    /// 2.0: descriptors appended since allocation (Append's lock-free side of `remaining`).
+    let appended = Atomic<UInt64>(0)
+    /// Set while the engine thread may be about to wait on the doorbell.
+    let sleeping = Atomic<Bool>(false)
     let transfers = Atomic<Int>(0)
     let completionInterrupts = Atomic<Int>(0)
     let errorInterrupts = Atomic<Int>(0)
@@ -319,7 +327,18 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
 
     private func run() {
         while !stopping.load(ordering: .acquiring) {
-            if !step() { _ = doorbell.wait(timeoutMilliseconds: 100) }
+            if step() { continue }
+            // Announce the sleep, then look once more (Dekker with Append's fence), so an
+            // Append either sees `sleeping` and rings, or its work is found here. The timeout
+            // is a safety net only.
+            sleeping.store(true, ordering: .relaxed)
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            if step() {
+                sleeping.store(false, ordering: .relaxed)
+                continue
+            }
+            _ = doorbell.wait(timeoutMilliseconds: 100)
+            sleeping.store(false, ordering: .relaxed)
         }
     }
 
@@ -349,27 +368,20 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
             s.next = chain.iova
             s.chainStart = chain.iova
             s.remaining = chain.count
+            s.appendedSeen = appended.load(ordering: .acquiring)
             s.processedSinceStart = false
             s.status = .active
         }
         doorbell.signal()
     }
 
-    func append(_ chain: DescriptorChain) throws(DriverError) {
-        try state.withLock { s throws(DriverError) in
-            guard s.status != .armed && s.status != .halted else {
-                throw DriverError(.invalidState, "The edu channel is \(s.status); Start it before Append.")
-            }
-            if counted {
-                s.remaining += chain.count
-                if s.status == .idle { s.status = .active }
-            } else if s.status == .idle, let d = descriptor(at: s.next), d.next != 0 {
-                // 1.x: the engine stopped on the tail; re-read its `next`.
-                s.next = d.next
-                s.status = .active
-            }
-        }
-        doorbell.signal()
+    /// Hot path. 2.0: adds the count for the engine to take; 1.x: the client already linked
+    /// the old tail, which the engine re-reads. Rings the doorbell only for a sleeping engine.
+    @inline(__always)
+    func append(_ chain: DescriptorChain) {
+        if counted { appended.add(UInt64(truncatingIfNeeded: chain.count), ordering: .releasing) }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if sleeping.load(ordering: .relaxed) { doorbell.signal() }
     }
 
     func suspend() throws(DriverError) -> UInt64 {
@@ -386,11 +398,13 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
     func resume() {
         state.withLock { s in
             if s.processedSinceStart, let d = descriptor(at: s.lastCompleted) {
-                s.next = d.next
+                // 1.x at the end of the chain: stay on the tail, for Append to extend.
+                s.next = counted || d.next != 0 ? d.next : s.lastCompleted
+                s.status = counted ? (s.remaining > 0 ? .active : .idle) : (d.next != 0 ? .active : .idle)
             } else {
                 s.next = s.chainStart
+                s.status = .active
             }
-            s.status = (counted ? s.remaining > 0 : s.next != 0) ? .active : .idle
         }
         doorbell.signal()
     }
@@ -441,7 +455,19 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
     /// Processes one descriptor; false when there was nothing to do.
     func step() -> Bool {
         let picked: (iova: UInt64, generation: UInt64, stop: UInt64)? = state.withLock { s in
-            guard s.allocated, s.status == .active else { return nil }
+            guard s.allocated else { return nil }
+            if counted {
+                // Take what Append added since the last look.
+                let a = appended.load(ordering: .acquiring)
+                s.remaining += Int(truncatingIfNeeded: a &- s.appendedSeen)
+                s.appendedSeen = a
+                if s.status == .idle && s.remaining > 0 { s.status = .active }
+            } else if s.status == .idle, let n = tailNext(s.next), n != 0 {
+                // 1.x: the engine stopped on the tail; Append linked more after it.
+                s.next = n
+                s.status = .active
+            }
+            guard s.status == .active else { return nil }
             if counted && s.remaining == 0 { s.status = .idle; return nil }
             s.busy = true
             return (s.next, s.generation, s.stopGeneration)
@@ -559,6 +585,15 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
         guard last >= iova, last <= dmaMask, let first = memory.address(ofIOVA: iova),
               let end = memory.address(ofIOVA: last) else { return false }
         return end == first + (length - 1)
+    }
+
+    /// The `next` field of the descriptor at `iova`, read with one acquire load (the client
+    /// publishes it with a release store while the engine may be looking).
+    private func tailNext(_ iova: UInt64) -> UInt64? {
+        guard iova != 0, iova & 0x3F == 0, let p = memory.address(ofIOVA: iova), memory.address(ofIOVA: iova + 63) == p + 63 else {
+            return nil
+        }
+        return (p + 24).assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .acquiring)
     }
 
     /// The descriptor at `iova`, read by the CPU through the DMA memory table (nil: not mapped).
