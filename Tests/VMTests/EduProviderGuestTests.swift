@@ -116,6 +116,9 @@ struct EduProviderGuestTests {
         #expect(rig.provider.transfersIssued - transfers == 8, "two edu DMAs per 4095-byte piece")
         #expect(rig.provider.completionInterrupts == 1, "one interrupt: only the last descriptor asked")
         #expect(rig.provider.errorInterrupts == 0)
+        // The DPC wakes waiters before it calls the handler: wait (bounded) for the handler.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while dpcCPU.load(ordering: .relaxed) < 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
         #expect(dpcCPU.load(ordering: .relaxed) == target, "the DPC ran on CPU \(dpcCPU.load(ordering: .relaxed))")
         try channel.free()
         try rig.close()
