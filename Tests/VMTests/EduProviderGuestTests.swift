@@ -124,10 +124,12 @@ struct EduProviderGuestTests {
         try rig.close()
     }
 
-    @Test("A CopyQueue round trip through EduProvider, completions awaited on the MSI")
-    func copyQueueRoundTrip() async throws {
-        let rig = try EduNetDMARig()
+    @Test("A CopyQueue round trip through EduProvider, completions awaited on the MSI (1.0 NULL-terminated and 2.0 counted chains)",
+          arguments: [NetDMAVersion.v1_0, .v2_0])
+    func copyQueueRoundTrip(version: NetDMAVersion) async throws {
+        let rig = try EduNetDMARig(version: version)
         let channel = try rig.registry.allocateChannel(provider: rig.handle)
+        #expect(channel.countedChains == version.countedChains)
         let queue = try CopyQueue(channel: channel, ringSize: 8, interrupts: true)
         let data = try rig.memory.allocate(length: 16 << 10)
         let n = 1500
