@@ -352,10 +352,11 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
         }
         try state.withLock { s throws(DriverError) in
             guard !s.allocated else { throw DriverError(.busy, "The edu provider's only channel is allocated.") }
-            let g = s.generation, sg = s.stopGeneration
+            let g = s.generation, sg = s.stopGeneration, busy = s.busy
             s = State()
             s.generation = g + 1
             s.stopGeneration = sg + 1
+            s.busy = busy
             s.allocated = true
             s.word = UInt(bitPattern: word)
         }
@@ -417,12 +418,13 @@ final class EduEngine<BAR: RegisterIO & ~Copyable>: @unchecked Sendable {
             s.status = .halted
             writeCompletion(s, s.lastCompleted, .halted)
             if reset {
-                let (word, g, sg) = (s.word, s.generation, s.stopGeneration)
+                let (word, g, sg, busy) = (s.word, s.generation, s.stopGeneration, s.busy)
                 s = State()
                 s.allocated = true
                 s.word = word
                 s.generation = g
                 s.stopGeneration = sg
+                s.busy = busy  // the engine clears it when its edu DMA is over
             }
         }
         // edu cannot cancel a DMA: return once the one in progress is over, so no device write
