@@ -100,6 +100,9 @@ struct EduProviderGuestTests {
             pool[i].pointee.flags = i == 2 ? [.statusUpdateOnCompletion, .interruptOnCompletion] : [.statusUpdateOnCompletion]
         }
         let transfers = rig.provider.transfersIssued
+        // The kernel IRQ vfio-pci requested for edu's MSI (named after vector and device).
+        let irqName = "vfio-msi[0](\(rig.device.address))"
+        let irqsBefore = try #require(kernelInterruptCounts(named: irqName), "no \(irqName) in /proc/interrupts").reduce(0, +)
         let generation = channel.interruptGeneration
         try channel.start(pool.chain(from: 0, count: 2))
         try channel.append(pool.chain(from: 2, count: 1))
@@ -115,6 +118,8 @@ struct EduProviderGuestTests {
         }
         #expect(rig.provider.transfersIssued - transfers == 8, "two edu DMAs per 4095-byte piece")
         #expect(rig.provider.completionInterrupts == 1, "one interrupt: only the last descriptor asked")
+        let irqsAfter = (kernelInterruptCounts(named: irqName) ?? []).reduce(0, +)
+        #expect(irqsAfter - irqsBefore == 1, "the MSI reached the kernel's vfio-msi handler once")
         #expect(rig.provider.errorInterrupts == 0)
         // The DPC wakes waiters before it calls the handler: wait (bounded) for the handler.
         let deadline = ContinuousClock.now + .seconds(5)

@@ -169,3 +169,18 @@ func openFileDescriptorCount() -> Int {
     while readdir(dir) != nil { n += 1 }
     return n - 3  // ".", "..", and the directory's own fd
 }
+
+/// Per-CPU counts of the kernel interrupt whose `/proc/interrupts` name is `name` (e.g.
+/// `vfio-msi[0](0000:00:02.0)`, the IRQ vfio-pci requested for an MSI vector); nil when absent.
+func kernelInterruptCounts(named name: String) -> [Int]? {
+    guard let f = fopen("/proc/interrupts", "r") else { return nil }
+    defer { fclose(f) }
+    var line = [CChar](repeating: 0, count: 4096)
+    while fgets(&line, Int32(line.count), f) != nil {
+        let text = string(line)
+        let fields = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+        guard fields.last.map(String.init) == name else { continue }
+        return fields.dropFirst().prefix { Int($0) != nil }.compactMap { Int($0) }
+    }
+    return nil
+}
