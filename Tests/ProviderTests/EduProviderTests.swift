@@ -42,7 +42,7 @@ final class EduModelRig {
 }
 
 /// Waits (bounded) until `condition` holds; false on timeout.
-func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
+func eduEventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
     let deadline = ContinuousClock.now + timeout
     while !condition() {
         if ContinuousClock.now >= deadline { return false }
@@ -94,7 +94,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         pool.linkList(0..<sizes.count)
         let out = try rig.memory.allocate(length: 64 << 10)
         for (i, n) in sizes.enumerated() {
-            fillPattern(data.address(at: i * 16384), count: n, seed: UInt8(i + 3))
+            eduFillPattern(data.address(at: i * 16384), count: n, seed: UInt8(i + 3))
             pool[i].pointee.transferSize = UInt32(n)
             pool[i].pointee.source = data.iova(at: i * 16384)
             pool[i].pointee.destination = out.iova(at: i * 16384)
@@ -124,7 +124,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         #expect(channel.countedChains == version.countedChains)
         let queue = try CopyQueue(channel: channel, ringSize: 4, interrupts: true)
         let data = try rig.memory.allocate(length: 32 << 10)
-        fillPattern(data.base, count: 8192, seed: 9)
+        eduFillPattern(data.base, count: 8192, seed: 9)
         var done = 0
         for batch in 0..<3 {
             for k in 0..<2 {
@@ -151,11 +151,11 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         #expect(channel.interruptEventFD == nil)
         let queue = try CopyQueue(channel: channel, ringSize: 4, interrupts: false)
         let data = try rig.memory.allocate(length: 8192)
-        fillPattern(data.base, count: 300, seed: 1)
+        eduFillPattern(data.base, count: 300, seed: 1)
         _ = try queue.enqueueCopy(source: data.iova, destination: data.iova(at: 4096), length: 300)
         try queue.submit()
         var done = 0
-        #expect(eventually { done += queue.completed(max: 4).count; return done == 1 })
+        #expect(eduEventually { done += queue.completed(max: 4).count; return done == 1 })
         #expect(memcmp(data.base, data.address(at: 4096), 300) == 0)
         #expect(rig.model.messages.load(ordering: .relaxed) == 0, "no MSI without a route")
         try channel.free()
@@ -200,7 +200,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         pool[0].pointee = Descriptor(transferSize: 64, controlFlags: [.statusUpdateOnCompletion], source: data.iova,
                                      destination: data.iova(at: 4096))
         try channel.start(pool.chain(from: 0, count: 1))
-        #expect(eventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .idle) })
+        #expect(eduEventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .idle) })
         #expect(channel.fault == nil)
         try channel.free()
         try rig.close()
@@ -225,7 +225,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         let rig = try EduModelRig()
         let channel = try rig.registry.allocateChannel(provider: rig.handle)
         let data = try rig.memory.allocate(length: 16384)
-        fillPattern(data.base, count: 1000, seed: 5)
+        eduFillPattern(data.base, count: 1000, seed: 5)
         memset(data.address(at: 8192), 0x77, 1000)
         let pool = try DescriptorPool(memory: channel.dmaMemory, count: 2)
         pool.linkList(0..<2)
@@ -237,12 +237,12 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         }
         rig.model.gate.store(true, ordering: .releasing)
         try channel.start(pool.chain(from: 0, count: 2))
-        try #require(eventually { rig.model.transfers.load(ordering: .relaxed) == 1 }, "the first edu DMA started")
-        let aborted = Flag()
+        try #require(eduEventually { rig.model.transfers.load(ordering: .relaxed) == 1 }, "the first edu DMA started")
+        let aborted = EduFlag()
         // On its own thread: Abort blocks, and the test's waits must not starve it.
-        let thread = Background { try channel.abort(); aborted.value.store(true, ordering: .releasing) }
+        let thread = EduBackground { try channel.abort(); aborted.value.store(true, ordering: .releasing) }
         // Abort writes Halted at once, then waits for the DMA that edu cannot cancel.
-        try #require(eventually { channel.completionWord.status == .halted })
+        try #require(eduEventually { channel.completionWord.status == .halted })
         let returnedEarly = aborted.value.load(ordering: .acquiring)
         #expect(!returnedEarly, "Abort returned while the edu DMA was still running")
         rig.model.gate.store(false, ordering: .releasing)
@@ -255,7 +255,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         try channel.reset()
         #expect(channel.state == .allocated)
         try channel.start(pool.chain(from: 1, count: 1))
-        #expect(eventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 1), status: .idle) })
+        #expect(eduEventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 1), status: .idle) })
         #expect(memcmp(data.base, data.address(at: 8192), 1000) == 0)
         try channel.free()
         try rig.close()
@@ -265,7 +265,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         let rig = try EduModelRig()
         let channel = try rig.registry.allocateChannel(provider: rig.handle)
         let data = try rig.memory.allocate(length: 16384)
-        fillPattern(data.base, count: 2000, seed: 8)
+        eduFillPattern(data.base, count: 2000, seed: 8)
         let pool = try DescriptorPool(memory: channel.dmaMemory, count: 2)
         pool.linkList(0..<2)
         for i in 0..<2 {
@@ -276,9 +276,9 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         }
         rig.model.gate.store(true, ordering: .releasing)
         try channel.start(pool.chain(from: 0, count: 2))
-        try #require(eventually { rig.model.transfers.load(ordering: .relaxed) == 1 })
-        let suspend = Background { try channel.suspend() }
-        try #require(eventually { rig.provider.engine.state.withLock { $0.status == .suspend } })
+        try #require(eduEventually { rig.model.transfers.load(ordering: .relaxed) == 1 })
+        let suspend = EduBackground { try channel.suspend() }
+        try #require(eduEventually { rig.provider.engine.state.withLock { $0.status == .suspend } })
         rig.model.gate.store(false, ordering: .releasing)
         let last = try suspend.join()
         #expect(last == pool.iova(at: 0))
@@ -286,7 +286,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         #expect(channel.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .suspend))
         #expect(rig.model.transfers.load(ordering: .relaxed) == 2, "descriptor 1 did not start")
         try channel.resume()
-        #expect(eventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 1), status: .idle) })
+        #expect(eduEventually { channel.completionWord == CompletionWord(descriptor: pool.iova(at: 1), status: .idle) })
         #expect(memcmp(data.base, data.address(at: 8192), 2000) == 0)
         try channel.free()
         try rig.close()
@@ -294,25 +294,25 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
 }
 
 /// Fills `count` bytes at `address` with a pattern that depends on `seed` and the offset.
-func fillPattern(_ address: UnsafeMutableRawPointer, count: Int, seed: UInt8) {
+func eduFillPattern(_ address: UnsafeMutableRawPointer, count: Int, seed: UInt8) {
     let p = address.assumingMemoryBound(to: UInt8.self)
     for i in 0..<count { p[i] = UInt8(truncatingIfNeeded: i &* 31 &+ Int(seed)) }
 }
 
-final class Flag: Sendable {
+final class EduFlag: Sendable {
     let value = Atomic<Bool>(false)
 }
 
 /// A blocking call run on its own POSIX thread (never on the test's cooperative pool).
-final class Background<T: Sendable>: @unchecked Sendable {
+final class EduBackground<T: Sendable>: @unchecked Sendable {
     // @unchecked: `result` is written by the thread before it exits and read after the join.
     private var thread = pthread_t()
     private var result: Result<T, any Error>?
 
     init(_ body: @escaping @Sendable () throws -> T) {
-        let box = Unmanaged.passRetained(ThreadBox { [self] in result = Result { try body() } }).toOpaque()
+        let box = Unmanaged.passRetained(EduThreadBox { [self] in result = Result { try body() } }).toOpaque()
         let r = pthread_create(&thread, nil, { arg in
-            Unmanaged<ThreadBox>.fromOpaque(arg!).takeRetainedValue().run()
+            Unmanaged<EduThreadBox>.fromOpaque(arg!).takeRetainedValue().run()
             return nil
         }, box)
         precondition(r == 0, "pthread_create failed: \(r)")
@@ -324,7 +324,7 @@ final class Background<T: Sendable>: @unchecked Sendable {
     }
 }
 
-private final class ThreadBox {
+private final class EduThreadBox {
     let run: () -> Void
     init(_ run: @escaping () -> Void) { self.run = run }
 }
