@@ -72,5 +72,6 @@ let package = Package(
             dependencies: ["NetDMA", "IOAT", "DSA", "Edu", "DeviceModels", "Platform", "Hardware"],
             swiftSettings: swiftSettings),
         .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMTests", dependencies: ["VFIO", "Platform", "NetDMA", "Edu", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
     ]
 )
