@@ -247,5 +247,5 @@ extension TargetFactory {
     /// The IOAT targets: CB 3.4 and 3.2 with counted chains, and 1.x chains emulated on
     /// DMACOUNT. (CB 1.2, `.ioat("cb1", .v1_1)`, passes the channel conformance tests but has
     /// no block fill, which the CopyQueue fill test assumes.)
-    static let ioatTargets: [TargetFactory] = [.ioat("icx", .v2_0), .ioat("bdx", .v2_0), .ioat("skx", .v1_0), .ioat("bdxde", .v1_1)]
+    static let ioatTargets: [TargetFactory] = [.ioat("icx", .v2_0), .ioat("bdx", .v2_0), .ioat("skx", .v1_0), .ioat("bdxde", .v1_1), .ioat("tbg", .v2_0), .ioat("cb1", .v1_0)]
 }
