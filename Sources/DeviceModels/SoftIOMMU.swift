@@ -21,6 +21,8 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
     private let slots: UnsafeMutablePointer<Atomic<UInt64>>
     private let sequence = Atomic<UInt64>(0)
     private let used = Atomic<Int>(0)
+    /// One past the highest slot ever used: lookups scan only `0..<highWater`.
+    private let highWater = Atomic<Int>(0)
     private let writer = Mutex<Void>(())
     /// Number of translations that failed (faults), for tests and statistics.
     private let faultCount = Atomic<UInt64>(0)
@@ -76,6 +78,7 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
             slot(free, 1).pointee.store(UInt64(length), ordering: .relaxed)
             slot(free, 2).pointee.store(UInt64(UInt(bitPattern: address)), ordering: .relaxed)
             slot(free, 3).pointee.store(UInt64(access.rawValue), ordering: .relaxed)
+            if free >= highWater.load(ordering: .relaxed) { highWater.store(free + 1, ordering: .relaxed) }
             endWrite()
             used.add(1, ordering: .relaxed)
             return nil
@@ -112,7 +115,7 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
             let seq = sequence.load(ordering: .acquiring)
             if seq & 1 != 0 { continue }
             var hit: UInt = 0
-            for i in 0..<capacity {
+            for i in 0..<highWater.load(ordering: .relaxed) {
                 let a = slot(i, 3).pointee.load(ordering: .relaxed)
                 if a == 0 { continue }
                 let s = slot(i, 0).pointee.load(ordering: .relaxed)
@@ -129,6 +132,51 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
                 if hit == 0 { faultCount.add(1, ordering: .relaxed) }
                 return UnsafeMutableRawPointer(bitPattern: hit)
             }
+        }
+    }
+
+    /// A live mapping, as ``mapping(containing:)`` reports it.
+    public struct Mapping: Sendable, Hashable {
+        /// The first IOVA of the mapping.
+        public var iova: UInt64
+        /// Its length in bytes.
+        public var length: Int
+        /// The host address `iova` maps to.
+        public var address: UInt
+        /// What the device may do with it.
+        public var access: DMAAccess
+    }
+
+    /// A number that changes whenever a mapping is added or removed (even while the table is
+    /// stable).
+    ///
+    /// A model may cache a ``Mapping`` and reuse it without a lookup while the generation is
+    /// unchanged. Lock-free.
+    @inline(__always)
+    public var generation: UInt64 { sequence.load(ordering: .acquiring) }
+
+    /// The mapping that contains `iova`, whatever its access rights; nil when none does.
+    ///
+    /// Lock-free and allocation-free; does not count as a fault. Pair it with ``generation``
+    /// to cache translations.
+    public func mapping(containing iova: UInt64) -> Mapping? {
+        while true {
+            let seq = sequence.load(ordering: .acquiring)
+            if seq & 1 != 0 { continue }
+            var found: Mapping? = nil
+            for i in 0..<highWater.load(ordering: .relaxed) {
+                let a = slot(i, 3).pointee.load(ordering: .relaxed)
+                if a == 0 { continue }
+                let s = slot(i, 0).pointee.load(ordering: .relaxed)
+                let l = slot(i, 1).pointee.load(ordering: .relaxed)
+                if iova >= s && iova <= s &+ l &- 1 {
+                    found = Mapping(iova: s, length: Int(l), address: UInt(slot(i, 2).pointee.load(ordering: .relaxed)),
+                                    access: DMAAccess(rawValue: UInt32(truncatingIfNeeded: a)))
+                    break
+                }
+            }
+            atomicMemoryFence(ordering: .acquiring)
+            if sequence.load(ordering: .relaxed) == seq { return found }
         }
     }
 

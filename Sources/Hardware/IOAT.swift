@@ -24,6 +24,10 @@ public enum IOAT {
     public static let PERPORTOFFSET = 0x0A
     /// `INTRDELAY` (16-bit): bits 13:0 coalescing delay in µs; bit 15 (RO) coalescing supported.
     public static let INTRDELAY = 0x0C
+    /// INTRDELAY bits 13:0, the delay in µs.
+    public static let intrDelayMask: UInt16 = 0x3FFF
+    /// INTRDELAY bit 15 (RO): interrupt coalescing is supported.
+    public static let intrDelayCoalescingSupported: UInt16 = 0x8000
     /// `CS_STATUS` (16-bit, RO).
     public static let CS_STATUS = 0x0E
     /// `DMACAPABILITY` (32-bit, RO): see ``DMACapability``.
@@ -242,6 +246,15 @@ public enum IOAT {
     public static let configCHANERR_INT = 0x180
     /// `CHANERRMSK_INT` (config 0x184).
     public static let configCHANERRMSK_INT = 0x184
+    /// DMAUNCERRSTS bit 4: the spurious parity error TBG channel 0 reports after a restart.
+    public static let dmauncerrstsParityError: UInt32 = 0x10
+
+    // MARK: MSI-X (inside BAR0)
+
+    /// Bytes per MSI-X table entry: message address low, high, data, vector control.
+    public static let msixEntrySize = 16
+    /// MSI-X vector control bit 0: the vector is masked.
+    public static let msixVectorMasked: UInt32 = 1
 
     // MARK: Descriptor
 
@@ -324,6 +337,9 @@ public enum IOAT {
         public var resetClobbersMSIX: Bool { cbver == 0x33 }
         /// Halt recovery in place (DPDK style) works only on 3.4; older parts reset and restart.
         public var recoversFromHalt: Bool { cbver >= 0x34 }
+        /// A channel reset on TBG channel 0 (0x3430) leaves a spurious parity error (bit 4) in
+        /// config DMAUNCERRSTS (0x148); the driver writes 0x10 there in its reset path.
+        public var spuriousParityErrorAfterReset: Bool { deviceID == 0x3430 }
         /// NULL descriptors need a non-zero size (3.0 erratum; every driver uses one).
         public var nullNeedsSize: Bool { true }
         /// The largest transfer in bytes.
@@ -342,15 +358,22 @@ public enum IOAT {
         Profile(name: "skx", platform: "Xeon Scalable (Skylake-SP)", deviceID: 0x2021, cbver: 0x32, xfercap: 20,
                 capabilities: [.pageBreak, .dca, .blockFill, .crc, .crcMove], channelsPerFunction: 1,
                 msixTableOffset: 0x1000, msixPBAOffset: 0x1800, bar0Size: 0x4000),
+        Profile(name: "snb", platform: "Xeon E5 (Sandy Bridge-EP)", deviceID: 0x3C20, cbver: 0x32, xfercap: 20,
+                capabilities: [.pageBreak, .dca, .blockFill, .crc, .crcMove], channelsPerFunction: 1,
+                msixTableOffset: 0x1000, msixPBAOffset: 0x1800, bar0Size: 0x4000),
+        Profile(name: "bwd", platform: "Atom C2000 (Avoton)", deviceID: 0x0C52, cbver: 0x33, xfercap: 20,
+                capabilities: [.pageBreak, .dca, .blockFill, .crc, .crcMove], channelsPerFunction: 1,
+                msixTableOffset: 0x1000, msixPBAOffset: 0x1800, bar0Size: 0x4000),
+        // ioat.md §1.1: BDX-DE has no RAID, so no XOR/PQ capability is advertised.
         Profile(name: "bdxde", platform: "Xeon D-1500 (Broadwell-DE)", deviceID: 0x6F50, cbver: 0x33, xfercap: 20,
-                capabilities: [.pageBreak, .dca, .blockFill, .crc, .crcMove, .xor, .pq], channelsPerFunction: 1,
+                capabilities: [.pageBreak, .dca, .blockFill, .crc, .crcMove], channelsPerFunction: 1,
                 msixTableOffset: 0x1000, msixPBAOffset: 0x1800, bar0Size: 0x4000),
         Profile(name: "icx", platform: "Xeon Scalable gen 3 (Ice Lake-SP)", deviceID: 0x0B00, cbver: 0x34, xfercap: 30,
                 capabilities: [.pageBreak, .blockFill, .crc, .crcMove, .descriptorPrefetch], channelsPerFunction: 1,
                 msixTableOffset: 0x1000, msixPBAOffset: 0x1800, bar0Size: 0x4000),
     ]
 
-    /// The profile named `name` ("tbg", "bdx", "skx", "bdxde", "icx", "cb1").
+    /// The profile named `name` ("cb1", "tbg", "snb", "bdx", "skx", "bwd", "bdxde", "icx").
     public static func profile(named name: String) -> Profile? { profiles.first { $0.name == name } }
 
     // MARK: Device IDs

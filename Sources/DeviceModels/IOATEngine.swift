@@ -1,0 +1,518 @@
+import CVFIO
+import Hardware
+import Platform
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A cached IOMMU translation, valid while the IOMMU's generation is unchanged.
+struct TranslationCache {
+    var generation: UInt64 = 1  // odd: never a stable generation
+    var iova: UInt64 = 0
+    var last: UInt64 = 0
+    var host: UInt = 0
+    var access: UInt32 = 0
+}
+
+/// The engine half of the model: descriptor fetch, execution, completion writes, errors and
+/// interrupts. It runs on the device's engine thread, or on the caller's thread in manual mode;
+/// never on both at once.
+///
+/// The loop never allocates, locks, or retains: it works through raw pointers the core owns, one
+/// atomic load of the channel control word per descriptor, and cached IOMMU translations.
+extension IOATDeviceCore {
+    static let cacheDescriptor = 0, cacheSource = 1, cacheDestination = 2, cacheCompletion = 3
+
+    /// Translates `length` bytes at `iova` for `access`. Returns the host address, or nil and
+    /// sets `exists` to whether any mapping contains `iova` (a data error rather than an address error).
+    @inline(__always)
+    func translate(_ kind: Int, _ iova: UInt64, _ length: Int, _ access: DMAAccess, exists: inout Bool) -> UnsafeMutableRawPointer? {
+        let last = iova &+ UInt64(length) &- 1
+        exists = false
+        guard length > 0, last >= iova else { return nil }
+        let generation = iommu.generation
+        let c = caches + kind
+        if c.pointee.generation == generation, iova >= c.pointee.iova, last <= c.pointee.last,
+           c.pointee.access & access.rawValue == access.rawValue {
+            return UnsafeMutableRawPointer(bitPattern: c.pointee.host &+ UInt(iova &- c.pointee.iova))
+        }
+        guard let m = iommu.mapping(containing: iova) else {
+            _ = iommu.translate(iova, length: length, access: access)  // count the fault
+            return nil
+        }
+        exists = true
+        let mLast = m.iova &+ UInt64(m.length) &- 1
+        c.pointee = TranslationCache(generation: generation, iova: m.iova, last: mLast, host: m.address,
+                                     access: m.access.rawValue)
+        guard last <= mLast, m.access.contains(access) else {
+            _ = iommu.translate(iova, length: length, access: access)
+            return nil
+        }
+        return UnsafeMutableRawPointer(bitPattern: m.address &+ UInt(iova &- m.iova))
+    }
+
+    /// Whether DMA may run: bus master enabled and the function in D0.
+    @inline(__always) var dmaAllowed: Bool { config.dmaGate.load(ordering: .acquiring) }
+
+    // MARK: Servicing a channel
+
+    /// Runs channel `c` for up to `budget` descriptors. Returns the work done (descriptors
+    /// executed plus state transitions); 0 when the channel has nothing to do or is stalled.
+    func service(_ c: Int, budget: Int) -> Int {
+        let ch = channels + c
+        var v = ch.pointee.ctl.load(ordering: .acquiring)
+        guard Ctl.state(v) == Ctl.active, v & Ctl.busy == 0 else { return 0 }
+        if v & Ctl.requests != 0 {
+            return applyRequests(c, v, count: Ctl.count(v), next: ch.pointee.nextDescriptor.load(ordering: .relaxed)) ? 1 : 0
+        }
+        guard dmaAllowed else { return 0 }
+        if ch.pointee.faultFlag.load(ordering: .relaxed) & IOATChannelState.faultStall != 0 {
+            if monotonicNanoseconds() < ch.pointee.stallUntil.load(ordering: .relaxed) { return 0 }
+            ch.pointee.faultFlag.bitwiseAnd(~IOATChannelState.faultStall, ordering: .relaxed)
+        }
+        var count = Ctl.count(v)
+        var next = ch.pointee.nextDescriptor.load(ordering: .relaxed)
+        var fresh = v & Ctl.fresh != 0
+        var work = 0
+        var executed: UInt64 = 0
+        defer { if executed != 0 { ch.pointee.executed.add(executed, ordering: .relaxed) } }
+        while work < budget {
+            let more = v1 ? next != 0 : count != Ctl.dmacount(v)
+            if !more {
+                ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
+                var nv = Ctl.with(Ctl.with(v, count: count), state: Ctl.done)
+                if !fresh { nv &= ~Ctl.fresh }
+                if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
+                    return work + 1
+                }
+                v = stableControl(c)
+                if Ctl.state(v) != Ctl.active { return work }
+                if v & Ctl.requests != 0 { return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0) }
+                continue
+            }
+            // Execute one descriptor.
+            var following: UInt64 = 0
+            var control: UInt32 = 0
+            let address = next
+            ch.pointee.cdar.store(address, ordering: .relaxed)
+            var error = execute(c, address: address, fresh: fresh, next: &following, control: &control)
+            executed &+= 1
+            work += 1
+            if error != 0, error & Self.fetchErrors == 0, error & ~ch.pointee.chanerrMask.load(ordering: .relaxed) == 0 {
+                error = 0  // every bit masked by CHANERR_MASK: the descriptor counts as completed
+            }
+            if error != 0 {
+                let ctrl = ch.pointee.chanctrl.load(ordering: .relaxed)
+                let fetchFailed = error & Self.fetchErrors != 0
+                if ctrl & UInt32(IOAT.ChanCtrl.anyErrAbortEnable.rawValue) != 0 || fetchFailed {
+                    halt(c, v, error: error, count: count, next: address)
+                    return work
+                }
+                // Without ANY_ERR_ABORT_EN: record, flag a soft error, skip the descriptor.
+                recordError(c, error)
+                if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
+                _ = ch.pointee.ctl.bitwiseOr(Ctl.softError, ordering: .relaxed)
+                count = v1 ? count : count &+ 1
+                ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
+                next = following
+                fresh = false
+                v = stableControl(c)
+                continue
+            }
+            count = v1 ? count : count &+ 1
+            fresh = false
+            next = following
+            ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
+            ch.pointee.previousCompleted.store(ch.pointee.completed.load(ordering: .relaxed), ordering: .relaxed)
+            ch.pointee.completed.store(address & IOAT.ChanSts.completedDescriptorMask, ordering: .releasing)
+            v = stableControl(c)
+            if v & (Ctl.reqReset | Ctl.reqAbort) != 0 {
+                // RESET or ABORT arrived while this descriptor ran: it is not reported.
+                return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
+            }
+            if control & IOAT.DescriptorControl.completionWrite != 0 {
+                let pendingMore = v1 ? next != 0 : count != Ctl.dmacount(v)
+                let state: UInt64 = v & Ctl.reqSuspend != 0 ? Ctl.suspended : (pendingMore ? Ctl.active : Ctl.done)
+                let flags = (v & Ctl.softError != 0 ? IOAT.ChanSts.softError : 0)
+                if !writeCompletion(c, (address & IOAT.ChanSts.completedDescriptorMask) | flags | state) {
+                    halt(c, v, error: IOAT.ChanErr.completionAddress.rawValue, count: count, next: next)
+                    return work
+                }
+            }
+            if control & IOAT.DescriptorControl.intEnable != 0 { raiseInterrupt(c, error: false) }
+            if Ctl.state(v) != Ctl.active { return work }  // power loss: nothing to hand back
+            if v & Ctl.requests != 0 {
+                return work + (applyRequests(c, v, count: count, next: next, fresh: fresh) ? 1 : 0)
+            }
+        }
+        // Budget exhausted: publish progress, stay ACTIVE.
+        ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
+        while true {
+            var nv = Ctl.with(v, count: count)
+            if !fresh { nv &= ~Ctl.fresh }
+            if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
+            v = ch.pointee.ctl.load(ordering: .acquiring)
+            if Ctl.state(v) != Ctl.active { break }
+            if v & Ctl.busy != 0 { cvfio_pause() }
+        }
+        return work
+    }
+
+    /// The channel control word once no register writer holds it (writers hold it for a few
+    /// stores only, so this spins at most briefly).
+    @inline(__always)
+    func stableControl(_ c: Int) -> UInt64 {
+        while true {
+            let v = channels[c].ctl.load(ordering: .acquiring)
+            if v & Ctl.busy == 0 { return v }
+            cvfio_pause()
+        }
+    }
+
+    /// Errors detected before the descriptor's `next` could be read.
+    static let fetchErrors: UInt32 = IOAT.ChanErr.nextDescriptorAddress.rawValue | IOAT.ChanErr.descriptor.rawValue
+        | IOAT.ChanErr.chainAddress.rawValue
+
+    /// Applies commands posted while the channel was ACTIVE, at a descriptor boundary.
+    /// Returns whether the control word changed.
+    func applyRequests(_ c: Int, _ start: UInt64, count: UInt16, next: UInt64, fresh: Bool? = nil) -> Bool {
+        let ch = channels + c
+        var v = start
+        while true {
+            guard Ctl.state(v) == Ctl.active else { return false }
+            if v & Ctl.busy != 0 { cvfio_pause(); v = ch.pointee.ctl.load(ordering: .acquiring); continue }
+            var nv = Ctl.with(v, count: count) & ~Ctl.requests
+            if let fresh, !fresh { nv &= ~Ctl.fresh }
+            var resetting = false
+            if v & Ctl.reqReset != 0 {
+                nv = resetValue(v)
+                resetting = true
+            } else if v & Ctl.reqAbort != 0 {
+                nv = Ctl.with(nv, state: Ctl.halted)
+            } else if v & Ctl.reqSuspend != 0 {
+                nv = Ctl.with(nv, state: Ctl.suspended)
+            } else if v & Ctl.reqAppend != 0 {
+                // v1 APPEND while running: re-read the last descriptor's next pointer.
+                var n = next
+                if n == 0 { n = readNext(of: ch.pointee.lastDescriptor.load(ordering: .relaxed)) }
+                ch.pointee.nextDescriptor.store(n, ordering: .relaxed)
+                if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
+                    return true
+                }
+                v = ch.pointee.ctl.load(ordering: .acquiring)
+                continue
+            }
+            if resetting { clearForReset(c, registers: false) } else { ch.pointee.nextDescriptor.store(next, ordering: .relaxed) }
+            if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged {
+                if resetting { afterReset(c) }
+                return true
+            }
+            v = ch.pointee.ctl.load(ordering: .acquiring)
+        }
+    }
+
+    /// The `next` field of the descriptor at `address`, or 0 if it cannot be read.
+    func readNext(of address: UInt64) -> UInt64 {
+        guard address != 0, address & 0x3F == 0 else { return 0 }
+        var exists = false
+        guard let p = translate(Self.cacheDescriptor, address, 64, .read, exists: &exists) else { return 0 }
+        return p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+    }
+
+    /// Records CHANERR bits and their internal copy (config CHANERR_INT, unless masked there).
+    func recordError(_ c: Int, _ bits: UInt32) {
+        channels[c].chanerr.bitwiseOr(bits, ordering: .relaxed)
+        config.recordChannelError(bits)
+    }
+
+    /// Halts channel `c` with `error`: CHANERR, HALTED, the completion address left at the last
+    /// good descriptor, the HALTED status written with ERR_COMPLETION_EN, the interrupt with ERR_INT_EN.
+    func halt(_ c: Int, _ start: UInt64, error: UInt32, count: UInt16, next: UInt64) {
+        let ch = channels + c
+        recordError(c, error)
+        let ctrl = ch.pointee.chanctrl.load(ordering: .relaxed)
+        let completed = ch.pointee.completed.load(ordering: .relaxed)
+        if ctrl & UInt32(IOAT.ChanCtrl.errCompletionEnable.rawValue) != 0 && error & IOAT.ChanErr.completionAddress.rawValue == 0 {
+            if !writeCompletion(c, completed | Ctl.halted) {
+                recordError(c, IOAT.ChanErr.completionAddress.rawValue)
+            }
+        }
+        ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
+        var v = start
+        var resetting = false
+        while true {
+            if v & Ctl.busy != 0 { cvfio_pause(); v = ch.pointee.ctl.load(ordering: .acquiring); continue }
+            guard Ctl.state(v) == Ctl.active else { return }
+            var nv: UInt64
+            if v & Ctl.reqReset != 0 {
+                nv = resetValue(v)
+                resetting = true
+            } else {
+                nv = Ctl.with(Ctl.with(v, count: count), state: Ctl.halted) | Ctl.errorHalt
+                nv &= ~Ctl.requests
+            }
+            if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
+            v = ch.pointee.ctl.load(ordering: .acquiring)
+        }
+        if resetting { clearForReset(c, registers: false); afterReset(c); return }
+        if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
+    }
+
+    /// Writes the 8-byte completion status to CHANCMP. False on a completion address error.
+    @inline(__always)
+    func writeCompletion(_ c: Int, _ value: UInt64) -> Bool {
+        let address = channels[c].chanCmpCommitted.load(ordering: .relaxed)
+        guard address & 7 == 0 else { return false }
+        var exists = false
+        guard let p = translate(Self.cacheCompletion, address, 8, .write, exists: &exists) else { return false }
+        p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(value, ordering: .releasing)
+        return true
+    }
+
+    // MARK: Executing one descriptor
+
+    /// Executes the descriptor at `address` on channel `c`. Returns the CHANERR bits of its
+    /// failure, 0 on success; `next` and `control` receive its fields.
+    func execute(_ c: Int, address: UInt64, fresh: Bool, next: inout UInt64, control: inout UInt32) -> UInt32 {
+        if address & 0x3F != 0 {
+            return fresh ? IOAT.ChanErr.chainAddress.rawValue : IOAT.ChanErr.descriptor.rawValue
+        }
+        var exists = false
+        guard let d = translate(Self.cacheDescriptor, address, 64, .read, exists: &exists) else {
+            return fresh ? IOAT.ChanErr.chainAddress.rawValue : IOAT.ChanErr.nextDescriptorAddress.rawValue
+        }
+        let size = Int(d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt32.self))
+        let ctrl = d.load(fromByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+        let src = d.load(fromByteOffset: IOAT.DescriptorField.source, as: UInt64.self)
+        let dst = d.load(fromByteOffset: IOAT.DescriptorField.destination, as: UInt64.self)
+        next = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        control = ctrl
+        let ch = channels + c
+
+        var corrupt = -1
+        var corruptMask: UInt8 = 0
+        let flags = ch.pointee.faultFlag.load(ordering: .relaxed)
+        if flags & (IOATChannelState.faultFail | IOATChannelState.faultCorrupt) != 0 {
+            if flags & IOATChannelState.faultFail != 0 {
+                let n = ch.pointee.failCountdown.load(ordering: .relaxed)
+                if n == 0 {
+                    ch.pointee.failCountdown.store(-1, ordering: .relaxed)
+                    ch.pointee.faultFlag.bitwiseAnd(~IOATChannelState.faultFail, ordering: .relaxed)
+                    let bits = ch.pointee.failBits.load(ordering: .relaxed)
+                    if bits != 0 { return bits }
+                } else if n > 0 {
+                    ch.pointee.failCountdown.store(n - 1, ordering: .relaxed)
+                }
+            }
+            if flags & IOATChannelState.faultCorrupt != 0 {
+                let n = ch.pointee.corruptCountdown.load(ordering: .relaxed)
+                if n == 0 {
+                    ch.pointee.corruptCountdown.store(-1, ordering: .relaxed)
+                    ch.pointee.faultFlag.bitwiseAnd(~IOATChannelState.faultCorrupt, ordering: .relaxed)
+                    corrupt = ch.pointee.corruptOffset.load(ordering: .relaxed)
+                    corruptMask = UInt8(truncatingIfNeeded: ch.pointee.corruptMask.load(ordering: .relaxed))
+                } else if n > 0 {
+                    ch.pointee.corruptCountdown.store(n - 1, ordering: .relaxed)
+                }
+            }
+        }
+
+        let op = UInt8(truncatingIfNeeded: ctrl >> IOAT.DescriptorControl.opShift)
+        let srcBreak = ctrl & IOAT.DescriptorControl.sourcePageBreak != 0
+        let dstBreak = ctrl & IOAT.DescriptorControl.destinationPageBreak != 0
+        if (srcBreak || dstBreak) && !capabilities.contains(.pageBreak) {
+            return IOAT.ChanErr.descriptorControl.rawValue
+        }
+        guard size != 0, size <= maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
+        switch op {
+        case IOAT.Opcode.copy:
+            if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
+            let nextSrc = srcBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextSource, as: UInt64.self) : 0
+            let nextDst = dstBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextDestination, as: UInt64.self) : 0
+            var s0: UnsafeMutableRawPointer? = nil, s1: UnsafeMutableRawPointer? = nil
+            var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil
+            let sLen0 = srcBreak ? min(size, IOAT.pageBreakSize - Int(src & 0xFFF)) : size
+            let dLen0 = dstBreak ? min(size, IOAT.pageBreakSize - Int(dst & 0xFFF)) : size
+            var e = resolve(Self.cacheSource, src, sLen0, nextSrc, size - sLen0, .read, &s0, &s1,
+                            address: IOAT.ChanErr.sourceAddress.rawValue, data: IOAT.ChanErr.readData.rawValue)
+            if e != 0 { return e }
+            e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, .write, &d0, &d1,
+                        address: IOAT.ChanErr.destinationAddress.rawValue, data: IOAT.ChanErr.writeData.rawValue)
+            if e != 0 { return e }
+            if sLen0 == size && dLen0 == size {
+                memmove(d0!, s0!, size)
+            } else {
+                copySegments(s0!, sLen0, s1, d0!, dLen0, d1, size)
+            }
+            if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
+            return 0
+        case IOAT.Opcode.fill:
+            guard capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
+            if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
+            let nextDst = dstBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextDestination, as: UInt64.self) : 0
+            var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil
+            let dLen0 = dstBreak ? min(size, IOAT.pageBreakSize - Int(dst & 0xFFF)) : size
+            let e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, .write, &d0, &d1,
+                            address: IOAT.ChanErr.destinationAddress.rawValue, data: IOAT.ChanErr.writeData.rawValue)
+            if e != 0 { return e }
+            patternFill(d0!, dLen0, pattern: src, phase: 0)
+            if let d1, size > dLen0 { patternFill(d1, size - dLen0, pattern: src, phase: dLen0 & 7) }
+            if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
+            return 0
+        default:
+            return IOAT.ChanErr.descriptorControl.rawValue
+        }
+    }
+
+    /// Translates a range of up to two segments (page break). Returns CHANERR bits or 0.
+    @inline(__always)
+    func resolve(_ kind: Int, _ a0: UInt64, _ l0: Int, _ a1: UInt64, _ l1: Int, _ access: DMAAccess,
+                 _ p0: inout UnsafeMutableRawPointer?, _ p1: inout UnsafeMutableRawPointer?,
+                 address: UInt32, data: UInt32) -> UInt32 {
+        var exists = false
+        if a0 >> 48 != 0 { return address }
+        p0 = translate(kind, a0, l0, access, exists: &exists)
+        if p0 == nil { return exists ? data : address }
+        if l1 > 0 {
+            if a1 >> 48 != 0 { return address }
+            p1 = translate(kind, a1, l1, access, exists: &exists)
+            if p1 == nil { return exists ? data : address }
+        }
+        return 0
+    }
+
+    func copySegments(_ s0: UnsafeMutableRawPointer, _ sl0: Int, _ s1: UnsafeMutableRawPointer?,
+                      _ d0: UnsafeMutableRawPointer, _ dl0: Int, _ d1: UnsafeMutableRawPointer?, _ size: Int) {
+        var done = 0
+        while done < size {
+            let sp = done < sl0 ? s0 + done : s1! + (done - sl0)
+            let sRun = done < sl0 ? sl0 - done : size - done
+            let dp = done < dl0 ? d0 + done : d1! + (done - dl0)
+            let dRun = done < dl0 ? dl0 - done : size - done
+            let n = min(sRun, dRun)
+            memmove(dp, sp, n)
+            done += n
+        }
+    }
+
+    func xorByte(_ offset: Int, _ mask: UInt8, _ d0: UnsafeMutableRawPointer, _ dl0: Int, _ d1: UnsafeMutableRawPointer?) {
+        let p = offset < dl0 ? d0 + offset : d1! + (offset - dl0)
+        p.storeBytes(of: p.load(as: UInt8.self) ^ (mask == 0 ? 0xFF : mask), as: UInt8.self)
+    }
+
+    /// Fills `count` bytes with the 8-byte little-endian `pattern`, starting at pattern byte `phase`.
+    func patternFill(_ p: UnsafeMutableRawPointer, _ count: Int, pattern: UInt64, phase: Int) {
+        let first = min(count, 64)
+        for i in 0..<first {
+            p.storeBytes(of: UInt8(truncatingIfNeeded: pattern >> UInt64(8 * ((phase + i) & 7))), toByteOffset: i, as: UInt8.self)
+        }
+        var done = first
+        while done < count {
+            let n = min(done, count - done)
+            memcpy(p + done, p, n)
+            done += n
+        }
+    }
+
+    // MARK: Interrupts
+
+    /// A channel interrupt event: a completed `int_en` descriptor on an armed channel, or an
+    /// error with ERR_INT_EN. Sets ATTNSTATUS, disarms, and signals the vector INTRCTRL selects
+    /// (after INTRDELAY when coalescing).
+    func raiseInterrupt(_ c: Int, error: Bool) {
+        let ch = channels + c
+        if error {
+            ch.pointee.intArmed.store(false, ordering: .relaxed)
+        } else {
+            guard ch.pointee.intArmed.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        }
+        attnStatus.bitwiseOr(1 << UInt32(c), ordering: .releasing)
+        let delay = UInt64(intrDelay.load(ordering: .relaxed) & IOAT.intrDelayMask)
+        if delay != 0 {
+            let due = monotonicNanoseconds() &+ delay &* 1000
+            _ = ch.pointee.deferredInterrupt.compareExchange(expected: 0, desired: due, ordering: .relaxed)
+            deferredPending.store(true, ordering: .releasing)
+            return
+        }
+        signalChannel(c)
+    }
+
+    /// Signals the vector for channel `c` as INTRCTRL routes it.
+    func signalChannel(_ c: Int) {
+        let ic = UInt8(truncatingIfNeeded: intrCtrl.load(ordering: .relaxed))
+        if ic & IOAT.IntrCtrl.msixVectorControl.rawValue != 0 {
+            deliver(vector: c)
+        } else if ic & IOAT.IntrCtrl.masterIntEnable.rawValue != 0 {
+            deliver(vector: 0)
+        }
+    }
+
+    /// Delivers interrupts whose coalescing delay has passed (all of them with `force`).
+    /// Returns the nearest deadline still pending, or 0.
+    func deliverDeferred(force: Bool = false) -> UInt64 {
+        guard deferredPending.load(ordering: .acquiring) else { return 0 }
+        deferredPending.store(false, ordering: .relaxed)
+        let now = monotonicNanoseconds()
+        var nearest: UInt64 = 0
+        for c in 0..<channelCount {
+            let due = channels[c].deferredInterrupt.load(ordering: .relaxed)
+            if due == 0 { continue }
+            if force || due <= now {
+                if channels[c].deferredInterrupt.compareExchange(expected: due, desired: 0, ordering: .relaxed).exchanged {
+                    signalChannel(c)
+                }
+            } else {
+                nearest = nearest == 0 ? due : min(nearest, due)
+                deferredPending.store(true, ordering: .relaxed)
+            }
+        }
+        return nearest
+    }
+
+    /// Sends MSI-X vector `vector`: to its eventfd if the vector is enabled, unmasked and holds
+    /// the message the host programmed; to the PBA if masked; lost otherwise.
+    func deliver(vector: Int) {
+        guard vector < vectorCount else { return }
+        let control = config.msixControl.load(ordering: .acquiring)
+        guard control & PCIConfigModel.msixEnable != 0, dmaAllowed else {
+            interruptsLost.add(1, ordering: .relaxed)
+            return
+        }
+        let e = msix + vector * 4
+        if control & PCIConfigModel.msixFunctionMask != 0 || e[3].load(ordering: .acquiring) & IOAT.msixVectorMasked != 0 {
+            pba.bitwiseOr(1 << UInt64(vector), ordering: .relaxed)
+            return
+        }
+        let programmed = programmedMessage(vector)
+        guard e[0].load(ordering: .relaxed) == programmed.addressLow, e[1].load(ordering: .relaxed) == 0,
+              e[2].load(ordering: .relaxed) == programmed.data else {
+            interruptsLost.add(1, ordering: .relaxed)
+            return
+        }
+        let fd = interruptFDs[vector].load(ordering: .acquiring)
+        guard fd >= 0 else { interruptsLost.add(1, ordering: .relaxed); return }
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+        interruptsSignalled.add(1, ordering: .relaxed)
+    }
+
+    /// Delivers vectors pending in the PBA that are now unmasked.
+    func deliverPending() {
+        let pending = pba.load(ordering: .relaxed)
+        guard pending != 0 else { return }
+        for vector in 0..<vectorCount where pending & (1 << UInt64(vector)) != 0 {
+            let control = config.msixControl.load(ordering: .acquiring)
+            if control & PCIConfigModel.msixFunctionMask != 0 { return }
+            if msix[vector * 4 + 3].load(ordering: .acquiring) & IOAT.msixVectorMasked != 0 { continue }
+            pba.bitwiseAnd(~(1 << UInt64(vector)), ordering: .relaxed)
+            deliver(vector: vector)
+        }
+    }
+
+    /// The MSI message the host (VFIO) programs for `vector`: x86 LAPIC address, data = vector.
+    func programmedMessage(_ vector: Int) -> (addressLow: UInt32, data: UInt32) {
+        (0xFEE0_0000 | UInt32(vector & 0xFF) << 12, 0x4000 | UInt32(vector & 0xFF))
+    }
+}
