@@ -1,0 +1,5 @@
+import Benchmark
+import BenchRig
+import NetDMA
+
+let benchmarks: @Sendable () -> Void = {}
