@@ -47,7 +47,9 @@ public final class IOATModelRig {
     ///   - profile: the CBDMA generation (`IOAT.profiles`), default Ice Lake (CB 3.4).
     ///   - ringSize: descriptors in the queue's ring.
     ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
-    public init(profile: String = "icx", ringSize: Int = 1024, engineCPU: Int? = nil) throws {
+    ///   - version: the NetDMA version the provider declares (2.0: counted chains; 1.x:
+    ///     NULL-terminated chains).
+    public init(profile: String = "icx", version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
         memory = DMAMemory(spaces: [iommu], policy: .identity, preferHugePages: false)
         let before = Set(Self.threadIDs())
         device = MockIOATDevice(profile: IOAT.profile(named: profile)!, iommu: iommu, execution: .thread,
@@ -55,7 +57,7 @@ public final class IOATModelRig {
         engineThread = Self.threadIDs().first { !before.contains($0) } ?? 0
         if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
         provider = try IOATProvider(bar: device.bar0, config: ModelConfig(device.config), interrupts: nil, memory: memory,
-                                    configuration: .init(version: .v2_0))
+                                    configuration: .init(version: version))
         handle = try provider.register(with: registry)
         channel = try registry.allocateChannel(provider: handle)
         queue = try CopyQueue(channel: channel, ringSize: ringSize)
