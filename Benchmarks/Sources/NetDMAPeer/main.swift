@@ -54,6 +54,7 @@ func run(_ args: [String]) {
     var submitterCPU: Int? = 0
     var engineCPU: Int? = 1
     var doMemcpy = true
+    var warmup = 20_000
     var i = 0
     func value() -> String {
         i += 1
@@ -72,6 +73,7 @@ func run(_ args: [String]) {
         case "--submitter-cpu": submitterCPU = Int(value())
         case "--engine-cpu": engineCPU = Int(value())
         case "--no-memcpy": doMemcpy = false
+        case "--warmup": warmup = need(Int(value()), "bad --warmup")
         default: fail("unknown option \(args[i])")
         }
         i += 1
@@ -111,8 +113,10 @@ func run(_ args: [String]) {
         }
         let ops = opsForSize(size, totalBytes: totalBytes, workingSet: workingSet)
         // Warm-up: wake the engine thread and fault in the translations.
-        let warm = StreamWorkload(size: size, ops: min(ops, 20_000), batch: batch, workingSet: workingSet)
-        _ = warm.run(rig.queue, source: src, destination: dst, rdtscCost: cost) { rig.engineCPUNanoseconds }
+        if warmup > 0 {
+            let warm = StreamWorkload(size: size, ops: min(ops, warmup), batch: batch, workingSet: workingSet)
+            _ = warm.run(rig.queue, source: src, destination: dst, rdtscCost: cost) { rig.engineCPUNanoseconds }
+        }
         let w = StreamWorkload(size: size, ops: ops, batch: batch, workingSet: workingSet)
         for _ in 0..<reps {
             let r = w.run(rig.queue, source: src, destination: dst, rdtscCost: cost) { rig.engineCPUNanoseconds }
@@ -247,6 +251,6 @@ switch arguments.first {
 case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile NAME] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile NAME] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] | netdma-peer report FILE...")
     exit(2)
 }
