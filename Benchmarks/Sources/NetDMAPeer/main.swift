@@ -220,16 +220,17 @@ func report(_ files: [String]) {
 
     for o in ours {
         print("")
-        print("\(o) vs \(peer): medians over repetitions; cycles are TSC cycles per op")
+        print("DPDK = \(peer) (DPDK dmadev API on the software dma_skeleton); NetDMA = \(o) (CopyQueue on the device model).")
+        print("Medians over repetitions; cycles are TSC cycles per op; ratios are NetDMA over DPDK and NetDMA over memcpy.")
         print("")
-        print("| size | \(peer) Mops/s | \(o) Mops/s | ops ratio | \(peer) GB/s | \(o) GB/s | memcpy GB/s (1 core) | \(o) / memcpy | submitter API cycles/op \(peer) | submitter API cycles/op \(o) | submitter CPU cycles/op \(peer) / \(o) | worker CPU cycles/op \(peer) / \(o) | other load (CPUs) | reps (failed) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| size | DPDK Mops/s | NetDMA Mops/s | NetDMA / DPDK | DPDK GB/s | NetDMA GB/s | memcpy GB/s (1 core) | NetDMA / memcpy | submitter API cycles/op DPDK / NetDMA | submitter CPU cycles/op DPDK / NetDMA | worker CPU cycles/op DPDK / NetDMA | other load (CPUs) DPDK / NetDMA | reps (failed) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for size in sizes {
             let p = stat(peer, size), u = stat(o, size)
             let m = memcpyGBs(size)
             let ratio = (p.mops != nil && u.mops != nil && p.mops! > 0) ? u.mops! / p.mops! : nil
             let vsMemcpy = (m != nil && u.gbs != nil && m! > 0) ? u.gbs! / m! : nil
-            print("| \(sizeName(size)) | \(fmt(p.mops, 3)) | \(fmt(u.mops, 3)) | \(fmt(ratio)) | \(fmt(p.gbs)) | \(fmt(u.gbs)) | \(fmt(m)) | \(fmt(vsMemcpy)) | \(fmt(p.api, 0)) | \(fmt(u.api, 0)) | \(fmt(p.sub, 0)) / \(fmt(u.sub, 0)) | \(fmt(p.worker, 0)) / \(fmt(u.worker, 0)) | \(fmt(p.load)) / \(fmt(u.load)) | \(p.n)/\(u.n) (\(p.bad + u.bad)) |")
+            print("| \(sizeName(size)) | \(fmt(p.mops, 3)) | \(fmt(u.mops, 3)) | \(fmt(ratio)) | \(fmt(p.gbs)) | \(fmt(u.gbs)) | \(fmt(m)) | \(fmt(vsMemcpy)) | \(fmt(p.api, 0)) / \(fmt(u.api, 0)) | \(fmt(p.sub, 0)) / \(fmt(u.sub, 0)) | \(fmt(p.worker, 0)) / \(fmt(u.worker, 0)) | \(fmt(p.load)) / \(fmt(u.load)) | \(p.n)/\(u.n) (\(p.bad + u.bad)) |")
         }
     }
     let bad = results.filter { $0.fields["verified"] != "1" }.count
