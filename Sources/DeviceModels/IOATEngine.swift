@@ -137,7 +137,8 @@ extension IOATDeviceCore {
                 // Without ANY_ERR_ABORT_EN: record, flag a soft error, skip the descriptor.
                 recordError(c, error)
                 if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
-                _ = ch.pointee.ctl.bitwiseOr(Ctl.softError, ordering: .relaxed)
+                _ = ch.pointee.ctl.bitwiseOr(Ctl.softError
+                    | (error & IOAT.ChanErr.unaffiliated.rawValue != 0 ? Ctl.unaffiliated : 0), ordering: .relaxed)
                 count = v1 ? count : count &+ 1
                 ch.pointee.lastDescriptor.store(address, ordering: .relaxed)
                 next = following
@@ -276,6 +277,7 @@ extension IOATDeviceCore {
             } else {
                 nv = Ctl.with(Ctl.with(v, count: count), state: Ctl.halted) | Ctl.errorHalt
                 nv &= ~Ctl.requests
+                if error & IOAT.ChanErr.unaffiliated.rawValue != 0 { nv |= Ctl.unaffiliated }
             }
             if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
             v = ch.pointee.ctl.load(ordering: .acquiring)

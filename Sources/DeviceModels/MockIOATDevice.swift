@@ -56,6 +56,8 @@ import Glibc
 ///   (see the 3.3 quirk) is lost.
 /// - **SUSPEND** from ACTIVE (after the current descriptor), DONE or ARMED → SUSPENDED;
 ///   **ABORT** → HALTED without an error; **RESUME** → ACTIVE (work pending) or DONE.
+/// - **Not modelled**: DCA (DCAOFFSET reads 0; leave DCA off), CRC/XOR/PQ opcodes (DCERR),
+///   descriptor prefetch (DRSCTL, CHWPREFLMT and LTR are plain read-write registers).
 /// - **CB 1.x**: v1 offsets (CHANSTS 0x04, CHAINADDR 0x0C, CHANCMD 0x14), no DMACOUNT; START runs
 ///   from CHAINADDR until a descriptor whose `next` is 0, APPEND re-reads the last `next`.
 ///

@@ -175,3 +175,84 @@ struct IOATStressTests {
         #expect(event.consume() > 0)
     }
 }
+
+extension IOATStressTests {
+    @Test("Threaded: SUSPEND mid-run stops after a descriptor, RESUME finishes; RESET of a running channel halts it")
+    func suspendAndResetWhileRunning() throws {
+        let rig = IOATRig("icx", execution: .thread)
+        let ring = try Ring(rig, count: 64)
+        let comp = try Completion(rig)
+        let mib = 1 << 20
+        let src = try rig.allocate(64 * mib), dst = try rig.allocate(64 * mib)
+        fillRandom(src.base, 64 * mib, seed: 4)
+        rig.start(ring: ring.base, completion: comp.iova)
+        for i in 0..<64 { ring.copy(i, mib, src: src.iova(at: i * mib), dst: dst.iova(at: i * mib), CW) }
+        rig.doorbell(64)
+        rig.command(.suspend)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while rig.state() != .suspended && rig.state() != .done && ContinuousClock.now < deadline { sched_yield() }
+        let done = rig.bar.read64(rig.ch + IOAT.CHANSTS) & IOAT.ChanSts.completedDescriptorMask
+        #expect(rig.state() == .suspended, "64 MiB cannot finish before the SUSPEND lands")
+        if done == 0 {
+            #expect(comp.value == 0, "suspended before the first descriptor started")
+        } else {
+            let k = Int((done - ring.base) / 64)
+            #expect(k < 63)
+            #expect(comp.value == done | 2, "the last completion write carries SUSPENDED")
+            #expect(memcmp(src.base, dst.base, (k + 1) * mib) == 0)
+        }
+        rig.command(.resume)
+        rig.run()
+        #expect(comp.value == ring.iova(63) | 1)
+        #expect(memcmp(src.base, dst.base, 64 * mib) == 0)
+
+        // RESET while ACTIVE: the bit reads 1 until the engine applied it, then HALTED.
+        for i in 0..<64 { ring.copy(i, mib, src: src.iova(at: i * mib), dst: dst.iova(at: i * mib)) }
+        rig.write64(IOAT.CHAINADDR, ring.base)
+        rig.command(.suspend)
+        rig.chanctrl([.anyErrAbortEnable])
+        rig.write64(IOAT.CHANCMP, comp.iova)
+        rig.write64(IOAT.CHAINADDR, ring.base)
+        #expect(rig.state() == .armed)
+        rig.doorbell(64)
+        rig.command(.reset)
+        var polls = 0
+        while rig.bar.read8(rig.ch + IOAT.CHANCMD) & 0x20 != 0 && ContinuousClock.now < deadline + .seconds(10) { polls += 1; sched_yield() }
+        #expect(rig.chansts() == 3)
+        #expect(rig.device.waitUntilIdle())
+        #expect(rig.device.statistics.descriptorsExecuted < 128)
+    }
+
+    @Test("Threaded: two threads writing random registers while the engine runs never crash it")
+    func concurrentFuzz() throws {
+        let rig = IOATRig("bdxde", execution: .thread)
+        let garbage = try rig.allocate(1 << 16)
+        fillRandom(garbage.base, 1 << 16, seed: 17)
+        rig.enableBusMaster()
+        let bar = rig.bar, base = garbage.iova
+        let stop = StopFlag()
+        let threads = (0..<2).map { t in
+            TestThread {
+                var x: UInt64 = 0xDEAD_BEEF &+ UInt64(t)
+                var n = 0
+                while !stop.stopped && n < 200_000 {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                    let offset = 0x80 + Int(x % 0x40)
+                    let value = x & 1 == 0 ? base + (x >> 20) % (1 << 16) : x >> 3
+                    switch (x >> 50) % 6 {
+                    case 0: bar.write16(offset & ~1, UInt16(truncatingIfNeeded: value))
+                    case 1: bar.write32(offset & ~3, UInt32(truncatingIfNeeded: value))
+                    case 2: bar.write8(offset, UInt8(truncatingIfNeeded: value))
+                    case 3: bar.write16(0x86, UInt16(truncatingIfNeeded: value))
+                    default: _ = bar.read64(offset & ~7)
+                    }
+                    n += 1
+                }
+            }
+        }
+        for t in threads { t.join() }
+        stop.stop()
+        _ = rig.device.waitUntilIdle(timeout: .seconds(10))
+        #expect(rig.bar.read8(IOAT.CBVER) == 0x33)
+    }
+}

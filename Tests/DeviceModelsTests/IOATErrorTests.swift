@@ -139,6 +139,18 @@ struct IOATErrorTests {
         #expect(rig.chanerr() == .readData)
         #expect(comp.value == ring.iova(1) | 3)
         #expect(rig.device.statistics.descriptorsExecuted == 3)
+        #expect(rig.chansts() & (IOAT.ChanSts.unaffiliatedError | IOAT.ChanSts.softError) == 0)
+
+        // An unaffiliated error also shows in CHANSTS bit 3.
+        rig.reset()
+        rig.chanctrl([.anyErrAbortEnable, .errCompletionEnable])
+        rig.write64(IOAT.CHANCMP, comp.iova)
+        rig.write64(IOAT.CHAINADDR, ring.base)
+        rig.device.inject(.failDescriptor(index: 0, error: .unaffiliated))
+        rig.doorbell(1)
+        rig.device.runUntilIdle()
+        #expect(rig.chansts() == IOAT.ChanSts.unaffiliatedError | 3)
+        rig.bar.write32(rig.ch + IOAT.CHANERR, rig.bar.read32(rig.ch + IOAT.CHANERR))
 
         // Masked: the same failure is ignored and the chain completes.
         rig.reset()

@@ -58,7 +58,7 @@ struct TargetFactory: Sendable, CustomTestStringConvertible {
     }
 
     /// Every target, every NetDMA version (add the IOAT/DSA model targets here).
-    static let all: [TargetFactory] = [.fixture(.v1_0), .fixture(.v1_1), .fixture(.v2_0)]
+    static let all: [TargetFactory] = [.fixture(.v1_0), .fixture(.v1_1), .fixture(.v2_0)] + ioatTargets
     /// Targets whose provider sends power events (1.1+).
     static let powerEvents: [TargetFactory] = all.filter { $0.version.powerEvents }
 }
