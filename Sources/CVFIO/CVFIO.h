@@ -169,6 +169,27 @@ CVFIO_INLINE uint64_t cvfio_rdtsc(void) {
 }
 #endif
 
+/* ---------------------------------------------------------------- copies (device models) */
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+/** Whether the CPU has fast short `rep movsb` (CPUID.(EAX=7,ECX=0):EDX[4], FSRM). */
+CVFIO_INLINE int cvfio_cpu_fast_short_movsb(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (int)((d >> 4) & 1);
+}
+/** Copies `n` bytes forward with `rep movsb`; the buffers must not overlap. */
+CVFIO_INLINE void cvfio_copy_movsb(void *_Nonnull dst, const void *_Nonnull src, size_t n) {
+    __asm__ __volatile__("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+}
+#else
+CVFIO_INLINE int cvfio_cpu_fast_short_movsb(void) { return 0; }
+CVFIO_INLINE void cvfio_copy_movsb(void *_Nonnull dst, const void *_Nonnull src, size_t n) {
+    __builtin_memcpy(dst, src, n);
+}
+#endif
+
 /* ---------------------------------------------------------------- DSA portal writes */
 
 #if defined(__x86_64__)

@@ -23,6 +23,8 @@ final class IOATDeviceCore: @unchecked Sendable {
     /// Profile fields the engine loop reads, copied out so it never touches the profile's strings.
     let capabilities: IOAT.DMACapability
     let maximumTransferSize: Int
+    /// Register-map constants for the engine loop (see ``EngineBits``).
+    let bits: EngineBits
     let config: PCIConfigModel
 
     let channels: UnsafeMutablePointer<IOATChannelState>
@@ -66,6 +68,7 @@ final class IOATDeviceCore: @unchecked Sendable {
         v1 = profile.isV1
         capabilities = profile.capabilities
         maximumTransferSize = profile.maximumTransferSize
+        bits = EngineBits(capabilities: profile.capabilities)
         config = PCIConfigModel(profile: profile, vectors: channelCount)
         channels = .allocate(capacity: channelCount)
         for i in 0..<channelCount { (channels + i).initialize(to: IOATChannelState()) }

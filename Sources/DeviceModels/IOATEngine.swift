@@ -16,6 +16,32 @@ struct TranslationCache {
     var access: UInt32 = 0
 }
 
+/// Register-map constants the engine loop uses on every descriptor, copied once per device:
+/// the register map's `static let`s live in another module, and reading one from here costs an
+/// accessor call each time (seen in the release build's disassembly of `execute`).
+struct EngineBits {
+    let sourceAddress = IOAT.ChanErr.sourceAddress.rawValue
+    let destinationAddress = IOAT.ChanErr.destinationAddress.rawValue
+    let readData = IOAT.ChanErr.readData.rawValue
+    let writeData = IOAT.ChanErr.writeData.rawValue
+    let descriptorControl = IOAT.ChanErr.descriptorControl.rawValue
+    let transferSize = IOAT.ChanErr.transferSize.rawValue
+    let chainAddress = IOAT.ChanErr.chainAddress.rawValue
+    let descriptor = IOAT.ChanErr.descriptor.rawValue
+    let nextDescriptorAddress = IOAT.ChanErr.nextDescriptorAddress.rawValue
+    let read = DMAAccess.read
+    let write = DMAAccess.write
+    let pageBreak: Bool
+    let blockFill: Bool
+    /// The host CPU has fast short `rep movsb` (see ``IOATDeviceCore/copy(_:_:_:)``).
+    let fastShortMovsb = cvfio_cpu_fast_short_movsb() != 0
+
+    init(capabilities: IOAT.DMACapability) {
+        pageBreak = capabilities.contains(.pageBreak)
+        blockFill = capabilities.contains(.blockFill)
+    }
+}
+
 /// The engine half of the model: descriptor fetch, execution, completion writes, errors and
 /// interrupts. It runs on the device's engine thread, or on the caller's thread in manual mode;
 /// never on both at once.
@@ -218,7 +244,7 @@ extension IOATDeviceCore {
     func readNext(of address: UInt64) -> UInt64 {
         guard address != 0, address & 0x3F == 0 else { return 0 }
         var exists = false
-        guard let p = translate(Self.cacheDescriptor, address, 64, .read, exists: &exists) else { return 0 }
+        guard let p = translate(Self.cacheDescriptor, address, 64, bits.read, exists: &exists) else { return 0 }
         return p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
     }
 
@@ -268,7 +294,7 @@ extension IOATDeviceCore {
         let address = channels[c].chanCmpCommitted.load(ordering: .relaxed)
         guard address & 7 == 0 else { return false }
         var exists = false
-        guard let p = translate(Self.cacheCompletion, address, 8, .write, exists: &exists) else { return false }
+        guard let p = translate(Self.cacheCompletion, address, 8, bits.write, exists: &exists) else { return false }
         p.assumingMemoryBound(to: Atomic<UInt64>.self).pointee.store(value, ordering: .releasing)
         return true
     }
@@ -279,11 +305,11 @@ extension IOATDeviceCore {
     /// failure, 0 on success; `next` and `control` receive its fields.
     func execute(_ c: Int, address: UInt64, fresh: Bool, next: inout UInt64, control: inout UInt32) -> UInt32 {
         if address & 0x3F != 0 {
-            return fresh ? IOAT.ChanErr.chainAddress.rawValue : IOAT.ChanErr.descriptor.rawValue
+            return fresh ? bits.chainAddress : bits.descriptor
         }
         var exists = false
-        guard let d = translate(Self.cacheDescriptor, address, 64, .read, exists: &exists) else {
-            return fresh ? IOAT.ChanErr.chainAddress.rawValue : IOAT.ChanErr.nextDescriptorAddress.rawValue
+        guard let d = translate(Self.cacheDescriptor, address, 64, bits.read, exists: &exists) else {
+            return fresh ? bits.chainAddress : bits.nextDescriptorAddress
         }
         let size = Int(d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt32.self))
         let ctrl = d.load(fromByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
@@ -324,10 +350,10 @@ extension IOATDeviceCore {
         let op = UInt8(truncatingIfNeeded: ctrl >> IOAT.DescriptorControl.opShift)
         let srcBreak = ctrl & IOAT.DescriptorControl.sourcePageBreak != 0
         let dstBreak = ctrl & IOAT.DescriptorControl.destinationPageBreak != 0
-        if (srcBreak || dstBreak) && !capabilities.contains(.pageBreak) {
-            return IOAT.ChanErr.descriptorControl.rawValue
+        if (srcBreak || dstBreak) && !bits.pageBreak {
+            return bits.descriptorControl
         }
-        guard size != 0, size <= maximumTransferSize else { return IOAT.ChanErr.transferSize.rawValue }
+        guard size != 0, size <= maximumTransferSize else { return bits.transferSize }
         switch op {
         case IOAT.Opcode.copy:
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
@@ -337,34 +363,34 @@ extension IOATDeviceCore {
             var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil
             let sLen0 = srcBreak ? min(size, IOAT.pageBreakSize - Int(src & 0xFFF)) : size
             let dLen0 = dstBreak ? min(size, IOAT.pageBreakSize - Int(dst & 0xFFF)) : size
-            var e = resolve(Self.cacheSource, src, sLen0, nextSrc, size - sLen0, .read, &s0, &s1,
-                            address: IOAT.ChanErr.sourceAddress.rawValue, data: IOAT.ChanErr.readData.rawValue)
+            var e = resolve(Self.cacheSource, src, sLen0, nextSrc, size - sLen0, bits.read, &s0, &s1,
+                            address: bits.sourceAddress, data: bits.readData)
             if e != 0 { return e }
-            e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, .write, &d0, &d1,
-                        address: IOAT.ChanErr.destinationAddress.rawValue, data: IOAT.ChanErr.writeData.rawValue)
+            e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, bits.write, &d0, &d1,
+                        address: bits.destinationAddress, data: bits.writeData)
             if e != 0 { return e }
             if sLen0 == size && dLen0 == size {
-                memmove(d0!, s0!, size)
+                copy(d0!, s0!, size)
             } else {
                 copySegments(s0!, sLen0, s1, d0!, dLen0, d1, size)
             }
             if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
             return 0
         case IOAT.Opcode.fill:
-            guard capabilities.contains(.blockFill), !srcBreak else { return IOAT.ChanErr.descriptorControl.rawValue }
+            guard bits.blockFill, !srcBreak else { return bits.descriptorControl }
             if ctrl & IOAT.DescriptorControl.null != 0 { return 0 }
             let nextDst = dstBreak ? d.load(fromByteOffset: IOAT.DescriptorField.nextDestination, as: UInt64.self) : 0
             var d0: UnsafeMutableRawPointer? = nil, d1: UnsafeMutableRawPointer? = nil
             let dLen0 = dstBreak ? min(size, IOAT.pageBreakSize - Int(dst & 0xFFF)) : size
-            let e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, .write, &d0, &d1,
-                            address: IOAT.ChanErr.destinationAddress.rawValue, data: IOAT.ChanErr.writeData.rawValue)
+            let e = resolve(Self.cacheDestination, dst, dLen0, nextDst, size - dLen0, bits.write, &d0, &d1,
+                            address: bits.destinationAddress, data: bits.writeData)
             if e != 0 { return e }
             patternFill(d0!, dLen0, pattern: src, phase: 0)
             if let d1, size > dLen0 { patternFill(d1, size - dLen0, pattern: src, phase: dLen0 & 7) }
             if corrupt >= 0 && corrupt < size { xorByte(corrupt, corruptMask, d0!, dLen0, d1) }
             return 0
         default:
-            return IOAT.ChanErr.descriptorControl.rawValue
+            return bits.descriptorControl
         }
     }
 
@@ -383,6 +409,20 @@ extension IOATDeviceCore {
             if p1 == nil { return exists ? data : address }
         }
         return 0
+    }
+
+    /// One copy of `size` bytes: `memmove`, or `rep movsb` for 512 B – 4 KiB between buffers
+    /// that do not overlap on CPUs with fast short `rep movsb` (FSRM), where it runs about twice
+    /// as fast as glibc's vector loop at 1–2 KiB (measured on an AMD EPYC host: 14.5 against
+    /// 6.3 GB/s). The engine's speed is the model's business only; the bytes are the same.
+    @inline(__always)
+    func copy(_ d: UnsafeMutableRawPointer, _ s: UnsafeMutableRawPointer, _ size: Int) {
+        if bits.fastShortMovsb && size >= 512 && size < 4096
+            && (UInt(bitPattern: d) &+ UInt(size) <= UInt(bitPattern: s) || UInt(bitPattern: s) &+ UInt(size) <= UInt(bitPattern: d)) {
+            cvfio_copy_movsb(d, s, size)
+        } else {
+            memmove(d, s, size)
+        }
     }
 
     func copySegments(_ s0: UnsafeMutableRawPointer, _ sl0: Int, _ s1: UnsafeMutableRawPointer?,

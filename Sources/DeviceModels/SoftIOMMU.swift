@@ -26,6 +26,12 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
     private let writer = Mutex<Void>(())
     /// Number of translations that failed (faults), for tests and statistics.
     private let faultCount = Atomic<UInt64>(0)
+    /// Lookup hints: for each of ``hintCount`` IOVA buckets (bits 21 and up), the slot (+1) of the
+    /// mapping that last satisfied a translation there. Only a hint: every use is re-checked
+    /// under the sequence lock, and it is written only on a miss, so steady-state lookups from
+    /// several engine threads share the line read-only.
+    private let hints: UnsafeMutablePointer<Atomic<Int>>
+    private static let hintCount = 16
 
     /// Creates an empty IOMMU.
     ///
@@ -37,11 +43,15 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
         self.validIOVARanges = validIOVARanges
         slots = .allocate(capacity: capacity * 4)
         for i in 0..<(capacity * 4) { (slots + i).initialize(to: Atomic(0)) }
+        hints = .allocate(capacity: Self.hintCount)
+        for i in 0..<Self.hintCount { (hints + i).initialize(to: Atomic(0)) }
     }
 
     deinit {
         slots.deinitialize(count: capacity * 4)
         slots.deallocate()
+        hints.deinitialize(count: Self.hintCount)
+        hints.deallocate()
     }
 
     /// How many translations have faulted since creation.
@@ -106,7 +116,8 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
     }
 
     /// The host address of `length` bytes at `iova` if they lie inside one mapping that grants
-    /// `access`; nil (a fault) otherwise. Lock-free; never allocates.
+    /// `access`; nil (a fault) otherwise. Lock-free; never allocates. A hint per 2 MiB IOVA
+    /// bucket finds the mapping without a scan when the bucket's last mapping still covers it.
     @inline(__always)
     public func translate(_ iova: UInt64, length: Int, access: DMAAccess) -> UnsafeMutableRawPointer? {
         let last = iova &+ UInt64(max(length, 1)) &- 1
@@ -115,16 +126,34 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
             let seq = sequence.load(ordering: .acquiring)
             if seq & 1 != 0 { continue }
             var hit: UInt = 0
-            for i in 0..<highWater.load(ordering: .relaxed) {
-                let a = slot(i, 3).pointee.load(ordering: .relaxed)
-                if a == 0 { continue }
-                let s = slot(i, 0).pointee.load(ordering: .relaxed)
-                let l = slot(i, 1).pointee.load(ordering: .relaxed)
-                if iova >= s && last <= s &+ l &- 1 {
+            let bucket = hints + Int(truncatingIfNeeded: (iova >> 21) & UInt64(Self.hintCount - 1))
+            let h = bucket.pointee.load(ordering: .relaxed) &- 1
+            var found = false
+            if h >= 0 && h < capacity {
+                // The last mapping that served this bucket (the common case: one buffer per bucket).
+                let a = slot(h, 3).pointee.load(ordering: .relaxed)
+                let s = slot(h, 0).pointee.load(ordering: .relaxed)
+                let l = slot(h, 1).pointee.load(ordering: .relaxed)
+                if a != 0 && iova >= s && last <= s &+ l &- 1 {
+                    found = true
                     if UInt32(truncatingIfNeeded: a) & access.rawValue == access.rawValue {
-                        hit = UInt(slot(i, 2).pointee.load(ordering: .relaxed)) &+ UInt(iova &- s)
+                        hit = UInt(slot(h, 2).pointee.load(ordering: .relaxed)) &+ UInt(iova &- s)
                     }
-                    break
+                }
+            }
+            if !found {
+                for i in 0..<highWater.load(ordering: .relaxed) {
+                    let a = slot(i, 3).pointee.load(ordering: .relaxed)
+                    if a == 0 { continue }
+                    let s = slot(i, 0).pointee.load(ordering: .relaxed)
+                    let l = slot(i, 1).pointee.load(ordering: .relaxed)
+                    if iova >= s && last <= s &+ l &- 1 {
+                        if UInt32(truncatingIfNeeded: a) & access.rawValue == access.rawValue {
+                            hit = UInt(slot(i, 2).pointee.load(ordering: .relaxed)) &+ UInt(iova &- s)
+                        }
+                        bucket.pointee.store(i &+ 1, ordering: .relaxed)
+                        break
+                    }
                 }
             }
             atomicMemoryFence(ordering: .acquiring)

@@ -66,8 +66,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private let control = Atomic<UInt16>(0)
     @inline(__always) var runControl: UInt16 { control.load(ordering: .relaxed) }
 
+    // The hot-path state below is @exclusivity(unchecked): being @usableFromInline, it would
+    // otherwise get a dynamic exclusivity check (swift_beginAccess) on every Append. One client
+    // submits to a channel at a time (NetDMA's rule), so accesses never overlap.
+
     /// The running DMACOUNT value since the last CHAINADDR write.
-    @usableFromInline var count: UInt16 = 0
+    @exclusivity(unchecked) @usableFromInline var count: UInt16 = 0
     /// The first descriptor of the chain given to the last CHAINADDR write (atomic: the
     /// interrupt thread reads it when it decodes a fault).
     private let head = Atomic<UInt64>(0)
@@ -82,14 +86,14 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkCache = DMARegionCache()
     /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
-    @usableFromInline var contextLost = false
+    @exclusivity(unchecked) @usableFromInline var contextLost = false
     /// Set while the client has the channel suspended.
-    @usableFromInline var suspended = false
+    @exclusivity(unchecked) @usableFromInline var suspended = false
     /// The IOVA Suspend returned (the last descriptor processed; 0 if none).
     private var suspendedAt: UInt64 = 0
     /// A Resume found nothing after the last processed descriptor; the engine is parked there
     /// and the next Append points it at the new chain.
-    @usableFromInline var parked = false
+    @exclusivity(unchecked) @usableFromInline var parked = false
 
     init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
         self.index = index

@@ -1,0 +1,89 @@
+import CBenchSupport
+import DeviceModels
+import Hardware
+import IOAT
+import NetDMA
+import Platform
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The model's configuration space as the provider sees it (what VFIO's config region gives it).
+final class ModelConfig: PCIConfigAccess {
+    let config: MockPCIConfig
+    init(_ config: MockPCIConfig) { self.config = config }
+    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
+    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
+}
+
+/// Owns a DMA buffer (``DMABuffer`` is non-copyable).
+public final class BufferBox {
+    public let buffer: DMABuffer
+    public init(_ buffer: consuming DMABuffer) { self.buffer = buffer }
+    public var base: UnsafeMutableRawPointer { buffer.base }
+    public var iova: UInt64 { buffer.iova }
+    public var length: Int { buffer.length }
+}
+
+/// A CBDMA device model on its own engine thread, an ``IOATProvider`` on it, registered with a
+/// private ``NetDMARegistry``, one channel and a ``CopyQueue`` over it.
+///
+/// The engine thread is found (it is the thread the model starts) and can be pinned, and its CPU
+/// time read, like DPDK's `dma_skel_0` worker on the peer side.
+public final class IOATModelRig {
+    public let iommu = SoftIOMMU()
+    public let memory: DMAMemory
+    public let device: MockIOATDevice
+    public let provider: IOATProvider<MockIOATBAR>
+    public let registry = NetDMARegistry(drainTimeout: .seconds(2))
+    public let handle: ProviderHandle
+    public let channel: NetDMAChannel
+    public let queue: CopyQueue
+    /// The kernel thread ID of the model's engine thread (0 if it could not be found).
+    public let engineThread: Int32
+
+    /// - Parameters:
+    ///   - profile: the CBDMA generation (`IOAT.profiles`), default Ice Lake (CB 3.4).
+    ///   - ringSize: descriptors in the queue's ring.
+    ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
+    ///   - version: the NetDMA version the provider declares (2.0: counted chains; 1.x:
+    ///     NULL-terminated chains).
+    public init(profile: String = "icx", version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
+        memory = DMAMemory(spaces: [iommu], policy: .identity, preferHugePages: false)
+        let before = Set(Self.threadIDs())
+        device = MockIOATDevice(profile: IOAT.profile(named: profile)!, iommu: iommu, execution: .thread,
+                                options: .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 20_000))
+        engineThread = Self.threadIDs().first { !before.contains($0) } ?? 0
+        if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
+        provider = try IOATProvider(bar: device.bar0, config: ModelConfig(device.config), interrupts: nil, memory: memory,
+                                    configuration: .init(version: version))
+        handle = try provider.register(with: registry)
+        channel = try registry.allocateChannel(provider: handle)
+        queue = try CopyQueue(channel: channel, ringSize: ringSize)
+    }
+
+    deinit {
+        _ = try? registry.stop(handle)
+        try? registry.deregister(handle)
+    }
+
+    /// Allocates a zeroed DMA buffer in the model's address space.
+    public func buffer(_ length: Int) throws -> BufferBox { BufferBox(try memory.allocate(length: length)) }
+
+    /// CPU time the engine thread has used, in ns.
+    public var engineCPUNanoseconds: Int64 { engineThread == 0 ? 0 : bench_thread_cpu_ns(engineThread) }
+
+    static func threadIDs() -> [Int32] {
+        guard let d = opendir("/proc/self/task") else { return [] }
+        defer { closedir(d) }
+        var ids: [Int32] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if let id = Int32(name) { ids.append(id) }
+        }
+        return ids
+    }
+}
