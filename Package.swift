@@ -29,6 +29,7 @@ let package = Package(
         .library(name: "VFIO", targets: ["VFIO"]),
         .library(name: "Platform", targets: ["Platform"]),
         .library(name: "DeviceModels", targets: ["DeviceModels"]),
+        .library(name: "Hardware", targets: ["Hardware"]),
         .executable(name: "netdma", targets: ["NetDMATool"]),
     ],
     dependencies: [

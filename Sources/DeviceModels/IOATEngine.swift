@@ -334,7 +334,8 @@ extension IOATDeviceCore {
                     ch.pointee.failCountdown.store(n - 1, ordering: .relaxed)
                 }
             }
-            if flags & IOATChannelState.faultCorrupt != 0 {
+            // Corruption counts only descriptors that move data (a NULL reads nothing to corrupt).
+            if flags & IOATChannelState.faultCorrupt != 0 && ctrl & IOAT.DescriptorControl.null == 0 {
                 let n = ch.pointee.corruptCountdown.load(ordering: .relaxed)
                 if n == 0 {
                     ch.pointee.corruptCountdown.store(-1, ordering: .relaxed)

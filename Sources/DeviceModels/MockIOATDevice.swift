@@ -106,8 +106,8 @@ public final class MockIOATDevice: InterruptRouting, Sendable {
         /// The `index`-th descriptor the channel executes from now on (0: the next) fails with
         /// `error`, as if the hardware had detected it.
         case failDescriptor(index: Int, error: IOAT.ChanErr)
-        /// The `index`-th descriptor's data arrives with byte `byteOffset` XORed with `mask`
-        /// (silent corruption; 0 means 0xFF).
+        /// The `index`-th descriptor that moves data (NULL descriptors are not counted) arrives
+        /// with byte `byteOffset` XORed with `mask` (silent corruption; 0 means 0xFF).
         case corruptRead(index: Int, byteOffset: Int, mask: UInt8)
         /// The channel makes no progress for `microseconds` from now (it stays ACTIVE).
         case stall(microseconds: Int)
