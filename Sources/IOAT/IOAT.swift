@@ -1,1 +1,0 @@
-// IOAT module: see Package.swift for the layering.

@@ -1,0 +1,514 @@
+import CVFIO
+import Hardware
+import NetDMA
+import Platform
+import Synchronization
+
+/// One CBDMA channel as a NetDMA channel (`ProviderChannelContext` and its callbacks).
+///
+/// How each NetDMA call maps onto the channel registers (ioat.md §3):
+///
+/// | NetDMA | CB 2.x/3.x (DMACOUNT) | CB 1.x |
+/// |---|---|---|
+/// | Start | SUSPEND if ACTIVE; CHAINADDR; DMACOUNT = count | SUSPEND if ACTIVE; CHAINADDR; CHANCMD.START |
+/// | Append, 2.0 chain | DMACOUNT += count | — (1.x only) |
+/// | Append, 1.x chain | DMACOUNT += count, or CHAINADDR at the new chain when the engine stopped on the old tail | CHANCMD.APPEND |
+/// | Suspend | CHANCMD.SUSPEND, wait for SUSPENDED, read CHANSTS | same |
+/// | Resume, 2.0 chain | DMACOUNT; CHANCMD.RESUME | — |
+/// | Resume, 1.x chain | CHAINADDR at the last processed descriptor's `next`; DMACOUNT | same; CHANCMD.START |
+/// | Abort | CHANCMD.ABORT, wait for HALTED (else RESET) | same |
+/// | Reset, Free | CHANCMD.RESET, wait | same |
+///
+/// A halt with an error is recovered by the next Start: in place on CB 3.4 (DPDK's sequence),
+/// with a full reset below.
+///
+/// Calls on one channel are serialised by the NetDMA interface (one client per channel);
+/// ``serviceInterrupt()``, ``rearmInterrupt()`` and ``fault`` may run concurrently with them
+/// on the interrupt thread and read only registers and the completion word.
+public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @unchecked Sendable {
+    // @unchecked: the plain `var`s below are touched only by the NetDMA calls, which the
+    // interface serialises per channel; what the interrupt thread reads is immutable or atomic.
+
+    /// The channel index within the function (channel registers at BAR0 + 0x80·(index+1)).
+    public let index: Int
+    /// The function the channel belongs to.
+    public let device: IOATDevice<BAR>
+    /// The eventfd its MSI-X vector signals, if interrupts are routed.
+    public let interruptEventFD: Int32?
+    /// Whether chains are counted (NetDMA 2.0) rather than NULL-terminated (1.x).
+    public let countedChains: Bool
+
+    @usableFromInline let regs: IOATChannelRegisters
+    private let eventFD: EventFD?
+
+    private let inPlaceRecoveries = Atomic<Int>(0)
+    private let resetRecoveries = Atomic<Int>(0)
+
+    /// How many error halts a Start recovered: in place (CB 3.4, DPDK's sequence) and by a
+    /// full reset (older parts, or when the in-place sequence did not arm the channel).
+    public var recoveries: (inPlace: Int, byReset: Int) {
+        (inPlaceRecoveries.load(ordering: .relaxed), resetRecoveries.load(ordering: .relaxed))
+    }
+
+    /// Whether the channel is allocated to a client.
+    let allocated = Atomic<Bool>(false)
+    /// The completion word's CPU address (0 while free); the interrupt thread reads it.
+    private let completionAddress = Atomic<UInt>(0)
+    /// The completion word's IOVA.
+    private var completionIOVA: UInt64 = 0
+    /// CHANCTRL while running.
+    @usableFromInline let runControl: UInt16
+
+    /// The running DMACOUNT value since the last CHAINADDR write.
+    @usableFromInline var count: UInt16 = 0
+    /// The first descriptor of the chain given to the last CHAINADDR write.
+    private var chainHead: UInt64 = 0
+    /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
+    private var needsProgramming = true
+    /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
+    private var tail: UInt64 = 0
+    /// A one-region IOVA → CPU address cache for walking 1.x chains without a lock.
+    private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
+    /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
+    @usableFromInline var contextLost = false
+    /// Set while the client has the channel suspended.
+    @usableFromInline var suspended = false
+    /// The IOVA Suspend returned (the last descriptor processed; 0 if none).
+    private var suspendedAt: UInt64 = 0
+    /// 1.x chains: a Resume found nothing after the last processed descriptor; the engine is
+    /// parked there and the next Append points it at the new chain.
+    @usableFromInline var parked = false
+
+    init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
+        self.index = index
+        self.device = device
+        self.regs = device.registers[index]
+        self.countedChains = countedChains
+        var control: IOAT.ChanCtrl = [.anyErrAbortEnable, .errCompletionEnable]
+        switch consume eventFD {
+        case .some(let fd):
+            interruptEventFD = fd.rawValue
+            self.eventFD = consume fd
+            control.formUnion([.intRearm, .errIntEnable])
+        case .none:
+            interruptEventFD = nil
+            self.eventFD = nil
+        }
+        runControl = control.rawValue
+    }
+
+    // MARK: - Allocation (provider)
+
+    /// Claims the channel for a client and points it at `parameters`' completion word.
+    func activate(_ parameters: ChannelParameters) {
+        completionIOVA = parameters.completionIOVA
+        completionAddress.store(UInt(bitPattern: parameters.completionAddress), ordering: .releasing)
+        count = 0
+        chainHead = 0
+        suspended = false
+        program()
+    }
+
+    /// CHANCTRL = run value, then CHANCMP (ioat.md §6.8 steps 8–9).
+    private func program() {
+        device.bar.write16(regs.chanctrl, runControl)
+        device.writeWide(regs.chancmp, completionIOVA)
+        needsProgramming = false
+    }
+
+    // MARK: - NetDMA callbacks
+
+    /// `ProviderStartDma`: makes `chain` the channel's chain.
+    ///
+    /// A running engine is first suspended, so the current descriptor finishes and the rest
+    /// of the old chain is dropped. A channel halted by an error is recovered first (CB 3.4 in
+    /// place, else a full reset). Then CHAINADDR = `chain.iova` and DMACOUNT = `chain.count`
+    /// (CB 1.x: CHANCMD.START). Spins (bounded by the quiesce and reset timeouts), never sleeps.
+    ///
+    /// - Throws: `.invalidArgument` when a counted chain has more than 65535 descriptors or a
+    ///   1.x chain on a CB ≥ 2 engine has no count; `.timeout` when the engine does not stop
+    ///   or reset in time.
+    public func start(_ chain: DescriptorChain) throws(DriverError) {
+        guard chain.count >= 0, chain.count <= Int(UInt16.max) else {
+            throw DriverError(.invalidArgument,
+                "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(chain.count).")
+        }
+        contextLost = false
+        parked = false
+        try device.quiesceForStart(regs, channel: index)
+        if device.state(regs) == .halted {
+            if device.chanErr(regs) != 0 {
+                if device.profile.recoversFromHalt,
+                   device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
+                    chainHead = chain.iova
+                    needsProgramming = false
+                    inPlaceRecoveries.add(1, ordering: .relaxed)
+                    ring(prepare(chain), restarted: true)
+                    return
+                }
+                try device.fullReset(regs, channel: index)
+                needsProgramming = true
+                resetRecoveries.add(1, ordering: .relaxed)
+            }
+        }
+        if needsProgramming { program() }
+        let n = prepare(chain)
+        point(at: chain.iova)
+        ring(n, restarted: true)
+    }
+
+    /// Walks `chain` before the engine may fetch it, and returns how many descriptors to put
+    /// on DMACOUNT: `chain.count` for counted chains; for a NULL-terminated chain on CB ≥ 2
+    /// (where `chain.count` is only informational) the length up to NULL, remembering its tail.
+    ///
+    /// On the way it gives NULL descriptors with a zero TransferSize a size of 1: NetDMA lets
+    /// the engine ignore the size of a NULL transfer, but CBDMA rejects size 0 with DXSERR
+    /// (ioat.md §7.1; every CBDMA driver uses a non-zero size). One load per descriptor, cached.
+    @inline(__always)
+    private func prepare(_ chain: DescriptorChain) -> Int {
+        if countedChains {
+            _ = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count)
+            return chain.count
+        }
+        let w = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: nil)
+        tail = w.tail
+        return device.hasDMACount ? w.count : chain.count
+    }
+
+    /// Follows `next` from the descriptor at `iova` (CPU address `first`, or translated):
+    /// `limit` descriptors, or until NULL (at most 65535) without one. Fixes zero-size NULL
+    /// descriptors (see ``prepare(_:)``). Returns how many it saw and the last one.
+    private func walk(from iova: UInt64, first: UnsafeMutableRawPointer?, limit: Int?) -> (count: Int, tail: UInt64) {
+        var iova = iova
+        var d = first ?? hostAddress(ofDescriptor: iova)
+        let max = limit ?? Int(UInt16.max)
+        var n = 0
+        while n < max, let p = d {
+            n += 1
+            let control = p.load(fromByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+            if control & IOAT.DescriptorControl.null != 0,
+               p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt32.self) == 0 {
+                p.storeBytes(of: UInt32(1), toByteOffset: IOAT.DescriptorField.size, as: UInt32.self)
+            }
+            if n == max { break }
+            let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            if next == 0 { break }
+            d = next == iova &+ 64 ? p + 64 : hostAddress(ofDescriptor: next)
+            iova = next
+        }
+        return (Swift.max(n, 1), iova)
+    }
+
+    /// CHAINADDR = `iova`: the engine's count restarts at 0 (ARMED).
+    private func point(at iova: UInt64) {
+        device.writeWide(regs.chainaddr, iova)
+        chainHead = iova
+    }
+
+    /// Sets the doorbell after a CHAINADDR write (`restarted`) or adds `n` descriptors.
+    @inline(__always)
+    private func ring(_ n: Int, restarted: Bool) {
+        suspended = false
+        parked = false
+        if device.hasDMACount {
+            count = restarted ? UInt16(truncatingIfNeeded: n) : count &+ UInt16(truncatingIfNeeded: n)
+            guard n > 0 else { return }
+            cvfio_io_wmb()
+            device.bar.write16(regs.dmacount, count)
+        } else {
+            cvfio_io_wmb()
+            device.command(regs, restarted ? .start : .append)
+        }
+    }
+
+    /// `ProviderAppendDma`: adds `chain` after the last submitted descriptor.
+    ///
+    /// 2.0: DMACOUNT += `chain.count`. 1.x: the old tail's `next` already points at `chain`;
+    /// CB 1.x gets CHANCMD.APPEND (the engine re-reads the tail); CB ≥ 2 adds the count, or,
+    /// when the engine already stopped on the tail (DONE), points CHAINADDR at `chain`, which
+    /// is what re-reading the tail yields. When the engine is executing the old tail (CDAR)
+    /// it may hold the `next` it read before the client linked `chain`: Append waits for that
+    /// one descriptor, then re-points. While suspended only the count grows; Resume
+    /// continues through it. Hot path: one pass over the new descriptors (see ``prepare(_:)``)
+    /// and one register write; no lock, no allocation, no system call.
+    ///
+    /// - Throws: `.invalidArgument` for more than 65535 descriptors; `.contextLost` (NetDMA 1.0,
+    ///   once after a power cycle); `.timeout` when a 1.x engine stays on the old tail.
+    public func append(_ chain: DescriptorChain) throws(DriverError) {
+        guard chain.count >= 0, chain.count <= Int(UInt16.max) else { throw Self.tooMany(chain.count) }
+        if contextLost { throw lostContext() }
+        if suspended {
+            let n = prepare(chain)
+            if device.hasDMACount && countedChains { count &+= UInt16(truncatingIfNeeded: n) }
+            return
+        }
+        if countedChains {
+            ring(prepare(chain), restarted: false)
+            return
+        }
+        // NULL-terminated (1.x) chains: tail re-read semantics.
+        if parked {
+            // Resume found the old tail's `next` empty; it now holds this chain.
+            let n = prepare(chain)
+            point(at: chain.iova)
+            ring(n, restarted: true)
+            return
+        }
+        guard device.hasDMACount else {
+            ring(prepare(chain), restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
+            return
+        }
+        let oldTail = tail
+        let n = prepare(chain)
+        var state = device.state(regs)
+        if state == .active && device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask == oldTail {
+            // The engine is on the old tail and may have read its `next` before the client
+            // linked this chain: let it finish (it stops there: the count ends with it).
+            guard device.spin(for: device.timeouts.quiesce, { self.device.state(self.regs) != .active }) else {
+                throw DriverError(.timeout,
+                    "CBDMA channel \(index) stayed on descriptor 0x\(String(oldTail, radix: 16)) for \(device.timeouts.quiesce); Abort it and Start again.")
+            }
+            state = device.state(regs)
+        }
+        if state == .done {
+            // Stopped on the old tail: what re-reading it yields is this chain.
+            point(at: chain.iova)
+            ring(n, restarted: true)
+        } else {
+            ring(n, restarted: false)
+        }
+    }
+
+    /// Translates a descriptor IOVA through a one-region cache, so walking chains inside one
+    /// DMA buffer takes no lock (a miss looks the region up in ``IOATDevice/memory``).
+    private func hostAddress(ofDescriptor iova: UInt64) -> UnsafeMutableRawPointer? {
+        let r = walkRegion
+        if iova >= r.iova, iova &+ 64 <= r.iova &+ UInt64(r.length) {
+            return UnsafeMutableRawPointer(bitPattern: r.address &+ UInt(iova &- r.iova))
+        }
+        guard let region = device.memory.regions.first(where: { iova >= $0.iova && iova &+ 64 <= $0.iova &+ UInt64($0.length) }) else {
+            return nil
+        }
+        walkRegion = (region.address, region.iova, region.length)
+        return UnsafeMutableRawPointer(bitPattern: region.address &+ UInt(iova &- region.iova))
+    }
+
+    @inline(never)
+    private func lostContext() -> DriverError {
+        contextLost = false
+        return DriverError(.contextLost,
+            "CBDMA channel \(index) lost its chain position in a power cycle; Start it again (a NULL descriptor re-seeds it).")
+    }
+
+    @inline(never)
+    static func tooMany(_ n: Int) -> DriverError {
+        DriverError(.invalidArgument, "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(n).")
+    }
+
+    /// `ProviderSuspendDma`: CHANCMD.SUSPEND; waits (spinning, bounded by the quiesce timeout)
+    /// until the engine has finished its current descriptor and reads SUSPENDED, writes
+    /// Suspend status to the completion word and returns the IOVA of the last descriptor
+    /// processed (CHANSTS bits 63:6; 0 if none since the chain was loaded).
+    ///
+    /// - Throws: `.timeout` when the engine does not stop; `.channelHalted` when it halted
+    ///   with an error instead.
+    public func suspend() throws(DriverError) -> UInt64 {
+        device.command(regs, .suspend)
+        let stopped = device.spin(for: device.timeouts.quiesce) {
+            let s = self.device.state(self.regs)
+            return s == .suspended || s == .halted
+        }
+        let sts = device.readChanSts(regs)
+        guard stopped else {
+            throw DriverError(.timeout,
+                "CBDMA channel \(index) did not suspend within \(device.timeouts.quiesce) (CHANSTS 0x\(String(sts, radix: 16))); Abort or Reset it.")
+        }
+        if sts & IOAT.ChanSts.stateMask == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
+            throw DriverError(.channelHalted, "CBDMA channel \(index) halted before it could suspend: \(f). Start it again.")
+        }
+        let last = sts & IOAT.ChanSts.completedDescriptorMask
+        storeCompletion(CompletionWord(descriptor: last, status: .suspend))
+        suspended = true
+        suspendedAt = last
+        return last
+    }
+
+    /// `ProviderResumeDma`: continue at the first unprocessed descriptor, re-reading the last
+    /// processed descriptor's `next` (which the client may have edited while suspended).
+    ///
+    /// 2.0 counted chains: DMACOUNT (with whatever was appended while suspended), then
+    /// CHANCMD.RESUME: the engine keeps its count and reloads its position. 1.x chains: the
+    /// provider reads that `next` itself and points CHAINADDR there (CB ≥ 2 with the count of
+    /// the rest of the NULL-terminated chain; CB 1.x with CHANCMD.START); when it is NULL the
+    /// channel stays parked on the tail until the next Append.
+    ///
+    /// - Throws: `.channelHalted` when the channel halted with an error while suspended;
+    ///   `.unmappedAddress` when the last processed descriptor is not in the provider's DMA memory.
+    public func resume() throws(DriverError) {
+        if let f = fault {
+            throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
+        }
+        let last = suspendedAt
+        storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
+                                  : CompletionWord(descriptor: last, status: .active))
+        suspended = false
+        if countedChains {
+            cvfio_io_wmb()
+            device.bar.write16(regs.dmacount, count)
+            device.command(regs, .resume)
+            return
+        }
+        var first = chainHead
+        if last != 0 {
+            guard let d = hostAddress(ofDescriptor: last) else {
+                throw DriverError(.unmappedAddress,
+                    "Descriptor 0x\(String(last, radix: 16)) is not in the provider's DMA memory; allocate chains from the provider's dmaMemory.")
+            }
+            first = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        }
+        guard first != 0 else {
+            parked = true
+            return
+        }
+        let w = walk(from: first, first: nil, limit: nil)
+        tail = w.tail
+        point(at: first)
+        ring(device.hasDMACount ? w.count : 0, restarted: true)
+    }
+
+    /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)
+    /// and abandons the rest; the completion word then reads Halted with the last descriptor
+    /// processed (CHANSTS). An engine that does not halt within the quiesce timeout is reset
+    /// (CHANCMD.RESET). A device error already latched in CHANERR stays visible in ``fault``
+    /// until the next Start. Spins, never sleeps.
+    ///
+    /// - Throws: `.timeout` when the reset does not complete.
+    public func abort() throws(DriverError) {
+        suspended = false
+        parked = false
+        device.command(regs, .abort)
+        let halted = device.spin(for: device.timeouts.quiesce) { self.device.state(self.regs) == .halted }
+        let last: UInt64
+        if halted {
+            last = device.readChanSts(regs) & IOAT.ChanSts.completedDescriptorMask
+        } else {
+            try device.clearErrors(regs)
+            try device.resetAndWait(regs, channel: index)
+            needsProgramming = true
+            let w = loadCompletion()
+            last = w.status == .armed ? 0 : w.descriptor
+        }
+        storeCompletion(CompletionWord(descriptor: last, status: .halted))
+    }
+
+    /// `ProviderResetChannel`: Abort, then forget every submitted descriptor: the channel is
+    /// as it was after allocation (HALTED, pointed at the completion word, count 0).
+    public func reset() throws(DriverError) {
+        try abort()
+        try device.clearErrors(regs)
+        try device.resetAndWait(regs, channel: index)
+        count = 0
+        chainHead = 0
+        tail = 0
+        suspendedAt = 0
+        program()
+    }
+
+    /// `ProviderFreeDmaChannel`: resets the channel, turns its interrupt and completion
+    /// writes off, and returns it to the provider.
+    public func free() {
+        suspended = false
+        parked = false
+        try? device.fullReset(regs, channel: index)
+        device.bar.write16(regs.chanctrl, 0)
+        device.writeWide(regs.chancmp, 0)
+        needsProgramming = true
+        completionAddress.store(0, ordering: .releasing)
+        completionIOVA = 0
+        count = 0
+        chainHead = 0
+        allocated.store(false, ordering: .releasing)
+    }
+
+    // MARK: - Power
+
+    /// Before D3: stop the engine (quiesce, reset).
+    func powerDown() throws(DriverError) {
+        suspended = false
+        try device.fullReset(regs, channel: index)
+        needsProgramming = true
+    }
+
+    /// After D0: reset again and, when allocated, point the channel at its client's completion
+    /// word; `contextLost` makes a 1.0 client's next Append fail so it re-Starts.
+    func powerUp(contextLost: Bool) throws(DriverError) {
+        try device.fullReset(regs, channel: index)
+        count = 0
+        if allocated.load(ordering: .acquiring) {
+            program()
+            self.contextLost = contextLost
+        }
+    }
+
+    // MARK: - Interrupts
+
+    /// The ISR: reads the completion word, CHANSTS and CHANERR and reports the last completed
+    /// descriptor, or a decoded fault when the channel halted with an error. The address comes
+    /// from CHANSTS on CB ≥ 3.3 and from the completion word below (split CHANSTS reads tear).
+    /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
+    public func serviceInterrupt() -> InterruptReport {
+        let word = loadCompletion()
+        let low = device.bar.read32(regs.chansts)
+        if low & 0x7 == UInt32(IOAT.ChannelState.halted.rawValue), let f = fault {
+            return InterruptReport(lastCompleted: 0, fault: f)
+        }
+        if device.profile.tornChanstsReads || regs.chansts & 7 != 0 {
+            return InterruptReport(lastCompleted: word.status == .armed ? 0 : word.descriptor)
+        }
+        let sts = device.bar.read64(regs.chansts)
+        let state = sts & IOAT.ChanSts.stateMask
+        let last = state == UInt64(IOAT.ChannelState.armed.rawValue) ? 0 : sts & IOAT.ChanSts.completedDescriptorMask
+        return InterruptReport(lastCompleted: last)
+    }
+
+    /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
+    public func rearmInterrupt() {
+        device.bar.write16(regs.chanctrl, runControl)
+    }
+
+    /// The decoded CHANERR when the channel is HALTED with an error, with the failing
+    /// descriptor (the one after the last completed, or the chain head when none completed).
+    public var fault: ChannelFault? {
+        let e = device.bar.read32(regs.chanerr)
+        guard e != 0 else { return nil }
+        let err = IOAT.ChanErr(rawValue: e)
+        return ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+    }
+
+    /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
+    /// the last completed descriptor (or the chain head when nothing completed).
+    private func failingDescriptor() -> UInt64? {
+        let cdar = device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask
+        if cdar != 0 { return cdar }
+        let w = loadCompletion()
+        let last = w.status == .armed ? 0 : w.descriptor
+        if last == 0 { return chainHead == 0 ? nil : chainHead }
+        guard let d = device.memory.address(ofIOVA: last) else { return nil }
+        return d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+    }
+
+    // MARK: - Completion word
+
+    @inline(__always)
+    private func loadCompletion() -> CompletionWord {
+        let a = completionAddress.load(ordering: .acquiring)
+        guard let p = UnsafeMutablePointer<Atomic<UInt64>>(bitPattern: a) else { return CompletionWord(rawValue: 0) }
+        return CompletionWord(rawValue: p.pointee.load(ordering: .acquiring))
+    }
+
+    private func storeCompletion(_ w: CompletionWord) {
+        let a = completionAddress.load(ordering: .acquiring)
+        guard let p = UnsafeMutablePointer<Atomic<UInt64>>(bitPattern: a) else { return }
+        p.pointee.store(w.rawValue, ordering: .releasing)
+    }
+}

@@ -1,0 +1,237 @@
+import DeviceModels
+import Hardware
+import IOAT
+import NetDMA
+import Platform
+import Synchronization
+import Testing
+
+/// A manually stepped model with a registered provider, a channel, 4 KiB source and
+/// destination slots, and copy descriptors: `copy(i)` moves slot i of the source to slot i of
+/// the destination.
+final class IOATStepped: @unchecked Sendable {
+    let r: IOATRegistered
+    let src: DMABuffer
+    let dst: DMABuffer
+    static let slot = 4096
+    var rig: IOATProviderRig { r.rig }
+    var channel: NetDMAChannel { r.channel }
+    var pool: DescriptorPool { r.pool }
+
+    init(_ name: String, version: NetDMAVersion = .v2_0) throws {
+        r = try IOATRegistered(name, version: version, execution: .manual, interrupts: false, poolSize: 16)
+        src = try r.rig.buffer(16 * Self.slot)
+        dst = try r.rig.buffer(16 * Self.slot)
+        src.ioatPattern(11)
+    }
+
+    /// Descriptor i copies source slot i to destination slot `to` (default i).
+    func copy(_ i: Int, to: Int? = nil, _ flags: ControlFlags = [.statusUpdateOnCompletion]) {
+        IOATChain.copy(pool, i, from: src.iova(at: i * Self.slot), to: dst.iova(at: (to ?? i) * Self.slot), Self.slot, flags)
+    }
+    func copied(_ i: Int, to: Int? = nil) -> Bool { dst.ioatEqual((to ?? i) * Self.slot, src, i * Self.slot, Self.slot) }
+    func untouched(_ slot: Int) -> Bool { dst.ioatAllZero(slot * Self.slot, Self.slot) }
+
+    /// Steps the engine until `n` descriptors ran since creation (the bring-up NULL included).
+    func step(untilExecuted n: UInt64) {
+        var guardSteps = 0
+        while rig.device.statistics.descriptorsExecuted < n && guardSteps < 10_000 {
+            rig.device.step()
+            guardSteps += 1
+        }
+    }
+    var executed: UInt64 { rig.device.statistics.descriptorsExecuted }
+
+    func stepping<T>(gate: Bool = true, _ work: @escaping () throws(DriverError) -> T) throws(DriverError) -> T {
+        try rig.whileStepping(gate: gate, work)
+    }
+}
+
+@Suite("IOAT provider NetDMA semantics")
+struct IOATSemanticsTests {
+    @Test("Start while busy: the current descriptor finishes, the rest of the old chain is dropped",
+          arguments: ["tbg", "bdx", "bdxde", "icx"])
+    func startWhileBusy(profile name: String) throws {
+        let t = try IOATStepped(name)
+        for i in 0..<8 { t.copy(i) }
+        let a = IOATChain.link(t.pool, 0..<4, counted: true)
+        try t.channel.start(a)
+        let base = t.executed
+        t.step(untilExecuted: base + 1)  // A0 done, A1 next
+        #expect(t.rig.state() == .active)
+        let b = IOATChain.link(t.pool, 4..<8, counted: true)
+        let channel = t.channel
+        try t.stepping { () throws(DriverError) in try channel.start(b) }
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(0))
+        for i in 1..<4 { #expect(t.untouched(i), "old descriptor \(i) ran after Start") }
+        for i in 4..<8 { #expect(t.copied(i)) }
+        #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 7))
+        #expect(t.executed == base + 5)
+    }
+
+    @Test("Suspend returns the last completed descriptor; edits while suspended are honoured; Resume continues (2.0)",
+          arguments: ["tbg", "skx", "bwd", "icx"])
+    func suspendResumeCounted(profile name: String) throws {
+        let t = try IOATStepped(name)
+        for i in 0..<8 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<4, counted: true))
+        let base = t.executed
+        t.step(untilExecuted: base + 2)
+        let channel = t.channel
+        let last = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        #expect(last == t.pool.iova(at: 1))
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 1), status: .suspend))
+        #expect(t.channel.state == .suspended)
+        #expect(t.rig.state() == .suspended)
+        // Stepping a suspended engine does nothing.
+        t.rig.device.runUntilIdle()
+        #expect(t.executed == base + 2)
+        // Edit: descriptor 3 now writes destination slot 12.
+        t.copy(3, to: 12)
+        try t.channel.resume()
+        #expect(t.channel.state == .running)
+        t.rig.device.runUntilIdle()
+        for i in 0..<3 { #expect(t.copied(i)) }
+        #expect(t.copied(3, to: 12))
+        #expect(t.untouched(3))
+        #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 3))
+        // Appends continue the count after the resume.
+        try t.channel.append(IOATChain.link(t.pool, 4..<6, counted: true))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(4) && t.copied(5))
+    }
+
+    @Test("1.x: Resume re-reads the last processed descriptor's next, so a relinked chain is followed",
+          arguments: [("skx", NetDMAVersion.v1_1), ("icx", .v1_0), ("cb1", .v1_1)])
+    func suspendResumeNullTerminated(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        for i in 0..<5 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<5, counted: false))
+        let base = t.executed
+        t.step(untilExecuted: base + 2)
+        let channel = t.channel
+        let last = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        #expect(last == t.pool.iova(at: 1))
+        // Remove descriptor 2 from the chain: 1 → 3.
+        DescriptorPool.publishNext(of: t.pool[1], t.pool.iova(at: 3))
+        try t.channel.resume()
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(0) && t.copied(1) && t.copied(3) && t.copied(4))
+        #expect(t.untouched(2), "the unlinked descriptor ran")
+        #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 4))
+        // A later Append on the parked tail runs too.
+        t.copy(6)
+        _ = IOATChain.link(t.pool, 6..<7, counted: false)
+        DescriptorPool.publishNext(of: t.pool[4], t.pool.iova(at: 6))
+        try t.channel.append(t.pool.chain(from: 6, count: 1))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(6))
+    }
+
+    @Test("Abort: Halted in the completion word with the last completed descriptor, the rest abandoned, Append refused until Start",
+          arguments: ["tbg", "bdx", "bdxde", "icx"])
+    func abort(profile name: String) throws {
+        let t = try IOATStepped(name)
+        for i in 0..<8 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<4, counted: true))
+        let base = t.executed
+        t.step(untilExecuted: base + 2)
+        let channel = t.channel
+        try t.stepping { () throws(DriverError) in try channel.abort() }
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 1), status: .halted))
+        #expect(t.channel.state == .halted)
+        #expect(t.channel.fault == nil, "an Abort is not a device error")
+        t.rig.device.runUntilIdle()
+        #expect(t.untouched(2) && t.untouched(3))
+        #expect(t.executed == base + 2)
+        // NetDMA: Append after Abort is refused by the interface; Start is required.
+        #expect(throws: DriverError.self) { try channel.append(t.pool.chain(from: 4, count: 1)) }
+        do { try channel.append(t.pool.chain(from: 4, count: 1)) } catch { #expect(error.code == .invalidState) }
+        try t.channel.start(IOATChain.link(t.pool, 4..<6, counted: true))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(4) && t.copied(5))
+        try t.channel.append(IOATChain.link(t.pool, 6..<8, counted: true))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(6) && t.copied(7))
+    }
+
+    @Test("Reset: back to the post-allocation state; nothing submitted before is ever touched again",
+          arguments: ["tbg", "bdxde", "icx"])
+    func reset(profile name: String) throws {
+        let t = try IOATStepped(name)
+        for i in 0..<8 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<4, counted: true))
+        let base = t.executed
+        t.step(untilExecuted: base + 1)
+        let channel = t.channel
+        try t.stepping { () throws(DriverError) in try channel.reset() }
+        #expect(t.channel.state == .allocated)
+        #expect(t.channel.completionWord.status == .halted)
+        #expect(t.rig.state() == .halted)
+        let ch = IOAT.channelBase(0)
+        #expect(t.rig.device.bar0.read16(ch + IOAT.DMACOUNT) == 0)
+        // Post-allocation: the completion area and the run control are programmed again.
+        #expect(t.rig.device.bar0.read64Split(ch + IOAT.CHANCMP) == t.channel.completionIOVA)
+        #expect(IOAT.ChanCtrl(rawValue: t.rig.device.bar0.read16(ch + IOAT.CHANCTRL)).contains(.anyErrAbortEnable))
+        #expect(throws: DriverError.self) { try channel.append(t.pool.chain(from: 4, count: 1)) }
+        t.rig.device.runUntilIdle()
+        #expect(t.executed == base + 1)
+        // A new chain runs; the old descriptors 1–3 never do.
+        try t.channel.start(IOATChain.link(t.pool, 4..<8, counted: true))
+        t.rig.device.runUntilIdle()
+        for i in 4..<8 { #expect(t.copied(i)) }
+        for i in 1..<4 { #expect(t.untouched(i)) }
+        #expect(t.executed == base + 5)
+    }
+
+    @Test("1.0 vs 2.0 chains: NULL-terminated chains with tail re-read, counted chains on DMACOUNT",
+          arguments: [("skx", NetDMAVersion.v1_0), ("icx", .v1_1), ("cb1", .v1_0), ("skx", .v2_0), ("icx", .v2_0)])
+    func chainFormats(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        let counted = arg.version.countedChains
+        #expect(t.channel.countedChains == counted)
+        for i in 0..<9 { t.copy(i) }
+        // First chain: 3 descriptors, run to the end (the engine stops on the tail).
+        try t.channel.start(IOATChain.link(t.pool, 0..<3, counted: counted))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(0) && t.copied(1) && t.copied(2))
+        // Append while stopped on the tail: 1.x patches the tail's NULL first.
+        if !counted { DescriptorPool.publishNext(of: t.pool[2], t.pool.iova(at: 3)) }
+        try t.channel.append(IOATChain.link(t.pool, 3..<5, counted: counted))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(3) && t.copied(4))
+        // Append while the engine is still in the previous chain.
+        if !counted { DescriptorPool.publishNext(of: t.pool[4], t.pool.iova(at: 5)) }
+        try t.channel.append(IOATChain.link(t.pool, 5..<7, counted: counted))
+        let before = t.executed
+        t.step(untilExecuted: before + 1)
+        if !counted { DescriptorPool.publishNext(of: t.pool[6], t.pool.iova(at: 7)) }
+        let channel = t.channel
+        let chain = IOATChain.link(t.pool, 7..<9, counted: counted)
+        try t.stepping { () throws(DriverError) in try channel.append(chain) }
+        t.rig.device.runUntilIdle()
+        for i in 0..<9 { #expect(t.copied(i), "descriptor \(i)") }
+        #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 8))
+        #expect(t.channel.fault == nil)
+    }
+
+    @Test("1.x on CB ≥ 2: an Append while the engine executes the old tail waits for it, then re-points")
+    func appendOnTheTail() throws {
+        let t = try IOATStepped("skx", version: .v1_0)
+        for i in 0..<4 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<2, counted: false))
+        // The engine has executed the tail (descriptor 1) with next = NULL and is still ACTIVE
+        // on it (CDAR) when the client links more: bumping DMACOUNT now would follow NULL.
+        let base = t.executed
+        t.step(untilExecuted: base + 2)
+        #expect(t.rig.state() == .active)
+        DescriptorPool.publishNext(of: t.pool[1], t.pool.iova(at: 2))
+        let chain = IOATChain.link(t.pool, 2..<4, counted: false)
+        let channel = t.channel
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(chain) }
+        t.rig.device.runUntilIdle()
+        for i in 0..<4 { #expect(t.copied(i)) }
+        #expect(t.channel.fault == nil)
+    }
+}
