@@ -7,9 +7,14 @@ import Testing
 import Glibc
 #endif
 
+// SHARED CONFORMANCE SUITE. This directory is compiled by two test targets: NetDMATests (the
+// fixture memcpy provider) and, through the symlink Tests/ProviderTests/NetDMAConformance,
+// ProviderTests (the hardware providers on their device models). Each target supplies
+// `TargetFactory.all`, `.primary(_:)` and `.withoutInterrupts` (see TargetFactory).
+
 /// A provider under conformance test, with the few hooks the tests need to reach engine
-/// states deterministically. The fixture implements it now; the IOAT and DSA providers on
-/// their device models implement it later, and the same tests run against them.
+/// states deterministically. The fixture and the hardware providers on their device models
+/// implement it, and the same tests run against each.
 protocol ConformanceTarget: AnyObject, Sendable {
     var provider: any NetDMAProvider { get }
     var attributes: ProviderAttributes { get }
@@ -33,17 +38,6 @@ protocol ConformanceTarget: AnyObject, Sendable {
     func loseContext(channel index: Int)
 }
 
-extension FixtureMemcpyProvider: ConformanceTarget {
-    var provider: any NetDMAProvider { self }
-    func hold(channel index: Int, _ on: Bool) { channels[index].hold.store(on, ordering: .releasing) }
-    func inFlight(channel index: Int) -> UInt64 { channels[index].inFlight.load(ordering: .acquiring) }
-    func suspendRequested(channel index: Int) -> Bool { channels[index].regs.withLock { $0.status == .suspend } }
-    func interruptsRaised(channel index: Int) -> Int { channels[index].interruptsRaised.load(ordering: .acquiring) }
-    func rearms(channel index: Int) -> Int { channels[index].rearms.load(ordering: .acquiring) }
-    func startedFlags(channel index: Int) -> [ControlFlags] { channels[index].startLog.withLock { $0.map(\.flags) } }
-    func loseContext(channel index: Int) { channels[index].loseContext() }
-}
-
 /// Makes a fresh target for one test. Conformance tests take these as arguments.
 struct TargetFactory: Sendable, CustomTestStringConvertible {
     let name: String
@@ -51,16 +45,13 @@ struct TargetFactory: Sendable, CustomTestStringConvertible {
     let make: @Sendable () throws -> any ConformanceTarget
     var testDescription: String { "\(name) \(version)" }
 
-    static func fixture(_ version: NetDMAVersion, interrupts: Bool = true) -> TargetFactory {
-        TargetFactory(name: "fixture memcpy", version: version) {
-            try FixtureMemcpyProvider(version: version, interrupts: interrupts)
-        }
-    }
+    // Each test target that compiles this suite defines, in its own file:
+    //   static let all: [TargetFactory]                 every target, every NetDMA version
+    //   static func primary(_: NetDMAVersion) -> TargetFactory   the target of single-version tests
+    //   static var withoutInterrupts: TargetFactory     a 2.0 target whose channels have no vector
 
-    /// Every target, every NetDMA version (add the IOAT/DSA model targets here).
-    static let all: [TargetFactory] = [.fixture(.v1_0), .fixture(.v1_1), .fixture(.v2_0)]
     /// Targets whose provider sends power events (1.1+).
-    static let powerEvents: [TargetFactory] = all.filter { $0.version.powerEvents }
+    static var powerEvents: [TargetFactory] { all.filter { $0.version.powerEvents } }
 }
 
 /// A started provider on its own registry, a channel helper, and DMA buffers.
@@ -153,4 +144,40 @@ extension DMABuffer {
         Array(UnsafeBufferPointer(start: (base + offset).assumingMemoryBound(to: UInt8.self), count: count))
     }
     func zero() { memset(base, 0, length) }
+}
+
+/// A joinable pthread for calls that block (the suite's own; not the test's cooperative pool).
+final class ConformanceThread: @unchecked Sendable {
+    private var thread = pthread_t()
+    private final class Body {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
+    init(_ run: @escaping @Sendable () -> Void) {
+        let body = Unmanaged.passRetained(Body(run)).toOpaque()
+        let r = pthread_create(&thread, nil, { arg in
+            Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue().run()
+            return nil
+        }, body)
+        precondition(r == 0, "pthread_create failed: \(r)")
+    }
+    func join() { pthread_join(thread, nil) }
+}
+
+/// A call running on its own thread (not the test's cooperative pool, which the blocking
+/// test code may be holding), for calls that block until the engine moves (Suspend).
+final class Background<T: Sendable>: @unchecked Sendable {
+    // @unchecked: `result` is written by the thread before `join` returns and read after.
+    private var result: Result<T, DriverError>?
+    private var thread: ConformanceThread?
+    init(_ body: @escaping @Sendable () throws(DriverError) -> T) {
+        thread = ConformanceThread { [self] in
+            do throws(DriverError) { result = .success(try body()) } catch { result = .failure(error) }
+        }
+    }
+    func value() throws(DriverError) -> T {
+        thread?.join()
+        thread = nil
+        return try result!.get()
+    }
 }

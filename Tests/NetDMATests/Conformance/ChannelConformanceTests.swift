@@ -341,7 +341,7 @@ struct ChannelConformanceTests {
 
     @Test("NetDMA 1.0: no power notifications; lost context is re-seeded with a NULL Start on Append")
     func power10() throws {
-        let h = try Harness(.fixture(.v1_0))
+        let h = try Harness(.primary(.v1_0))
         defer { h.close() }
         let c = try h.channel()
         do { try h.registry.notify(h.handle, event: .powerDown); Issue.record("1.0 got PowerDown") } catch {
@@ -392,20 +392,3 @@ struct ChannelConformanceTests {
     }
 }
 
-/// A call running on its own thread (not the test's cooperative pool, which the blocking
-/// test code may be holding), for calls that block until the engine moves (Suspend).
-final class Background<T: Sendable>: @unchecked Sendable {
-    // @unchecked: `result` is written by the thread before `join` returns and read after.
-    private var result: Result<T, DriverError>?
-    private var thread: FixtureThread?
-    init(_ body: @escaping @Sendable () throws(DriverError) -> T) {
-        thread = FixtureThread { [self] in
-            do throws(DriverError) { result = .success(try body()) } catch { result = .failure(error) }
-        }
-    }
-    func value() throws(DriverError) -> T {
-        thread?.join()
-        thread = nil
-        return try result!.get()
-    }
-}

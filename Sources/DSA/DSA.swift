@@ -1,1 +1,0 @@
-// DSA module: see Package.swift for the layering.

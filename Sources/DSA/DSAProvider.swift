@@ -1,0 +1,344 @@
+import CVFIO
+import Hardware
+import NetDMA
+import Platform
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A NetDMA provider for one Intel DSA PCI function, one NetDMA channel per dedicated WQ.
+///
+/// Generic over ``RegisterIO`` (BAR0) and ``PortalIO`` (BAR2): the same code drives a vfio-pci
+/// device and ``MockDSADevice``. Creating the provider brings the device up as DPDK's PCI path
+/// does (dsa.md §4.2), with every CMDSTS error and SWERR checked and explained: Reset Device
+/// from whatever state a previous owner left, read the capabilities, one engine per group,
+/// N dedicated WQs of WQCAP-total/N entries (priority 1, TC-A = TC-B = 1), Enable Device,
+/// Enable WQ for each. With an interrupt router, WQ *n*'s completions arrive on MSI-X vector
+/// *n + 1* (vector 0, device events, is left unrouted).
+///
+/// ```swift
+/// let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: config,
+///                                interrupts: device, memory: memory)
+/// print(provider.layout)   // what `netdma probe` shows
+/// let handle = try provider.register(with: .shared)
+/// ```
+///
+/// DSA writes completion records, not NetDMA completion words: a completion poller thread
+/// (spinning while descriptors are outstanding, then sleeping on a futex) and the interrupt
+/// path turn records into completion words. See ``DSAChannel`` for the descriptor mapping.
+public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~Copyable>: NetDMAProvider, @unchecked Sendable {
+    // @unchecked: mutable state is in Mutexes and atomics; `device` and `channels` are
+    // immutable references to thread-safe objects.
+
+    /// The PCI function.
+    public let device: DSADevice<BAR, Portals>
+    /// The channels (WQs), by index.
+    public let channels: [DSAChannel<BAR, Portals>]
+    /// What the bring-up chose.
+    public private(set) var layout: DSALayout
+    /// What the provider declares at registration (`NET_DMA_PROVIDER_CHARACTERISTICS`).
+    public let characteristics: ProviderCharacteristics
+    /// What it reports when started (`NET_DMA_PROVIDER_ATTRIBUTES`).
+    public let attributes: ProviderAttributes
+    /// DMA memory mapped into the device's address space.
+    public let dmaMemory: DMAMemory
+
+    private let configuration: DSAConfiguration
+    private let interrupts: (any InterruptRouting)?
+    private let affinityTable: Mutex<[Int?]>
+    private let allocationLock = Mutex<Void>(())
+    private let registration = Mutex<(registry: NetDMARegistry, handle: ProviderHandle)?>(nil)
+    private let poller: CompletionPoller
+
+    /// Brings the device up and, with `interrupts`, routes one MSI-X vector per WQ.
+    ///
+    /// - Parameters:
+    ///   - bar: BAR0 (VFIO region 0, or ``MockDSADevice/bar0``).
+    ///   - portals: BAR2 (VFIO region 2, or ``MockDSADevice/bar2``).
+    ///   - config: configuration space, to set Memory Space and Bus Master; nil skips it.
+    ///   - interrupts: routes MSI-X vectors to eventfds; nil for a polled provider.
+    ///   - memory: DMA memory mapped into the device's address space.
+    /// - Throws: ``DriverError`` `.unsupported` (unknown VERSION, read-only configuration, no
+    ///   dedicated WQs, missing opcodes, shared WQs asked for), `.invalidArgument` (a WQ count
+    ///   or size the device cannot have), `.deviceError` (a command failed: CMDSTS decoded; the
+    ///   device needs an FLR; SWERR logged an error), `.timeout`; the config accessor's, the
+    ///   interrupt router's or DMA memory's error.
+    public init(bar: consuming BAR, portals: consuming Portals, config: (any PCIConfigAccess)?,
+                interrupts: (any InterruptRouting)?, memory: DMAMemory,
+                configuration: DSAConfiguration = .init()) throws(DriverError) {
+        let version = configuration.version
+        guard version >= .v1_0, version <= .interface else {
+            throw DriverError(.unsupported, "NetDMA \(version) is not a version this provider can declare; use 1.0, 1.1, 2.0 or 2.1.")
+        }
+        let device = try DSADevice(bar: bar, portals: portals, config: config, timeouts: configuration.timeouts,
+                                   mode: configuration.mode)
+        let cap = device.wqCap
+        let wqs = configuration.workQueues ?? cap.count
+        guard wqs >= 1, wqs <= cap.count else {
+            throw DriverError(.invalidArgument, "This DSA has \(cap.count) work queues; asked for \(wqs).")
+        }
+        let size = configuration.workQueueSize ?? cap.totalSize / wqs
+        guard size >= 1, size * wqs <= cap.totalSize else {
+            throw DriverError(.invalidArgument,
+                "\(wqs) work queues of \(size) entries do not fit in WQCAP's \(cap.totalSize) entries; choose sizes from 1 to \(cap.totalSize / wqs).")
+        }
+        let transferShift = min(configuration.maximumTransferShift ?? device.genCap.maxTransferShift, device.genCap.maxTransferShift)
+        let batchShift = device.genCap.maxBatchShift
+        let batching = device.supports(opcode: DSA.Opcode.batch) && configuration.maximumBatch >= 2 && batchShift >= 1
+        let batchLimit = batching ? min(configuration.maximumBatch, 1 << batchShift) : 1
+        let fill = device.supports(opcode: DSA.Opcode.fill)
+
+        try device.enableBusMaster(interrupts: interrupts != nil)
+        try device.reset()
+        let groups = try device.configure(wqs: wqs, size: size, transferShift: transferShift, batchShift: batchShift)
+
+        let poller = CompletionPoller(spins: configuration.pollerSpins)
+        let vectors = interrupts.map { max(0, min($0.interruptVectorCount - 1, wqs)) } ?? 0
+        var channels: [DSAChannel<BAR, Portals>] = []
+        var fds: [Int32] = []
+        do {
+            for i in 0..<wqs {
+                var fd: EventFD? = nil
+                if i < vectors {
+                    let e = try EventFD()
+                    fds.append(e.rawValue)
+                    fd = consume e
+                }
+                channels.append(try DSAChannel(index: i, device: device, eventFD: fd, workQueueSize: size,
+                                               batchLimit: batchLimit, minimumBatch: configuration.minimumBatch,
+                                               countedChains: version.countedChains, memory: memory,
+                                               wake: { [poller] in poller.wake() }))
+            }
+            if let interrupts, !fds.isEmpty { try interrupts.routeInterrupts(start: 1, eventFDs: fds) }
+        } catch {
+            _ = try? device.command(.disableDevice)
+            throw error
+        }
+
+        var flags: ProviderFlags = []
+        if fill { flags.insert(.fill) }
+        if version >= .v2_1 { flags.insert(.supportsProcessorGroups) }
+        let major = UInt8(truncatingIfNeeded: device.version >> 8), minor = UInt8(truncatingIfNeeded: device.version)
+        var platform = ""
+        if let id = try? config?.readPCIID(),
+           let known = DSA.deviceTable.first(where: { $0.id.vendor == id.vendor && $0.id.device == id.device }) {
+            platform = " (\(known.platform))"
+        }
+        self.device = device
+        self.channels = channels
+        self.dmaMemory = memory
+        self.configuration = configuration
+        self.interrupts = fds.isEmpty ? nil : interrupts
+        self.poller = poller
+        self.affinityTable = Mutex(Array(repeating: nil, count: wqs))
+        self.layout = DSALayout(version: device.version, groups: groups, workQueues: wqs, workQueueSize: size,
+                                maximumTransferShift: transferShift, maximumBatchShift: batchShift,
+                                batching: batching, fill: fill)
+        self.characteristics = ProviderCharacteristics(
+            version: version, flags: flags, maxChannelCount: wqs, callbacks: .all,
+            friendlyName: configuration.friendlyName ?? "Intel DSA \(major).\(minor)\(platform)")
+        self.attributes = ProviderAttributes(
+            hardwareMajor: major, hardwareMinor: minor, vendorID: DSA.vendorID, channelCount: wqs,
+            maximumTransferSize: min(1 << transferShift, Int(UInt32.max)),
+            maximumAddress: UInt64.max >> 16)
+        poller.start(channels.map { c in { c.pollFromPoller() } })
+    }
+
+    deinit {
+        poller.stop()
+        if let interrupts { try? interrupts.disableInterrupts() }
+        _ = try? device.command(.disableDevice)
+    }
+
+    // MARK: - NetDMAProvider
+
+    /// `ProviderSetDmaChannelCpuAffinity`: remembers the CPU each channel's interrupt should
+    /// target (the MSI-X vector's host affinity is the kernel's under VFIO; the CPU is used for
+    /// the DPC and reported at allocation).
+    ///
+    /// - Throws: `.invalidArgument` for a channel beyond the enabled WQs.
+    public func setChannelCPUAffinity(_ table: [ChannelCPUAffinity]) throws(DriverError) {
+        for e in table where e.channel < 0 || e.channel >= channels.count || e.cpu < 0 {
+            throw DriverError(.invalidArgument,
+                "Affinity entry channel \(e.channel) → CPU \(e.cpu) is out of range (channels 0..<\(channels.count)).")
+        }
+        affinityTable.withLock { t in for e in table { t[e.channel] = e.cpu } }
+    }
+
+    /// `ProviderAllocateDmaChannel`: takes a free WQ, preferring one whose interrupt CPU is in
+    /// `parameters.affinity`, and points it at the completion word. Does not block.
+    ///
+    /// - Throws: `.busy` when every WQ is allocated.
+    public func allocateChannel(_ parameters: ChannelParameters) throws(DriverError) -> (channel: any ProviderChannel, cpu: Int) {
+        let table = affinityTable.withLock { $0 }
+        let want = parameters.affinity
+        let local = configuration.localCPUs
+        let picked: (DSAChannel<BAR, Portals>, Int)? = allocationLock.withLock { _ in
+            let free = channels.filter { !$0.allocated.load(ordering: .acquiring) }
+            guard !free.isEmpty else { return nil }
+            let ch = free.first { table[$0.index].map(want.contains) ?? false } ?? free[0]
+            ch.allocated.store(true, ordering: .releasing)
+            let cpu: Int
+            if let c = table[ch.index], want.isEmpty || want.contains(c) {
+                cpu = c
+            } else if !want.isEmpty {
+                cpu = local.flatMap { want.intersection($0).first } ?? want.first!
+            } else {
+                cpu = local?.first ?? 0
+            }
+            return (ch, cpu)
+        }
+        guard let (channel, cpu) = picked else {
+            throw DriverError(.busy, "All \(channels.count) work queues of \(characteristics.friendlyName) are allocated; free one first.")
+        }
+        channel.activate(parameters)
+        return (channel, cpu)
+    }
+
+    // MARK: - Registry
+
+    /// Registers with `registry` (`NetDmaRegisterProvider`) and starts (`NetDmaProviderStart`)
+    /// with ``attributes``: the hardware is already up.
+    @discardableResult
+    public func register(with registry: NetDMARegistry) throws(DriverError) -> ProviderHandle {
+        let handle = try registry.register(self)
+        do throws(DriverError) {
+            try registry.start(handle, attributes: attributes)
+        } catch {
+            try? registry.deregister(handle)
+            throw error
+        }
+        registration.withLock { $0 = (registry, handle) }
+        return handle
+    }
+
+    /// Stops (`NetDmaProviderStop`: drains and frees every channel) and deregisters.
+    @discardableResult
+    public func deregister() throws(DriverError) -> [Int] {
+        guard let (registry, handle) = registration.withLock({ $0 }) else { return [] }
+        let aborted = try registry.stop(handle)
+        try registry.deregister(handle)
+        registration.withLock { $0 = nil }
+        return aborted
+    }
+
+    // MARK: - Power (netdma.md §10)
+
+    /// PowerDown: tells the interface (1.1+, which drains every channel), then Disable Device.
+    ///
+    /// - Throws: the registry's error (`.timeout` when a channel does not drain); the command's.
+    public func powerDown() throws(DriverError) {
+        if characteristics.version.powerEvents, let (registry, handle) = registration.withLock({ $0 }) {
+            try registry.notify(handle, event: .powerDown)
+        }
+        try device.run(.disableDevice, tolerated: [.deviceNotEnabledForDisable], context: "PowerDown")
+    }
+
+    /// PowerUp: the full bring-up again (the device may have lost its configuration), then
+    /// 1.1+ providers tell the interface, which re-Starts every channel with a NULL
+    /// descriptor; a 1.0 provider fails each channel's next Append with `.contextLost`.
+    public func powerUp() throws(DriverError) {
+        try device.enableBusMaster(interrupts: interrupts != nil)
+        try device.reset()
+        _ = try device.configure(wqs: layout.workQueues, size: layout.workQueueSize,
+                                 transferShift: layout.maximumTransferShift, batchShift: layout.maximumBatchShift)
+        for ch in channels where ch.allocated.load(ordering: .acquiring) { ch.loseContext() }
+        if let interrupts {
+            let fds = channels.compactMap(\.interruptEventFD)
+            try interrupts.routeInterrupts(start: 1, eventFDs: fds)
+        }
+        if characteristics.version.powerEvents, let (registry, handle) = registration.withLock({ $0 }) {
+            try registry.notify(handle, event: .powerUp)
+        }
+    }
+}
+
+extension DSAChannel where BAR: ~Copyable, Portals: ~Copyable {
+    /// One poller pass over this channel: process records and submit when there is work.
+    func pollFromPoller() -> Bool {
+        guard outstandingCount.load(ordering: .acquiring) > 0 else { return false }
+        kick()
+        return true
+    }
+}
+
+/// The completion poller: a thread that, while any channel has descriptors outstanding, keeps
+/// turning completion records into NetDMA completion words (what a CBDMA engine does itself),
+/// and otherwise sleeps on a futex that a portal write wakes (only when it sleeps).
+final class CompletionPoller: @unchecked Sendable {
+    // @unchecked: `thread` and `passes` are set in `start` before the thread runs; the rest is atomic.
+    private let doorbell: UnsafeMutablePointer<Atomic<UInt32>>
+    private let sleeping = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let spins: Int
+    private var thread: pthread_t?
+    private var passes: [() -> Bool] = []
+
+    init(spins: Int) {
+        self.spins = spins
+        doorbell = .allocate(capacity: 1)
+        doorbell.initialize(to: Atomic(0))
+    }
+
+    deinit {
+        doorbell.deinitialize(count: 1)
+        doorbell.deallocate()
+    }
+
+    func start(_ passes: [() -> Bool]) {
+        self.passes = passes
+        var t = pthread_t()
+        let arg = Unmanaged.passRetained(self).toOpaque()
+        let r = pthread_create(&t, nil, { arg in
+            Unmanaged<CompletionPoller>.fromOpaque(arg!).takeRetainedValue().run()
+            return nil
+        }, arg)
+        precondition(r == 0, "DSA completion poller: pthread_create failed (\(r))")
+        thread = t
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        wakeNow()
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+        passes = []
+    }
+
+    /// Called after each portal write: a futex wake only when the poller sleeps.
+    @inline(__always)
+    func wake() {
+        doorbell.pointee.add(1, ordering: .sequentiallyConsistent)
+        if sleeping.load(ordering: .sequentiallyConsistent) { wakeNow() }
+    }
+
+    private func wakeNow() {
+        doorbell.pointee.add(1, ordering: .sequentiallyConsistent)
+        _ = cvfio_futex_wake(UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self), 1)
+    }
+
+    private func run() {
+        let word = UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self)
+        var idle = 0
+        while !stopping.load(ordering: .acquiring) {
+            let seen = doorbell.pointee.load(ordering: .acquiring)
+            var busy = false
+            for pass in passes where pass() { busy = true }
+            if busy {
+                idle = 0
+                sched_yield()  // leave the core to the engines and the submitters
+                continue
+            }
+            idle += 1
+            if idle < spins { cvfio_pause(); continue }
+            sleeping.store(true, ordering: .sequentiallyConsistent)
+            if doorbell.pointee.load(ordering: .sequentiallyConsistent) == seen && !stopping.load(ordering: .acquiring) {
+                _ = cvfio_futex_wait(word, seen, 100_000_000)
+            }
+            sleeping.store(false, ordering: .sequentiallyConsistent)
+            idle = 0
+        }
+    }
+}
