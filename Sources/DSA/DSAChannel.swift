@@ -237,6 +237,9 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         acquire()
         defer { release() }
         var current: UInt64? = nil
+        // A new chain may live in DMA memory allocated since the last walk, at an IOVA a freed
+        // buffer had: the cached region may be stale.
+        walkRegion = (0, 0, 0)
         if tail != head { current = try quiesce() }
         pending.store(0, ordering: .relaxed)
         halted = false

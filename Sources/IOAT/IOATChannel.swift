@@ -135,6 +135,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         }
         contextLost = false
         parked = false
+        // A new chain may live in DMA memory allocated since the last walk, at an IOVA a freed
+        // buffer had: the cached region may be stale.
+        walkRegion = (0, 0, 0)
         try device.quiesceForStart(regs, channel: index)
         if device.state(regs) == .halted {
             if device.chanErr(regs) != 0 {

@@ -12,6 +12,7 @@ struct NetDMATool: ParsableCommand {
         Bind.self,
         Unbind.self,
         UdevRules.self,
+        SoakCommand.self,
     ]
 
     static let configuration = CommandConfiguration(
