@@ -15,8 +15,10 @@ struct SoakOptions: Sendable {
     var clients: Int = 4
     /// The seed of every random choice.
     var seed: UInt64 = 1
-    /// The engines: CBDMA model generation (nil: none) and DSA work queues (0: no DSA).
-    var ioatProfile: String? = "icx"
+    /// The engines: one CBDMA model function per generation named (CBDMA functions have one
+    /// channel each; 3.4 recovers from a halt in place, older ones by reset), and DSA work
+    /// queues (0: no DSA).
+    var ioatProfiles: [String] = ["icx", "skx"]
     var dsaWorkQueues: Int = 4
     /// Descriptors per copy queue (a power of two).
     var ringSize: Int = 64
@@ -29,6 +31,11 @@ struct SoakOptions: Sendable {
     var drainSeconds: Double = 15
     /// Control events left out (to narrow a failure down).
     var skip: Set<SoakEvent> = []
+    /// Count the process's file descriptors and threads before and after (off in tests that
+    /// share the process with other tests running in parallel).
+    var processCensus = true
+    /// Fault events corrupt data silently instead (CBDMA model), to prove the checks catch it.
+    var silentCorruption = false
 }
 
 /// The kinds of trouble a soak makes.
@@ -169,6 +176,7 @@ final class Soak {
         totals.seconds = Double((ContinuousClock.now - started).components.seconds)
             + Double((ContinuousClock.now - started).components.attoseconds) / 1e18
         // Threads end asynchronously after a join-less stop; give them a bounded moment.
+        guard options.processCensus else { return totals }
         let deadline = ContinuousClock.now + .seconds(3)
         var threadsAfter = ProcessCensus.threads()
         while threadsAfter > threadsBefore && ContinuousClock.now < deadline {
@@ -184,7 +192,7 @@ final class Soak {
     private func runEngines(_ totals: inout SoakTotals) throws(DriverError) {
         let registry = NetDMARegistry(drainTimeout: .milliseconds(300))
         var engines: [SoakEngine] = []
-        if let p = options.ioatProfile { engines.append(try SoakEngine.ioat(profile: p, registry: registry)) }
+        for p in options.ioatProfiles { engines.append(try SoakEngine.ioat(profile: p, registry: registry)) }
         if options.dsaWorkQueues > 0 { engines.append(try SoakEngine.dsa(workQueues: options.dsaWorkQueues, registry: registry)) }
         guard !engines.isEmpty else { throw DriverError(.invalidArgument, "The soak needs at least one engine.") }
         let iommus = engines.map(\.iommu)
@@ -562,6 +570,9 @@ final class SoakClient: @unchecked Sendable {
                 totals.violation("reset", "\(lane.name): no new CopyQueue after Reset: \(error)")
             }
         case 3, 4:
+            if options.silentCorruption, lane.engine.corrupt(channel: lane.channel.index) {
+                return batch(lane, bad: false)
+            }
             let name = lane.engine.injectFault(channel: lane.channel.index, &rng)
             totals.faultsInjected += 1
             totals.faultClasses["\(lane.engine.family.rawValue) \(name)", default: 0] += 1

@@ -23,8 +23,8 @@ struct SoakCommand: ParsableCommand {
     @Option(help: "Seed of every random choice (the same seed repeats the same choices).")
     var seed: UInt64 = 1
 
-    @Option(help: "CBDMA model generation (cb1, tbg, snb, bdx, skx, bwd, bdxde, icx), or 'none'.")
-    var ioat: String = "icx"
+    @Option(help: "CBDMA model functions, one per generation named, comma-separated (cb1, tbg, snb, bdx, skx, bwd, bdxde, icx), or 'none'.")
+    var ioat: String = "icx,skx"
 
     @Option(help: "DSA work queues (0: no DSA model).")
     var dsaWorkQueues: Int = 4
@@ -47,15 +47,16 @@ struct SoakCommand: ParsableCommand {
         guard (0...8).contains(dsaWorkQueues) else { throw ValidationError("--dsa-work-queues must be from 0 to 8, got \(dsaWorkQueues).") }
         guard powerCycleMs >= 0 else { throw ValidationError("--power-cycle-ms must not be negative, got \(powerCycleMs).") }
         guard controlEvery >= 1 else { throw ValidationError("--control-every must be at least 1, got \(controlEvery).") }
-        guard ioat == "none" || Hardware.IOAT.profile(named: ioat) != nil else {
-            throw ValidationError("--ioat '\(ioat)' is not a CBDMA model generation; use one of \(Hardware.IOAT.profiles.map(\.name).joined(separator: ", ")) or none.")
+        for p in ioatProfiles where Hardware.IOAT.profile(named: p) == nil {
+            throw ValidationError("--ioat '\(p)' is not a CBDMA model generation; use \(Hardware.IOAT.profiles.map(\.name).joined(separator: ", ")) or none.")
         }
         for k in skipped where SoakEvent(rawValue: k) == nil {
             throw ValidationError("--skip '\(k)' is not a kind of trouble; use \(SoakEvent.allCases.map(\.rawValue).joined(separator: ", ")).")
         }
-        guard ioat != "none" || dsaWorkQueues > 0 else { throw ValidationError("Nothing to soak: --ioat none and --dsa-work-queues 0.") }
+        guard !ioatProfiles.isEmpty || dsaWorkQueues > 0 else { throw ValidationError("Nothing to soak: --ioat none and --dsa-work-queues 0.") }
     }
 
+    private var ioatProfiles: [String] { ioat == "none" ? [] : ioat.split(separator: ",").map { String($0) } }
     private var skipped: [String] { skip.split(separator: ",").map { String($0) } }
 
     var options: SoakOptions {
@@ -63,7 +64,7 @@ struct SoakCommand: ParsableCommand {
         o.seconds = seconds
         o.clients = clients
         o.seed = seed
-        o.ioatProfile = ioat == "none" ? nil : ioat
+        o.ioatProfiles = ioatProfiles
         o.dsaWorkQueues = dsaWorkQueues
         o.powerCycleMilliseconds = powerCycleMs
         o.controlEvery = controlEvery
@@ -72,8 +73,10 @@ struct SoakCommand: ParsableCommand {
     }
 
     /// The report (text or JSON) and whether the soak passed.
-    func output() throws -> (text: String, passed: Bool) {
-        let totals = Soak(options: options).run()
+    func output(processCensus: Bool = true) throws -> (text: String, passed: Bool) {
+        var o = options
+        o.processCensus = processCensus
+        let totals = Soak(options: o).run()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

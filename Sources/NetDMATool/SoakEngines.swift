@@ -46,6 +46,7 @@ final class SoakEngine: @unchecked Sendable {
     private let powerUpCall: () throws(DriverError) -> Void
     private let injectCall: (Int, inout SoakRandom) -> (raw: UInt64, name: String)
     private let stallCall: (Int, Int) -> Void
+    private let corruptCall: ((Int) -> Void)?
     private let statisticsCall: () -> (iommuFaults: UInt64, dropped: UInt64)
     private let deregisterCall: () throws(DriverError) -> [Int]
     /// The model, provider and config accessor (also captured by the closures).
@@ -55,7 +56,7 @@ final class SoakEngine: @unchecked Sendable {
                  channelCount: Int, keepAlive: [AnyObject],
                  powerDown: @escaping () throws(DriverError) -> Void, powerUp: @escaping () throws(DriverError) -> Void,
                  inject: @escaping (Int, inout SoakRandom) -> (raw: UInt64, name: String),
-                 stall: @escaping (Int, Int) -> Void,
+                 stall: @escaping (Int, Int) -> Void, corrupt: ((Int) -> Void)? = nil,
                  statistics: @escaping () -> (iommuFaults: UInt64, dropped: UInt64),
                  deregister: @escaping () throws(DriverError) -> [Int]) {
         self.family = family
@@ -70,6 +71,7 @@ final class SoakEngine: @unchecked Sendable {
         powerUpCall = powerUp
         injectCall = inject
         stallCall = stall
+        corruptCall = corrupt
         statisticsCall = statistics
         deregisterCall = deregister
     }
@@ -111,6 +113,7 @@ final class SoakEngine: @unchecked Sendable {
                 return (UInt64(err.rawValue), "\(err)")
             },
             stall: { channel, us in device.inject(.stall(microseconds: us), channel: channel) },
+            corrupt: { channel in device.inject(.corruptRead(index: 0, byteOffset: 0, mask: 0xFF), channel: channel) },
             statistics: { (device.statistics.iommuFaults, 0) },
             deregister: { () throws(DriverError) in try provider.deregister() })
     }
@@ -192,6 +195,13 @@ final class SoakEngine: @unchecked Sendable {
     }
 
     func stall(channel: Int, microseconds: Int) { stallCall(channel, microseconds) }
+    /// Silent data corruption of the next descriptor's source read (CBDMA model only): the
+    /// soak must catch it. Returns false when the model cannot do it.
+    func corrupt(channel: Int) -> Bool {
+        guard let corruptCall else { return false }
+        corruptCall(channel)
+        return true
+    }
     func powerDown() throws(DriverError) { try powerDownCall() }
     func powerUp() throws(DriverError) { try powerUpCall() }
     var statistics: (iommuFaults: UInt64, dropped: UInt64) { statisticsCall() }
