@@ -42,7 +42,7 @@ struct SoakCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard seconds > 0, seconds <= 86_400 else { throw ValidationError("--seconds must be between 0 and 86400, got \(seconds).") }
+        guard seconds > 0, seconds <= 86_400 else { throw ValidationError("--seconds must be more than 0 and at most 86400, got \(seconds).") }
         guard (1...64).contains(clients) else { throw ValidationError("--clients must be from 1 to 64, got \(clients).") }
         guard (0...8).contains(dsaWorkQueues) else { throw ValidationError("--dsa-work-queues must be from 0 to 8, got \(dsaWorkQueues).") }
         guard powerCycleMs >= 0 else { throw ValidationError("--power-cycle-ms must not be negative, got \(powerCycleMs).") }
