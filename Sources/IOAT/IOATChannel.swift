@@ -62,7 +62,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// The running DMACOUNT value since the last CHAINADDR write.
     @usableFromInline var count: UInt16 = 0
     /// The first descriptor of the chain given to the last CHAINADDR write.
-    private var chainHead: UInt64 = 0
+    /// Atomic (relaxed): the interrupt thread reads it for ``fault`` while a client Start writes
+    /// it (a data race under ThreadSanitizer as a plain `var`).
+    private var chainHead: UInt64 {
+        get { chainHeadStorage.load(ordering: .relaxed) }
+        set { chainHeadStorage.store(newValue, ordering: .relaxed) }
+    }
+    private let chainHeadStorage = Atomic<UInt64>(0)
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
     /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
