@@ -14,8 +14,7 @@ import Synchronization
 /// | Append, 2.0 chain | DMACOUNT += count | — (1.x only) |
 /// | Append, 1.x chain | DMACOUNT += count, or CHAINADDR at the new chain when the engine stopped on the old tail | CHANCMD.APPEND |
 /// | Suspend | CHANCMD.SUSPEND, wait for SUSPENDED, read CHANSTS | same |
-/// | Resume, 2.0 chain | DMACOUNT; CHANCMD.RESUME | — |
-/// | Resume, 1.x chain | CHAINADDR at the last processed descriptor's `next`; DMACOUNT | same; CHANCMD.START |
+/// | Resume | CHAINADDR at the last processed descriptor's `next`; DMACOUNT = what is left | same; CHANCMD.START |
 /// | Abort | CHANCMD.ABORT, wait for HALTED (else RESET) | same |
 /// | Reset, Free | CHANCMD.RESET, wait | same |
 ///
@@ -41,6 +40,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline let regs: IOATChannelRegisters
     private let eventFD: EventFD?
 
+    private let rearmCount = Atomic<Int>(0)
     private let inPlaceRecoveries = Atomic<Int>(0)
     private let resetRecoveries = Atomic<Int>(0)
 
@@ -50,30 +50,36 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         (inPlaceRecoveries.load(ordering: .relaxed), resetRecoveries.load(ordering: .relaxed))
     }
 
+    let allocation = Atomic<Bool>(false)
+
     /// Whether the channel is allocated to a client.
-    let allocated = Atomic<Bool>(false)
+    public var allocated: Bool { allocation.load(ordering: .acquiring) }
     /// The completion word's CPU address (0 while free); the interrupt thread reads it.
     private let completionAddress = Atomic<UInt>(0)
     /// The completion word's IOVA.
     private var completionIOVA: UInt64 = 0
-    /// CHANCTRL while running.
-    @usableFromInline let runControl: UInt16
+    /// CHANCTRL while running, without the priority: error abort and completion, and with an
+    /// interrupt vector INT_REARM and ERR_INT_EN.
+    private let baseControl: UInt16
+    /// CHANCTRL while running: ``baseControl`` plus the allocation's priority (bits 15:12);
+    /// atomic because the DPC writes it to re-arm.
+    private let control = Atomic<UInt16>(0)
+    @inline(__always) var runControl: UInt16 { control.load(ordering: .relaxed) }
 
     /// The running DMACOUNT value since the last CHAINADDR write.
     @usableFromInline var count: UInt16 = 0
-    /// The first descriptor of the chain given to the last CHAINADDR write.
-    /// Atomic (relaxed): the interrupt thread reads it for ``fault`` while a client Start writes
-    /// it (a data race under ThreadSanitizer as a plain `var`).
+    /// The first descriptor of the chain given to the last CHAINADDR write (atomic: the
+    /// interrupt thread reads it when it decodes a fault).
+    private let head = Atomic<UInt64>(0)
     private var chainHead: UInt64 {
-        get { chainHeadStorage.load(ordering: .relaxed) }
-        set { chainHeadStorage.store(newValue, ordering: .relaxed) }
+        get { head.load(ordering: .relaxed) }
+        set { head.store(newValue, ordering: .relaxed) }
     }
-    private let chainHeadStorage = Atomic<UInt64>(0)
     /// Set after a reset: CHANCTRL and CHANCMP must be programmed before the next CHAINADDR.
     private var needsProgramming = true
-    /// 1.x chains on CB ≥ 2: the IOVA of the last submitted descriptor (the NULL-terminated tail).
+    /// The IOVA of the last submitted descriptor (the chain's tail).
     private var tail: UInt64 = 0
-    /// A one-region IOVA → CPU address cache for walking 1.x chains without a lock.
+    /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
     /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
     @usableFromInline var contextLost = false
@@ -81,8 +87,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @usableFromInline var suspended = false
     /// The IOVA Suspend returned (the last descriptor processed; 0 if none).
     private var suspendedAt: UInt64 = 0
-    /// 1.x chains: a Resume found nothing after the last processed descriptor; the engine is
-    /// parked there and the next Append points it at the new chain.
+    /// A Resume found nothing after the last processed descriptor; the engine is parked there
+    /// and the next Append points it at the new chain.
     @usableFromInline var parked = false
 
     init(index: Int, device: IOATDevice<BAR>, eventFD: consuming EventFD?, countedChains: Bool) {
@@ -100,13 +106,18 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             interruptEventFD = nil
             self.eventFD = nil
         }
-        runControl = control.rawValue
+        baseControl = control.rawValue
+        self.control.store(control.rawValue, ordering: .relaxed)
     }
 
     // MARK: - Allocation (provider)
 
-    /// Claims the channel for a client and points it at `parameters`' completion word.
+    /// Claims the channel for a client and points it at `parameters`' completion word. The
+    /// NetDMA channel priority goes to CHANCTRL bits 15:12 (clamped to 0…15, the "CB spec"
+    /// field NetDMA's `ChannelPriority` names).
     func activate(_ parameters: ChannelParameters) {
+        let priority = UInt16(min(max(parameters.priority, 0), 15))
+        control.store(baseControl | priority << 12, ordering: .relaxed)
         completionIOVA = parameters.completionIOVA
         completionAddress.store(UInt(bitPattern: parameters.completionAddress), ordering: .releasing)
         count = 0
@@ -129,11 +140,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// A running engine is first suspended, so the current descriptor finishes and the rest
     /// of the old chain is dropped. A channel halted by an error is recovered first (CB 3.4 in
     /// place, else a full reset). Then CHAINADDR = `chain.iova` and DMACOUNT = `chain.count`
-    /// (CB 1.x: CHANCMD.START). Spins (bounded by the quiesce and reset timeouts), never sleeps.
+    /// (1.x chains on CB ≥ 2: their length up to NULL; CB 1.x: CHANCMD.START). Spins (bounded
+    /// by the quiesce and reset timeouts), never sleeps; the reset path of a recovery may make
+    /// config-space and interrupt-routing calls.
     ///
-    /// - Throws: `.invalidArgument` when a counted chain has more than 65535 descriptors or a
-    ///   1.x chain on a CB ≥ 2 engine has no count; `.timeout` when the engine does not stop
-    ///   or reset in time.
+    /// - Throws: `.invalidArgument` when a chain has more than 65535 descriptors (DMACOUNT is
+    ///   16 bits); `.timeout` when the engine does not stop or reset in time.
     public func start(_ chain: DescriptorChain) throws(DriverError) {
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else {
             throw DriverError(.invalidArgument,
@@ -145,30 +157,29 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         // buffer had: the cached region may be stale.
         walkRegion = (0, 0, 0)
         try device.quiesceForStart(regs, channel: index)
-        if device.state(regs) == .halted {
-            if device.chanErr(regs) != 0 {
-                if device.profile.recoversFromHalt,
-                   device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
-                    chainHead = chain.iova
-                    needsProgramming = false
-                    inPlaceRecoveries.add(1, ordering: .relaxed)
-                    ring(prepare(chain), restarted: true)
-                    return
-                }
-                try device.fullReset(regs, channel: index)
-                needsProgramming = true
-                resetRecoveries.add(1, ordering: .relaxed)
+        let n = prepare(chain)
+        if device.state(regs) == .halted && device.chanErr(regs) != 0 {
+            if device.profile.recoversFromHalt,
+               device.recoverInPlace(regs, chainAddress: chain.iova, control: runControl, completion: completionIOVA) {
+                chainHead = chain.iova
+                needsProgramming = false
+                inPlaceRecoveries.add(1, ordering: .relaxed)
+                ring(n, restarted: true)
+                return
             }
+            try device.fullReset(regs, channel: index)
+            needsProgramming = true
+            resetRecoveries.add(1, ordering: .relaxed)
         }
         if needsProgramming { program() }
-        let n = prepare(chain)
         point(at: chain.iova)
         ring(n, restarted: true)
     }
 
-    /// Walks `chain` before the engine may fetch it, and returns how many descriptors to put
-    /// on DMACOUNT: `chain.count` for counted chains; for a NULL-terminated chain on CB ≥ 2
-    /// (where `chain.count` is only informational) the length up to NULL, remembering its tail.
+    /// Walks `chain` before the engine may fetch it, remembers its last descriptor (``tail``)
+    /// and returns how many descriptors to put on DMACOUNT: `chain.count` for counted chains;
+    /// for a NULL-terminated chain on CB ≥ 2 (where `chain.count` is only informational) the
+    /// length up to NULL.
     ///
     /// On the way it gives NULL descriptors with a zero TransferSize a size of 1: NetDMA lets
     /// the engine ignore the size of a NULL transfer, but CBDMA rejects size 0 with DXSERR
@@ -176,7 +187,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
         if countedChains {
-            _ = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count)
+            tail = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count).tail
             return chain.count
         }
         let w = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: nil)
@@ -251,18 +262,18 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             if device.hasDMACount && countedChains { count &+= UInt16(truncatingIfNeeded: n) }
             return
         }
-        if countedChains {
-            ring(prepare(chain), restarted: false)
-            return
-        }
-        // NULL-terminated (1.x) chains: tail re-read semantics.
         if parked {
-            // Resume found the old tail's `next` empty; it now holds this chain.
+            // Resume found nothing after the last processed descriptor; this chain follows it.
             let n = prepare(chain)
             point(at: chain.iova)
             ring(n, restarted: true)
             return
         }
+        if countedChains {
+            ring(prepare(chain), restarted: false)
+            return
+        }
+        // NULL-terminated (1.x) chains: tail re-read semantics.
         guard device.hasDMACount else {
             ring(prepare(chain), restarted: false)  // CHANCMD.APPEND: the engine re-reads the tail
             return
@@ -345,11 +356,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// `ProviderResumeDma`: continue at the first unprocessed descriptor, re-reading the last
     /// processed descriptor's `next` (which the client may have edited while suspended).
     ///
-    /// 2.0 counted chains: DMACOUNT (with whatever was appended while suspended), then
-    /// CHANCMD.RESUME: the engine keeps its count and reloads its position. 1.x chains: the
-    /// provider reads that `next` itself and points CHAINADDR there (CB ≥ 2 with the count of
-    /// the rest of the NULL-terminated chain; CB 1.x with CHANCMD.START); when it is NULL the
-    /// channel stays parked on the tail until the next Append.
+    /// The provider reads that `next` itself and points CHAINADDR there, with DMACOUNT = the
+    /// descriptors from it up to the last one submitted (2.0: found by walking to the chain's
+    /// tail, so inserted or removed descriptors count; 1.x: up to NULL; CB 1.x: CHANCMD.START).
+    /// Only documented register behaviour is used (CHAINADDR from SUSPENDED, as the Linux VFIO
+    /// selftest driver does after every suspend). When nothing is left the channel stays
+    /// parked and the next Append points it at its chain. If an edited 2.0 chain no longer
+    /// reaches its tail, the engine is told CHANCMD.RESUME with its own count instead.
     ///
     /// - Throws: `.channelHalted` when the channel halted with an error while suspended;
     ///   `.unmappedAddress` when the last processed descriptor is not in the provider's DMA memory.
@@ -361,12 +374,6 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
                                   : CompletionWord(descriptor: last, status: .active))
         suspended = false
-        if countedChains {
-            cvfio_io_wmb()
-            device.bar.write16(regs.dmacount, count)
-            device.command(regs, .resume)
-            return
-        }
         var first = chainHead
         if last != 0 {
             guard let d = hostAddress(ofDescriptor: last) else {
@@ -374,6 +381,21 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                     "Descriptor 0x\(String(last, radix: 16)) is not in the provider's DMA memory; allocate chains from the provider's dmaMemory.")
             }
             first = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        }
+        if countedChains {
+            if last != 0 && last == tail {
+                parked = true  // everything submitted ran; `first` heads the next Append
+                return
+            }
+            guard let n = stepsToTail(from: first) else {
+                cvfio_io_wmb()
+                device.bar.write16(regs.dmacount, count)
+                device.command(regs, .resume)
+                return
+            }
+            point(at: first)
+            ring(n, restarted: true)
+            return
         }
         guard first != 0 else {
             parked = true
@@ -383,6 +405,19 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         tail = w.tail
         point(at: first)
         ring(device.hasDMACount ? w.count : 0, restarted: true)
+    }
+
+    /// How many descriptors from `first` up to and including ``tail`` (nil when `next` never
+    /// reaches it within 65535).
+    private func stepsToTail(from first: UInt64) -> Int? {
+        var iova = first
+        var n = 1
+        while iova != tail {
+            guard n < Int(UInt16.max), let d = hostAddress(ofDescriptor: iova) else { return nil }
+            iova = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            n += 1
+        }
+        return n
     }
 
     /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)
@@ -436,7 +471,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         completionIOVA = 0
         count = 0
         chainHead = 0
-        allocated.store(false, ordering: .releasing)
+        allocation.store(false, ordering: .releasing)
     }
 
     // MARK: - Power
@@ -453,7 +488,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     func powerUp(contextLost: Bool) throws(DriverError) {
         try device.fullReset(regs, channel: index)
         count = 0
-        if allocated.load(ordering: .acquiring) {
+        if allocated {
             program()
             self.contextLost = contextLost
         }
@@ -461,29 +496,28 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     // MARK: - Interrupts
 
-    /// The ISR: reads the completion word, CHANSTS and CHANERR and reports the last completed
-    /// descriptor, or a decoded fault when the channel halted with an error. The address comes
-    /// from CHANSTS on CB ≥ 3.3 and from the completion word below (split CHANSTS reads tear).
+    /// The ISR: reads CHANSTS and CHANERR and reports the last completed descriptor (CHANSTS
+    /// bits 63:6, whether or not it asked for a status write; 0 when nothing completed since
+    /// the chain was loaded), or a decoded fault when the channel halted with an error. Below
+    /// CB 3.3 CHANSTS is read as two tear-safe halves (high, low, high again).
     /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
     public func serviceInterrupt() -> InterruptReport {
-        let word = loadCompletion()
-        let low = device.bar.read32(regs.chansts)
-        if low & 0x7 == UInt32(IOAT.ChannelState.halted.rawValue), let f = fault {
+        let sts = device.readChanSts(regs)
+        let state = sts & IOAT.ChanSts.stateMask
+        if state == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
             return InterruptReport(lastCompleted: 0, fault: f)
         }
-        if device.profile.tornChanstsReads || regs.chansts & 7 != 0 {
-            return InterruptReport(lastCompleted: word.status == .armed ? 0 : word.descriptor)
-        }
-        let sts = device.bar.read64(regs.chansts)
-        let state = sts & IOAT.ChanSts.stateMask
-        let last = state == UInt64(IOAT.ChannelState.armed.rawValue) ? 0 : sts & IOAT.ChanSts.completedDescriptorMask
-        return InterruptReport(lastCompleted: last)
+        return InterruptReport(lastCompleted: sts & IOAT.ChanSts.completedDescriptorMask)
     }
 
     /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
     public func rearmInterrupt() {
         device.bar.write16(regs.chanctrl, runControl)
+        rearmCount.add(1, ordering: .relaxed)
     }
+
+    /// How many times ``rearmInterrupt()`` re-armed the channel (the DPC does, once per interrupt).
+    public var interruptRearms: Int { rearmCount.load(ordering: .relaxed) }
 
     /// The decoded CHANERR when the channel is HALTED with an error, with the failing
     /// descriptor (the one after the last completed, or the chain head when none completed).

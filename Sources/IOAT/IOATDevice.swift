@@ -197,18 +197,21 @@ public final class IOATDevice<BAR: RegisterIO & ~Copyable>: @unchecked Sendable 
         }
     }
 
-    /// A 64-bit register (CHANSTS, CDAR) as one value. Below 3.3 (or on the v1 layout, where
-    /// CHANSTS is not 8-byte aligned) two 32-bit loads, repeated until two reads agree so a
-    /// moving value does not tear.
+    /// A 64-bit register (CHANSTS, CDAR) as one value. From CB 3.3 one 64-bit load. Below
+    /// 3.3 (and on the v1 layout, where CHANSTS is not 8-byte aligned) a single 64-bit load
+    /// may tear (ioat.md §7.4), so two 32-bit loads made tear-safe: high, low, high again,
+    /// repeated while the high half moved.
     func readWide(_ offset: Int) -> UInt64 {
         guard profile.tornChanstsReads || offset & 7 != 0 else { return bar.read64(offset) }
-        var v = bar.read64Split(offset)
+        var high = bar.read32(offset + 4)
+        var low = bar.read32(offset)
         for _ in 0..<8 {
-            let w = bar.read64Split(offset)
-            if w == v { break }
-            v = w
+            let again = bar.read32(offset + 4)
+            if again == high { break }
+            high = again
+            low = bar.read32(offset)
         }
-        return v
+        return UInt64(high) << 32 | UInt64(low)
     }
 
     /// CHANSTS as one value (see ``readWide(_:)``).

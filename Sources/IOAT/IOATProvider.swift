@@ -230,10 +230,10 @@ public final class IOATProvider<BAR: RegisterIO & ~Copyable>: NetDMAProvider, @u
         let table = affinityTable.withLock { $0 }
         let want = parameters.affinity
         let picked: (IOATChannel<BAR>, Int)? = allocationLock.withLock { _ in
-            let free = channels.filter { !$0.allocated.load(ordering: .acquiring) }
+            let free = channels.filter { !$0.allocated }
             guard !free.isEmpty else { return nil }
             let ch = free.first { table[$0.index].map(want.contains) ?? false } ?? free[0]
-            ch.allocated.store(true, ordering: .releasing)
+            ch.allocation.store(true, ordering: .releasing)
             let cpu: Int
             if let c = table[ch.index], want.isEmpty || want.contains(c) {
                 cpu = c

@@ -112,6 +112,23 @@ struct IOATBringUpTests {
         }
     }
 
+    @Test("Skylake-SP/Cascade Lake (0x2021) is driven as CB 3.2 whatever CBVER says, as Linux does")
+    func skxForcedTo32() throws {
+        var profile = IOAT.profile(named: "skx")!
+        profile.cbver = 0x33
+        let iommu = SoftIOMMU()
+        let memory = DMAMemory(spaces: [iommu], preferHugePages: false)
+        let device = MockIOATDevice(profile: profile, iommu: iommu)
+        let bar = IOATRecordingBAR(base: device.bar0)
+        let provider = try IOATProvider(bar: bar, config: IOATModelConfig(device.config), interrupts: nil, memory: memory)
+        #expect(provider.device.cbver == 0x33)
+        #expect(provider.device.profile.cbver == 0x32)
+        #expect(provider.device.profile.splitsWide64BitWrites)
+        #expect(provider.attributes.hardwareMajor == 3 && provider.attributes.hardwareMinor == 3)
+        let ch = IOAT.channelBase(0)
+        #expect(bar.log.all.filter { $0.offset == ch + IOAT.CHAINADDR }.allSatisfy { $0.width == 4 })
+    }
+
     @Test("the bring-up also works with the engine stepped by hand (deterministic model)")
     func manualExecution() throws {
         let rig = try IOATProviderRig("icx", execution: .manual)

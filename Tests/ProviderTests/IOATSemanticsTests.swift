@@ -70,7 +70,7 @@ struct IOATSemanticsTests {
         #expect(t.executed == base + 5)
     }
 
-    @Test("Suspend returns the last completed descriptor; edits while suspended are honoured; Resume continues (2.0)",
+    @Test("Suspend returns the last completed descriptor; edits (an insertion, a changed descriptor) are honoured on Resume (2.0)",
           arguments: ["tbg", "skx", "bwd", "icx"])
     func suspendResumeCounted(profile name: String) throws {
         let t = try IOATStepped(name)
@@ -87,15 +87,20 @@ struct IOATSemanticsTests {
         // Stepping a suspended engine does nothing.
         t.rig.device.runUntilIdle()
         #expect(t.executed == base + 2)
-        // Edit: descriptor 3 now writes destination slot 12.
+        // Edits: descriptor 3 now writes destination slot 12, and descriptor 10 is inserted
+        // after the last processed one (its `next` is re-read on Resume).
         t.copy(3, to: 12)
+        t.copy(10)
+        t.pool[10].pointee.next = t.pool.iova(at: 2)
+        DescriptorPool.publishNext(of: t.pool[1], t.pool.iova(at: 10))
         try t.channel.resume()
         #expect(t.channel.state == .running)
         t.rig.device.runUntilIdle()
-        for i in 0..<3 { #expect(t.copied(i)) }
+        for i in [0, 1, 2, 10] { #expect(t.copied(i), "descriptor \(i)") }
         #expect(t.copied(3, to: 12))
         #expect(t.untouched(3))
         #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 3))
+        #expect(t.executed == base + 5)
         // Appends continue the count after the resume.
         try t.channel.append(IOATChain.link(t.pool, 4..<6, counted: true))
         t.rig.device.runUntilIdle()
@@ -127,6 +132,35 @@ struct IOATSemanticsTests {
         try t.channel.append(t.pool.chain(from: 6, count: 1))
         t.rig.device.runUntilIdle()
         #expect(t.copied(6))
+    }
+
+    @Test("Suspend after the chain ran, and before anything ran: Resume continues at the right place",
+          arguments: [("icx", NetDMAVersion.v2_0), ("tbg", .v2_0), ("skx", .v1_0), ("cb1", .v1_1)])
+    func suspendAtTheEnds(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        let counted = arg.version.countedChains
+        for i in 0..<6 { t.copy(i) }
+        // Everything ran: Suspend returns the tail, Resume parks, the next Append runs.
+        try t.channel.start(IOATChain.link(t.pool, 0..<2, counted: counted))
+        t.rig.device.runUntilIdle()
+        let channel = t.channel
+        let last = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        #expect(last == t.pool.iova(at: 1))
+        try t.channel.resume()
+        t.rig.device.runUntilIdle()
+        if !counted { DescriptorPool.publishNext(of: t.pool[1], t.pool.iova(at: 2)) }
+        try t.channel.append(IOATChain.link(t.pool, 2..<4, counted: counted))
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(2) && t.copied(3))
+        // Nothing ran yet (the engine is held): Suspend returns 0, Resume runs the whole chain.
+        try t.channel.start(IOATChain.link(t.pool, 4..<6, counted: counted))
+        let none = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        #expect(none == 0)
+        #expect(t.untouched(4))
+        try t.channel.resume()
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(4) && t.copied(5))
+        #expect(t.channel.completionWord.descriptor == t.pool.iova(at: 5))
     }
 
     @Test("Abort: Halted in the completion word with the last completed descriptor, the rest abandoned, Append refused until Start",
