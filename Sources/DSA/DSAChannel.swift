@@ -64,7 +64,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let vector: UInt16
     private let descriptorFlags: UInt32
     private let portalBase: Int
-    private let wake: @Sendable () -> Void
+    /// The provider's completion poller, woken after portal writes.
+    let poller: CompletionPoller
     private let memory: DMAMemory
 
     // DMA area: members (slots × batchLimit × 64), member records (slots × batchLimit × 32),
@@ -97,8 +98,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private let rearmCount = Atomic<Int>(0)
     private let faultState = Mutex<ChannelFault?>(nil)
     private let starts = Mutex<[ControlFlags]>([])
-    /// Set while a Suspend is in progress or in force.
+    /// Set once a Suspend has stopped the WQ (Abort WQ done), until Resume or Start.
     private let suspendFlag = Atomic<Bool>(false)
+    /// NetDMA 1.0 after a power cycle: the next Append fails once with `.contextLost`.
+    private let contextLost = Atomic<Bool>(false)
 
     // Guarded by `busy`.
     private var word: UnsafeMutablePointer<Atomic<UInt64>>?
@@ -112,22 +115,23 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var chainStart: UInt64 = 0
     private var lastCompleted: UInt64 = 0
     private var processedSinceStart = false
+    /// The walk met a `next` outside DMA memory (0: no).
+    private var unreachableDescriptor: UInt64 = 0
     private var halted = false
     private var running = false
-    private var contextLost = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
 
     init(index: Int, device: DSADevice<BAR, Portals>, eventFD: consuming EventFD?, workQueueSize: Int,
          batchLimit: Int, minimumBatch: Int, countedChains: Bool, memory: DMAMemory,
-         wake: @escaping @Sendable () -> Void) throws(DriverError) {
+         poller: CompletionPoller) throws(DriverError) {
         self.index = index
         self.device = device
         self.workQueueSize = workQueueSize
         self.batchLimit = max(1, batchLimit)
         self.minimumBatch = max(2, minimumBatch)
         self.countedChains = countedChains
-        self.wake = wake
+        self.poller = poller
         self.memory = memory
         vector = UInt16(index + 1)
         portalBase = index * DSA.portalWindowSize
@@ -215,6 +219,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         pending.store(0, ordering: .relaxed)
         atTail = false
         cursorIOVA = 0
+        unreachableDescriptor = 0
         running = false
         halted = false
         processedSinceStart = false
@@ -236,19 +241,24 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         }
         acquire()
         defer { release() }
+        if device.state == .halted { throw device.haltedError("Start on WQ \(index)") }
         var current: UInt64? = nil
         // A new chain may live in DMA memory allocated since the last walk, at an IOVA a freed
         // buffer had: the cached region may be stale.
         walkRegion = (0, 0, 0)
         if tail != head { current = try quiesce() }
+        // The interface wrote Armed before calling; a failure this channel processed while the
+        // Start waited for the channel (Halted) belongs to the chain being replaced.
+        word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
         pending.store(0, ordering: .relaxed)
         halted = false
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         suspendFlag.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
         processedSinceStart = false
         chainStart = chain.iova
         cursorIOVA = chain.iova
+        unreachableDescriptor = 0
         atTail = false
         running = true
         if let current, let p = descriptor(at: current) { submitCurrent(p, iova: current) }
@@ -262,7 +272,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     ///
     /// - Throws: `.contextLost` once after a power cycle (NetDMA 1.0).
     public func append(_ chain: DescriptorChain) throws(DriverError) {
-        if contextLost { throw lostContext() }
+        if contextLost.load(ordering: .relaxed) { throw lostContext() }
         if countedChains { pending.add(chain.count, ordering: .releasing) }
         kick()
     }
@@ -274,16 +284,17 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// - Throws: `.timeout` or `.deviceError` when Abort WQ fails or the current descriptor
     ///   does not complete.
     public func suspend() throws(DriverError) -> UInt64 {
-        suspendFlag.store(true, ordering: .releasing)
         acquire()
         defer { release() }
         if tail != head, let current = try quiesce(), let p = descriptor(at: current) {
+            suspendFlag.store(true, ordering: .releasing)  // Abort WQ is done: only the current one runs
             submitCurrent(p, iova: current)
             guard device.spin(for: device.timeouts.command, { reapOne() || tail == head }) || tail == head else {
                 throw DriverError(.timeout, "DSA WQ \(index): the current descriptor did not complete within \(device.timeouts.command) during Suspend (\(device.diagnostics())).")
             }
             while tail != head && reapOne() {}
         }
+        suspendFlag.store(true, ordering: .releasing)
         running = false
         if !halted { writeWord(lastCompleted, .suspend) }
         return processedSinceStart ? lastCompleted : 0
@@ -296,6 +307,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         defer { release() }
         suspendFlag.store(false, ordering: .relaxed)
         guard !halted else { return }
+        unreachableDescriptor = 0
         if processedSinceStart, let p = descriptor(at: lastCompleted) {
             let next = Self.loadNext(p)
             if !countedChains && next == 0 {
@@ -327,6 +339,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     /// `ProviderResetChannel`: as Abort, then the post-allocation state; no previously
     /// submitted descriptor is touched again.
+    ///
+    /// Uses Abort WQ, not Reset WQ: Reset WQ also clears the WQ's WQCFG, and the WQ size can be
+    /// written only while the whole device is disabled (dsa.md §9.2), so the WQ could not be
+    /// enabled again without stopping every other channel.
     public func reset() throws(DriverError) {
         acquire()
         defer { release() }
@@ -335,7 +351,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         forget()
         lastCompleted = 0
         lastCompletedAtomic.store(0, ordering: .relaxed)
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         faultState.withLock { $0 = nil }
     }
 
@@ -396,8 +412,31 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         let wasRunning = running
         forget()
         lastCompleted = last
-        contextLost = wasRunning
+        contextLost.store(wasRunning, ordering: .releasing)
         release()
+    }
+
+    /// The device halted (GENSTS): the descriptors outstanding on this WQ will never complete.
+    /// Records that did arrive are processed; the oldest descriptor still outstanding is
+    /// reported as the failing one, the rest are abandoned, and the channel halts with an
+    /// interrupt, as on a descriptor failure. Called by the completion poller and by
+    /// ``DSAProvider/recover()``.
+    func deviceHalted(_ reason: String) {
+        acquire()
+        defer { release() }
+        while tail != head && !halted && reapOne() {}
+        guard tail != head, !halted else { return }
+        let failing = memberIOVA[(head % workQueueSize) * batchLimit]
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: UInt64(device.bar.read32(DSA.GENSTS)),
+                              causes: ["device halted (GENSTS)", reason], descriptor: failing)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        running = false
+        writeWord(last, .halted)
+        raiseInterrupt()
     }
 
     // MARK: - The engine work (under `busy`)
@@ -406,7 +445,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private func progress() {
         guard word != nil else { return }
         while tail != head && reapOne() {}
-        if running && !halted && !suspendFlag.load(ordering: .relaxed) { fill() }
+        if running && !halted { fill() }
+        if unreachableDescriptor != 0 && tail == head && !halted { haltUnreachable() }
     }
 
     /// Whether NetDMA descriptors wait to be submitted.
@@ -423,7 +463,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     @inline(__always)
     private func nextDescriptor() -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
         if countedChains {
-            guard pending.load(ordering: .acquiring) > 0, let p = descriptor(at: cursorIOVA) else { return nil }
+            guard pending.load(ordering: .acquiring) > 0 else { return nil }
+            guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
             pending.subtract(1, ordering: .relaxed)
             let iova = cursorIOVA
             cursorIOVA = p.pointee.next
@@ -436,7 +477,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
             atTail = false
         }
-        guard cursorIOVA != 0, let p = descriptor(at: cursorIOVA) else { return nil }
+        guard cursorIOVA != 0 else { return nil }
+        guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
         let iova = cursorIOVA
         let n = Self.loadNext(p)
         if n == 0 {
@@ -446,6 +488,32 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             cursorIOVA = n
         }
         return (iova, p)
+    }
+
+    /// The walk reached a `next` that is not in DMA memory (what a CBDMA engine reports as a
+    /// chain address error): the walk stops there, and once everything before it completed the
+    /// channel halts with a fault naming that address.
+    @inline(never)
+    private func unreachable(_ iova: UInt64) -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
+        if unreachableDescriptor == 0 { unreachableDescriptor = iova }
+        return nil
+    }
+
+    /// Halts for ``unreachable(_:)`` once nothing is outstanding.
+    @inline(never)
+    private func haltUnreachable() {
+        let iova = unreachableDescriptor
+        unreachableDescriptor = 0
+        faultState.withLock {
+            $0 = ChannelFault(rawValue: iova, causes: [
+                "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not in this provider's DMA memory (a bad NextDescriptor); allocate descriptors from the provider's DMA memory"],
+                descriptor: iova)
+        }
+        let last = lastCompleted
+        forget()
+        halted = true
+        writeWord(last, .halted)
+        raiseInterrupt()
     }
 
     /// Submits the "current" descriptor that Abort WQ discarded again, alone (the WQ is empty).
@@ -583,7 +651,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         cvfio_wmb()
         device.portals.submit64(portalBase + (portalSlot & 63) * 64, UnsafeRawPointer(p))
         portalSlot &+= 1
-        wake()
+        poller.wake()
     }
 
     /// Processes the oldest outstanding submission if its record has arrived; false when not.
@@ -723,7 +791,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     @inline(never)
     private func lostContext() -> DriverError {
-        contextLost = false
+        contextLost.store(false, ordering: .relaxed)
         return DriverError(.contextLost, "DSA WQ \(index) lost its context in a power cycle; Start again with a NULL descriptor.")
     }
 

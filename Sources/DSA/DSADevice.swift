@@ -84,7 +84,7 @@ public struct DSALayout: Sendable, Hashable, CustomStringConvertible {
     public var workQueues: Int
     /// Entries per WQ: the most descriptors (batches count one) in flight per channel.
     public var workQueueSize: Int
-    /// WQ `i` is in group `i % groups`.
+    /// log2 of the WQ's maximum transfer (WQ `i` is in group `i % groups`).
     public var maximumTransferShift: Int
     /// log2 of the WQ's maximum batch.
     public var maximumBatchShift: Int
@@ -92,6 +92,18 @@ public struct DSALayout: Sendable, Hashable, CustomStringConvertible {
     public var batching: Bool
     /// Whether fill (opcode 0x04) is available.
     public var fill: Bool
+
+    public init(version: UInt32, groups: Int, workQueues: Int, workQueueSize: Int, maximumTransferShift: Int,
+                maximumBatchShift: Int, batching: Bool, fill: Bool) {
+        self.version = version
+        self.groups = groups
+        self.workQueues = workQueues
+        self.workQueueSize = workQueueSize
+        self.maximumTransferShift = maximumTransferShift
+        self.maximumBatchShift = maximumBatchShift
+        self.batching = batching
+        self.fill = fill
+    }
 
     public var description: String {
         "DSA 0x\(String(version, radix: 16)): \(workQueues) dedicated WQs × \(workQueueSize) entries in \(groups) groups (1 engine each), max transfer 2^\(maximumTransferShift), max batch 2^\(maximumBatchShift)\(batching ? "" : " (batching off)")\(fill ? ", fill" : "")"
@@ -143,7 +155,7 @@ public final class DSADevice<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~C
         let tables = DSA.TableOffset(low: bar.read64(DSA.TABLE_OFFSET), high: bar.read64(DSA.TABLE_OFFSET + 8))
         if version == 0xFFFF_FFFF {
             throw DriverError(.notFound,
-                "DSA BAR0 reads all-ones: the function is not decoding memory (powered down, removed, or PCI COMMAND.Memory is 0). Check the device with lspci and bind it to vfio-pci again.")
+                "DSA BAR0 reads all-ones: the function is not decoding memory (powered down, removed, or PCI COMMAND.Memory is 0). Give the provider config-space access so it can set COMMAND, or check the device with lspci and bind it to vfio-pci again.")
         }
         guard version == 0x100 || version == 0x200 else {
             throw DriverError(.unsupported,
@@ -328,7 +340,7 @@ public final class DSADevice<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~C
     // MARK: - Bring-up (dsa.md §4)
 
     /// Sets PCI COMMAND Memory Space and Bus Master (and INTx disable with MSI-X).
-    func enableBusMaster(interrupts: Bool) throws(DriverError) {
+    static func enableBusMaster(_ config: (any PCIConfigAccess)?, interrupts: Bool) throws(DriverError) {
         guard let config else { return }
         let cmd = try config.readConfig32(0x04) & 0xFFFF
         var want: UInt32 = 0x6
@@ -391,6 +403,12 @@ public final class DSADevice<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~C
             throw DriverError(.deviceError, "The DSA logged a software error during bring-up: \(e). Reset the function and try again.")
         }
         return groups
+    }
+
+    /// The error for `call` on a halted device, saying how to recover.
+    func haltedError(_ call: String) -> DriverError {
+        DriverError(.deviceError,
+            "\(call) refused: the DSA is halted (\(diagnostics())). \(resetType == .software ? "Call recover() on the provider (Reset Device and bring-up)" : resetType == .flr ? "Reset the function (VFIO_DEVICE_RESET), then call recover() on the provider" : "The platform needs a \(resetType) reset"), then Start the channel again.")
     }
 
     /// Spins, then yields, until `condition` holds or `limit` passes.

@@ -72,6 +72,9 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         guard version >= .v1_0, version <= .interface else {
             throw DriverError(.unsupported, "NetDMA \(version) is not a version this provider can declare; use 1.0, 1.1, 2.0 or 2.1.")
         }
+        // Memory Space and Bus Master first: without them BAR0 reads all-ones and Enable Device
+        // fails with 0x12.
+        try DSADevice<BAR, Portals>.enableBusMaster(config, interrupts: interrupts != nil)
         let device = try DSADevice(bar: bar, portals: portals, config: config, timeouts: configuration.timeouts,
                                    mode: configuration.mode)
         let cap = device.wqCap
@@ -90,7 +93,6 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         let batchLimit = batching ? min(configuration.maximumBatch, 1 << batchShift) : 1
         let fill = device.supports(opcode: DSA.Opcode.fill)
 
-        try device.enableBusMaster(interrupts: interrupts != nil)
         try device.reset()
         let groups = try device.configure(wqs: wqs, size: size, transferShift: transferShift, batchShift: batchShift)
 
@@ -109,7 +111,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
                 channels.append(try DSAChannel(index: i, device: device, eventFD: fd, workQueueSize: size,
                                                batchLimit: batchLimit, minimumBatch: configuration.minimumBatch,
                                                countedChains: version.countedChains, memory: memory,
-                                               wake: { [poller] in poller.wake() }))
+                                               poller: poller))
             }
             if let interrupts, !fds.isEmpty { try interrupts.routeInterrupts(start: 1, eventFDs: fds) }
         } catch {
@@ -143,7 +145,12 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
             hardwareMajor: major, hardwareMinor: minor, vendorID: DSA.vendorID, channelCount: wqs,
             maximumTransferSize: min(1 << transferShift, Int(UInt32.max)),
             maximumAddress: UInt64.max >> 16)
-        poller.start(channels.map { c in { c.pollFromPoller() } })
+        poller.start(channels.map { c in { c.pollFromPoller() } }, watch: { [device, channels] in
+            // A halted device completes nothing: account for what is outstanding.
+            guard device.state == .halted else { return }
+            let reason = device.diagnostics()
+            for c in channels where c.outstandingCount.load(ordering: .acquiring) > 0 { c.deviceHalted(reason) }
+        })
     }
 
     deinit {
@@ -224,6 +231,24 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         return aborted
     }
 
+    // MARK: - Recovery
+
+    /// Recovers a halted (or otherwise lost) device: every descriptor still outstanding is
+    /// reported failed on its channel (``DSAChannel`` halts with a fault naming it), then
+    /// Reset Device and the bring-up run again. Channels keep their clients; each must Start
+    /// again (``CopyQueue`` does so by itself). Blocks.
+    ///
+    /// - Throws: `.deviceError` when the halt needs an FLR (call `VFIO_DEVICE_RESET`, then
+    ///   this again) or a platform reset; the bring-up's errors.
+    public func recover() throws(DriverError) {
+        let reason = device.diagnostics()
+        for c in channels where c.outstandingCount.load(ordering: .acquiring) > 0 { c.deviceHalted(reason) }
+        try DSADevice<BAR, Portals>.enableBusMaster(device.config, interrupts: interrupts != nil)
+        try device.reset()
+        _ = try device.configure(wqs: layout.workQueues, size: layout.workQueueSize,
+                                 transferShift: layout.maximumTransferShift, batchShift: layout.maximumBatchShift)
+    }
+
     // MARK: - Power (netdma.md §10)
 
     /// PowerDown: tells the interface (1.1+, which drains every channel), then Disable Device.
@@ -240,7 +265,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
     /// 1.1+ providers tell the interface, which re-Starts every channel with a NULL
     /// descriptor; a 1.0 provider fails each channel's next Append with `.contextLost`.
     public func powerUp() throws(DriverError) {
-        try device.enableBusMaster(interrupts: interrupts != nil)
+        try DSADevice<BAR, Portals>.enableBusMaster(device.config, interrupts: interrupts != nil)
         try device.reset()
         _ = try device.configure(wqs: layout.workQueues, size: layout.workQueueSize,
                                  transferShift: layout.maximumTransferShift, batchShift: layout.maximumBatchShift)
@@ -275,6 +300,9 @@ final class CompletionPoller: @unchecked Sendable {
     private let spins: Int
     private var thread: pthread_t?
     private var passes: [() -> Bool] = []
+    private var watch: () -> Void = {}
+    /// Busy passes between checks of the device state.
+    static let watchInterval = 1024
 
     init(spins: Int) {
         self.spins = spins
@@ -287,8 +315,9 @@ final class CompletionPoller: @unchecked Sendable {
         doorbell.deallocate()
     }
 
-    func start(_ passes: [() -> Bool]) {
+    func start(_ passes: [() -> Bool], watch: @escaping () -> Void) {
         self.passes = passes
+        self.watch = watch
         var t = pthread_t()
         let arg = Unmanaged.passRetained(self).toOpaque()
         let r = pthread_create(&t, nil, { arg in
@@ -305,6 +334,7 @@ final class CompletionPoller: @unchecked Sendable {
         if let thread { pthread_join(thread, nil) }
         thread = nil
         passes = []
+        watch = {}
     }
 
     /// Called after each portal write: a futex wake only when the poller sleeps.
@@ -322,12 +352,15 @@ final class CompletionPoller: @unchecked Sendable {
     private func run() {
         let word = UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self)
         var idle = 0
+        var busyPasses = 0
         while !stopping.load(ordering: .acquiring) {
             let seen = doorbell.pointee.load(ordering: .acquiring)
             var busy = false
             for pass in passes where pass() { busy = true }
             if busy {
                 idle = 0
+                busyPasses &+= 1
+                if busyPasses % Self.watchInterval == 0 { watch() }
                 sched_yield()  // leave the core to the engines and the submitters
                 continue
             }
