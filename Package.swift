@@ -71,11 +71,12 @@ let package = Package(
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "Platform", "CVFIO"], swiftSettings: swiftSettings),
         .testTarget(name: "DeviceModelsTests", dependencies: ["DeviceModels", "Platform", "Hardware"], swiftSettings: swiftSettings),
-        .testTarget(name: "NetDMATests", dependencies: ["NetDMA", "Platform", "DeviceModels", "IOAT", "Hardware"], swiftSettings: swiftSettings),
+        .testTarget(name: "NetDMATests", dependencies: ["NetDMA", "Platform", "DeviceModels"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ProviderTests",
             dependencies: ["NetDMA", "IOAT", "DSA", "Edu", "DeviceModels", "Platform", "Hardware"],
             swiftSettings: swiftSettings),
         .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool"], swiftSettings: swiftSettings),
+        .testTarget(name: "VMTests", dependencies: ["VFIO", "Platform", "NetDMA", "Edu", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
     ]
 )

@@ -12,6 +12,9 @@ struct NetDMATool: ParsableCommand {
         Bind.self,
         Unbind.self,
         UdevRules.self,
+        Probe.self,
+        Selftest.self,
+        Bench.self,
         SoakCommand.self,
     ]
 

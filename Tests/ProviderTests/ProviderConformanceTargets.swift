@@ -6,7 +6,7 @@ import NetDMA
 
 extension TargetFactory {
     /// Every provider target, every NetDMA version.
-    static let all: [TargetFactory] = dsaTargets
+    static let all: [TargetFactory] = ioatTargets + dsaTargets
     /// The target of single-version tests.
     static func primary(_ version: NetDMAVersion) -> TargetFactory { .dsa(version) }
     /// A 2.0 target whose channels have no interrupt vector.

@@ -12,23 +12,6 @@ import Glibc
 // unmapped address is a device fault, never a crash), on its own thread, and signalling one
 // eventfd per channel. It lets the NetDMA core be tested before the CBDMA provider exists.
 
-/// A joinable pthread for the fixture's engine loop.
-final class FixtureThread: @unchecked Sendable {
-    private var thread = pthread_t()
-    private final class Body {
-        let run: @Sendable () -> Void
-        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-    }
-    init(_ run: @escaping @Sendable () -> Void) {
-        let body = Unmanaged.passRetained(Body(run)).toOpaque()
-        let r = pthread_create(&thread, nil, { arg in
-            Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue().run()
-            return nil
-        }, body)
-        precondition(r == 0, "pthread_create failed: \(r)")
-    }
-    func join() { pthread_join(thread, nil) }
-}
 
 /// TEST FIXTURE: a NetDMA provider whose engine is a CPU memcpy loop.
 final class FixtureMemcpyProvider: NetDMAProvider, @unchecked Sendable {
@@ -40,7 +23,7 @@ final class FixtureMemcpyProvider: NetDMAProvider, @unchecked Sendable {
     private(set) var channels: [FixtureChannel] = []
     let doorbell: EventFD
     private let stopping = Atomic<Bool>(false)
-    private var thread: FixtureThread?
+    private var thread: ConformanceThread?
     /// The table the interface gave in SetDmaChannelCpuAffinity.
     let affinityTable = Mutex<[ChannelCPUAffinity]>([])
 
@@ -57,7 +40,7 @@ final class FixtureMemcpyProvider: NetDMAProvider, @unchecked Sendable {
         doorbell = try EventFD()
         for i in 0..<channelCount { channels.append(try FixtureChannel(index: i, interrupts: interrupts)) }
         for c in channels { c.provider = self }
-        thread = FixtureThread { [self] in engineLoop() }
+        thread = ConformanceThread { [self] in engineLoop() }
     }
 
     /// Stops the engine thread (the fixture's "device removal").

@@ -29,7 +29,7 @@ final class IOATConformanceTarget: ConformanceTarget, @unchecked Sendable {
     private let commandSteps = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     private let stepLock = Mutex<Void>(())
-    private var stepper: FixtureThread?
+    private var stepper: ConformanceThread?
     private let events: IOATConformanceEvents
 
     /// A 2-channel variant of `profile` unless it already has more (the registry tests need two).
@@ -46,7 +46,7 @@ final class IOATConformanceTarget: ConformanceTarget, @unchecked Sendable {
         // Bring-up needs the engine: step it from here while the provider comes up.
         let box = Mutex<Result<IOATProvider<IOATConformanceBAR>, DriverError>?>(nil)
         let device = self.device
-        let thread = FixtureThread {
+        let thread = ConformanceThread {
             let r = Result { () throws(DriverError) -> IOATProvider<IOATConformanceBAR> in
                 try IOATProvider(bar: bar, config: config, interrupts: interrupts ? device : nil, memory: memory,
                                  configuration: .init(version: version,
@@ -66,7 +66,7 @@ final class IOATConformanceTarget: ConformanceTarget, @unchecked Sendable {
             // channel waits for the engine: give it a step.
             if held.load(ordering: .acquiring), isActive(c) { commandSteps.add(1, ordering: .acquiringAndReleasing) }
         }
-        stepper = FixtureThread { [self] in run() }
+        stepper = ConformanceThread { [self] in run() }
     }
 
     private func run() {
@@ -247,5 +247,5 @@ extension TargetFactory {
     /// The IOAT targets: CB 3.4 and 3.2 with counted chains, and 1.x chains emulated on
     /// DMACOUNT. (CB 1.2, `.ioat("cb1", .v1_1)`, passes the channel conformance tests but has
     /// no block fill, which the CopyQueue fill test assumes.)
-    static let ioatTargets: [TargetFactory] = [.ioat("icx", .v2_0), .ioat("bdx", .v2_0), .ioat("skx", .v1_0), .ioat("bdxde", .v1_1)]
+    static let ioatTargets: [TargetFactory] = [.ioat("icx", .v2_0), .ioat("bdx", .v2_0), .ioat("skx", .v1_0), .ioat("bdxde", .v1_1), .ioat("tbg", .v2_0), .ioat("cb1", .v1_0)]
 }

@@ -1,1 +1,0 @@
-// Edu module: see Package.swift for the layering.
