@@ -239,35 +239,25 @@ final class ProviderRig: @unchecked Sendable {
         arena = try GuardedArena(memory: memory)
         if dsa {
             let device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread, options: .init(spinIterations: 50))
-            let config = FuzzConfig(read: { device.config.read32($0) }, write: { device.config.write32($0, $1) })
             var c = DSAConfiguration(version: .v2_0, workQueues: 2)
             c.pollerSpins = 50
-            let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: config, interrupts: nil,
+            let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: nil,
                                            memory: memory, configuration: c)
             handle = try provider.register(with: registry)
-            keep = [device, provider, config]
+            keep = [device, provider]
             idle = { device.waitUntilIdle(timeout: .milliseconds(200)) }
         } else {
             let device = MockIOATDevice(profile: IOAT.profile(named: "icx")!, iommu: iommu, execution: .thread,
                                         options: .init(resetReads: 1, resetMicroseconds: 0, spinIterations: 50))
-            let config = FuzzConfig(read: { device.config.read32($0) }, write: { device.config.write32($0, $1) })
-            let provider = try IOATProvider(bar: device.bar0, config: config, interrupts: nil, memory: memory)
+            let provider = try IOATProvider(bar: device.bar0, config: device, interrupts: nil, memory: memory)
             handle = try provider.register(with: registry)
-            keep = [device, provider, config]
+            keep = [device, provider]
             idle = { device.waitUntilIdle(timeout: .milliseconds(200)) }
         }
     }
 
     static let ioat = Result { () throws(DriverError) in try ProviderRig(dsa: false) }
     static let dsa = Result { () throws(DriverError) in try ProviderRig(dsa: true) }
-}
-
-final class FuzzConfig: PCIConfigAccess, @unchecked Sendable {
-    let read: (Int) -> UInt32
-    let write: (Int, UInt32) -> Void
-    init(read: @escaping (Int) -> UInt32, write: @escaping (Int, UInt32) -> Void) { self.read = read; self.write = write }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { read(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { write(offset, value) }
 }
 
 func fuzzProvider(_ input: inout FuzzInput, _ rig: ProviderRig) {

@@ -10,23 +10,15 @@ import Synchronization
 import Glibc
 #endif
 
-/// A device model's configuration space as a ``PCIConfigAccess`` (what VFIO's config region
-/// gives a provider).
-final class ModelConfigAccess<Config: RegisterIO & Sendable>: PCIConfigAccess {
-    let config: Config
-    init(_ config: Config) { self.config = config }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
-}
-
 /// An IOVA no DMA memory of the soak ever uses: ops that copy from it must fail.
 let soakUnmappedIOVA: UInt64 = 0x7E00_0000_0000
 
 /// One engine under soak: a device model, its provider registered with the soak's registry, and
 /// the model's fault-injection knobs, behind one interface for both engine families.
 ///
-/// The soak builds its own models rather than going through the CLI's engine session, because
-/// it needs the models' fault injection, which a VFIO engine does not have.
+/// The soak builds its own models rather than opening an ``EngineSession``: it needs the
+/// models' fault injection, stalls and the providers' PowerDown/PowerUp, which a session does
+/// not expose. It shares the session's DMA memory policy.
 final class SoakEngine: @unchecked Sendable {
     // @unchecked: immutable after init except `pending`, which is behind a Mutex; the closures
     // capture thread-safe objects (models, providers).
@@ -49,7 +41,7 @@ final class SoakEngine: @unchecked Sendable {
     private let corruptCall: ((Int) -> Void)?
     private let statisticsCall: () -> (iommuFaults: UInt64, dropped: UInt64)
     private let deregisterCall: () throws(DriverError) -> [Int]
-    /// The model, provider and config accessor (also captured by the closures).
+    /// The model and provider (also captured by the closures).
     private let keepAlive: [AnyObject]
 
     private init(family: Family, name: String, handle: ProviderHandle, memory: DMAMemory, iommu: SoftIOMMU,
@@ -93,18 +85,17 @@ final class SoakEngine: @unchecked Sendable {
                 "Unknown CBDMA profile '\(name)'; use one of \(IOAT.profiles.map(\.name).joined(separator: ", ")).")
         }
         let iommu = SoftIOMMU()
-        let memory = DMAMemory(spaces: [iommu], policy: .allocate(in: 0x1_0000_0000...0xFF_FFFF_FFFF), preferHugePages: false)
+        let memory = EngineSession.modelMemory(iommu)
         let device = MockIOATDevice(profile: profile, iommu: iommu, execution: .thread,
                                     options: .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500))
-        let config = ModelConfigAccess(device.config)
         let timeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
         let version: NetDMAVersion = profile.isV1 ? .v1_1 : .v2_0
-        let provider = try IOATProvider(bar: device.bar0, config: config, interrupts: device, memory: memory,
+        let provider = try IOATProvider(bar: device.bar0, config: device, interrupts: device, memory: memory,
                                         configuration: .init(version: version, timeouts: timeouts))
         let handle = try provider.register(with: registry)
         return SoakEngine(
             family: .ioat, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
-            channelCount: provider.attributes.channelCount, keepAlive: [device, provider, config],
+            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
             powerDown: { () throws(DriverError) in try provider.powerDown() },
             powerUp: { () throws(DriverError) in try provider.powerUp() },
             inject: { channel, rng in
@@ -121,19 +112,18 @@ final class SoakEngine: @unchecked Sendable {
     /// A DSA model with a ``DSAProvider`` on it (`workQueues` dedicated WQs), registered and started.
     static func dsa(workQueues: Int, registry: NetDMARegistry) throws(DriverError) -> SoakEngine {
         let iommu = SoftIOMMU()
-        let memory = DMAMemory(spaces: [iommu], policy: .allocate(in: 0x1_0000_0000...0xFF_FFFF_FFFF), preferHugePages: false)
+        let memory = EngineSession.modelMemory(iommu)
         let device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
                                    options: .init(spinIterations: 200))
-        let config = ModelConfigAccess(device.config)
         var c = DSAConfiguration(version: .v2_0, workQueues: workQueues)
         c.timeouts = DSATimeouts(command: .seconds(5), enable: .seconds(5))
         c.pollerSpins = 200
-        let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: config, interrupts: device,
+        let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: device,
                                        memory: memory, configuration: c)
         let handle = try provider.register(with: registry)
         return SoakEngine(
             family: .dsa, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
-            channelCount: provider.attributes.channelCount, keepAlive: [device, provider, config],
+            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
             powerDown: { () throws(DriverError) in try provider.powerDown() },
             powerUp: { () throws(DriverError) in try provider.powerUp() },
             inject: { _, rng in
