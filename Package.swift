@@ -57,7 +57,7 @@ let package = Package(
         .executableTarget(
             name: "NetDMATool",
             dependencies: [
-                "NetDMA", "IOAT", "DSA", "Edu", "VFIO", "Platform", "DeviceModels", "Hardware",
+                "NetDMA", "IOAT", "DSA", "Edu", "VFIO", "Platform", "DeviceModels", "Hardware", "CVFIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),

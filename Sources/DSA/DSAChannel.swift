@@ -120,7 +120,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var halted = false
     private var running = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
-    private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
+    private var walkCache = DMARegionCache()
 
     init(index: Int, device: DSADevice<BAR, Portals>, eventFD: consuming EventFD?, workQueueSize: Int,
          batchLimit: Int, minimumBatch: Int, countedChains: Bool, memory: DMAMemory,
@@ -243,9 +243,6 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         defer { release() }
         if device.state == .halted { throw device.haltedError("Start on WQ \(index)") }
         var current: UInt64? = nil
-        // A new chain may live in DMA memory allocated since the last walk, at an IOVA a freed
-        // buffer had: the cached region may be stale.
-        walkRegion = (0, 0, 0)
         if tail != head { current = try quiesce() }
         // The interface wrote Armed before calling; a failure this channel processed while the
         // Start waited for the channel (Halted) belongs to the chain being replaced.
@@ -525,6 +522,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         submitSingle(slot: s)
         tail += 1
         outstandingCount.store(tail - head, ordering: .releasing)
+        // Wake the poller only after the count it checks is published (else it may sleep on it).
+        poller.wake()
     }
 
     /// Submits ready descriptors while the WQ has room: batches of up to ``batchLimit``, each
@@ -550,6 +549,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
                         guard tail - head < workQueueSize else {
                             // No room: put the rest back (they were consumed from the walk).
                             rewind(from: base + k, count: n - k)
+                            outstandingCount.store(tail - head, ordering: .releasing)
+                            poller.wake()
                             return
                         }
                     }
@@ -560,6 +561,8 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
                 }
             }
             outstandingCount.store(tail - head, ordering: .releasing)
+            // Wake the poller only after the count it checks is published (else it may sleep on it).
+            poller.wake()
         }
     }
 
@@ -653,7 +656,6 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         cvfio_wmb()
         device.portals.submit64(portalBase + (portalSlot & 63) * 64, UnsafeRawPointer(p))
         portalSlot &+= 1
-        poller.wake()
     }
 
     /// Processes the oldest outstanding submission if its record has arrived; false when not.
@@ -775,20 +777,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// The CPU address of the NetDMA descriptor at `iova`, through a one-region cache.
     @inline(__always)
     private func descriptor(at iova: UInt64) -> UnsafeMutablePointer<Descriptor>? {
-        let r = walkRegion
-        if iova >= r.iova && iova &- r.iova < UInt64(r.length) {
-            return UnsafeMutablePointer(bitPattern: r.address &+ UInt(iova &- r.iova))
-        }
-        return descriptorSlow(iova)
-    }
-
-    @inline(never)
-    private func descriptorSlow(_ iova: UInt64) -> UnsafeMutablePointer<Descriptor>? {
-        for region in memory.regions where iova >= region.iova && iova - region.iova < UInt64(region.length) {
-            walkRegion = (region.address, region.iova, region.length)
-            return UnsafeMutablePointer(bitPattern: region.address + UInt(iova - region.iova))
-        }
-        return nil
+        walkCache.address(ofIOVA: iova, length: 64, in: memory)?.assumingMemoryBound(to: Descriptor.self)
     }
 
     @inline(never)

@@ -80,7 +80,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// The IOVA of the last submitted descriptor (the chain's tail).
     private var tail: UInt64 = 0
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
-    private var walkRegion: (address: UInt, iova: UInt64, length: Int) = (0, 0, 0)
+    private var walkCache = DMARegionCache()
     /// NetDMA 1.0 after a power cycle: the next Append fails with `.contextLost` once.
     @usableFromInline var contextLost = false
     /// Set while the client has the channel suspended.
@@ -153,9 +153,6 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         }
         contextLost = false
         parked = false
-        // A new chain may live in DMA memory allocated since the last walk, at an IOVA a freed
-        // buffer had: the cached region may be stale.
-        walkRegion = (0, 0, 0)
         try device.quiesceForStart(regs, channel: index)
         let n = prepare(chain)
         if device.state(regs) == .halted && device.chanErr(regs) != 0 {
@@ -309,15 +306,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// Translates a descriptor IOVA through a one-region cache, so walking chains inside one
     /// DMA buffer takes no lock (a miss looks the region up in ``IOATDevice/memory``).
     private func hostAddress(ofDescriptor iova: UInt64) -> UnsafeMutableRawPointer? {
-        let r = walkRegion
-        if iova >= r.iova, iova &+ 64 <= r.iova &+ UInt64(r.length) {
-            return UnsafeMutableRawPointer(bitPattern: r.address &+ UInt(iova &- r.iova))
-        }
-        guard let region = device.memory.regions.first(where: { iova >= $0.iova && iova &+ 64 <= $0.iova &+ UInt64($0.length) }) else {
-            return nil
-        }
-        walkRegion = (region.address, region.iova, region.length)
-        return UnsafeMutableRawPointer(bitPattern: region.address &+ UInt(iova &- region.iova))
+        walkCache.address(ofIOVA: iova, length: 64, in: device.memory)
     }
 
     @inline(never)

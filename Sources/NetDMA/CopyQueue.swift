@@ -112,6 +112,20 @@ public final class CopyQueue {
     }
 
     deinit {
+        // The ring goes away with the queue. A provider may still hold a position in it (a
+        // 1.x chain's tail it re-reads on the next Append): Reset makes it forget every
+        // submitted descriptor (NetDMA §5.9), Abort at least stops it. The channel stays
+        // allocated for its owner, who Starts it again to use it.
+        switch channel.state {
+        case .running, .halted:
+            if channel.callbacks.contains(.reset) {
+                try? channel.reset()
+            } else if channel.state == .running, channel.callbacks.contains(.abort) {
+                try? channel.abort()
+            }
+        case .allocated, .suspended, .freed:
+            break
+        }
         status.deinitialize(count: ringSize)
         status.deallocate()
     }

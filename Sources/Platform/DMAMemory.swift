@@ -82,6 +82,13 @@ public final class DMAMemory: Sendable {
     public let pageSize: Int
     private let state: Mutex<State>
     private let system: MemorySyscalls
+    /// Bumped whenever a region goes away; ``DMARegionCache`` checks it on every hit.
+    private let removals = Atomic<UInt64>(0)
+
+    /// How many regions have been removed since creation: a cache of a region's translation is
+    /// valid only while this has not changed. One relaxed atomic load.
+    @inline(__always)
+    public var generation: UInt64 { removals.load(ordering: .acquiring) }
 
     /// Creates DMA memory mapped into `spaces`.
     ///
@@ -104,6 +111,13 @@ public final class DMAMemory: Sendable {
 
     /// Every region currently mapped, by address.
     public var regions: [Region] { state.withLock { $0.regions } }
+
+    /// The region that holds `length` bytes at `iova`, if one does.
+    public func region(containingIOVA iova: UInt64, length: Int = 1) -> Region? {
+        state.withLock { s in
+            s.regions.first { iova >= $0.iova && iova &- $0.iova &+ UInt64(length) <= UInt64($0.length) }
+        }
+    }
 
     /// Allocates a pinned, zeroed buffer of at least `length` bytes, mapped for DMA.
     ///
@@ -335,6 +349,7 @@ public final class DMAMemory: Sendable {
             guard let i = s.regions.firstIndex(where: {
                 address >= $0.address && address - $0.address < UInt($0.length) && $0.owned == owned
             }) else { return nil }
+            removals.add(1, ordering: .releasing)
             let r = s.regions.remove(at: i)
             for space in spaces { try? space.unmap(iova: r.iova, length: r.length) }
             return r
