@@ -62,6 +62,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
+        // libFuzzer harness (Scripts/fuzz builds it with -sanitize=fuzzer); a corpus replayer otherwise.
+        .executableTarget(
+            name: "NetDMAFuzz",
+            dependencies: ["NetDMA", "IOAT", "DSA", "DeviceModels", "Platform", "Hardware"],
+            swiftSettings: swiftSettings),
 
         .testTarget(name: "HardwareTests", dependencies: ["Hardware"], swiftSettings: swiftSettings),
         .testTarget(name: "PlatformTests", dependencies: ["Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),

@@ -328,7 +328,9 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         acquire()
         defer { release() }
         if tail != head { _ = try quiesce() }
-        let last = lastCompleted
+        // Only a descriptor of the current chain: one completed before the last Start would
+        // make the client count the chain's unprocessed descriptors as done (found by the soak).
+        let last = processedSinceStart ? lastCompleted : 0
         forget()
         halted = true
         writeWord(last, .halted)
@@ -344,7 +346,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         acquire()
         defer { release() }
         if tail != head { _ = try quiesce() }
-        writeWord(lastCompleted, .halted)
+        writeWord(processedSinceStart ? lastCompleted : 0, .halted)
         forget()
         lastCompleted = 0
         lastCompletedAtomic.store(0, ordering: .relaxed)

@@ -214,6 +214,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             if n == max { break }
             let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
             if next == 0 { break }
+            if next & 63 != 0 {
+                // A misaligned `next` (a client bug): never read through it; count it, so the
+                // engine fetches it and halts with DERR, and the client learns of it.
+                n += 1
+                iova = next
+                break
+            }
             d = next == iova &+ 64 ? p + 64 : hostAddress(ofDescriptor: next)
             iova = next
         }

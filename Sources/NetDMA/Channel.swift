@@ -253,6 +253,7 @@ public final class NetDMAChannel: @unchecked Sendable {
             let s = state
             guard s == .running else { throw Self.refused("Suspend", s, allowed: "running") }
             guard callbacks.contains(.suspendResume) else { throw Self.missing("SuspendDma") }
+            try checkPowered("Suspend")
             let last = try engine.suspend()
             stateRaw.store(ChannelState.suspended.rawValue, ordering: .releasing)
             return last
@@ -458,6 +459,9 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     /// Whether the last submitted descriptor has not been seen completing (control path).
     func hasOutstandingWork() -> Bool {
+        // A suspended channel is not drained: PowerDown must wait for its Resume (the engine
+        // loses the suspended chain in D3, and a Resume there fails).
+        if state == .suspended { return true }
         guard state == .running, let tail = submittedTail() else { return false }
         let w = completionWord
         if w.status != .armed && w.descriptor == tail.iova { return false }

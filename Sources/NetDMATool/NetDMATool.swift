@@ -15,6 +15,7 @@ struct NetDMATool: ParsableCommand {
         Probe.self,
         Selftest.self,
         Bench.self,
+        SoakCommand.self,
     ]
 
     static let configuration = CommandConfiguration(

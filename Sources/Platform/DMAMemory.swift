@@ -343,18 +343,21 @@ public final class DMAMemory: Sendable {
     }
 
     private func remove(containing address: UInt, owned: Bool) throws(DriverError) -> Region {
+        // Unmapped before the IOVA range is released, under the lock: otherwise another thread
+        // could allocate the same IOVA and map it while the old mapping still exists.
         let region: Region? = state.withLock { s in
             guard let i = s.regions.firstIndex(where: {
                 address >= $0.address && address - $0.address < UInt($0.length) && $0.owned == owned
             }) else { return nil }
             removals.add(1, ordering: .releasing)
-            return s.regions.remove(at: i)
+            let r = s.regions.remove(at: i)
+            for space in spaces { try? space.unmap(iova: r.iova, length: r.length) }
+            return r
         }
         guard let region else {
             throw DriverError(.unmappedAddress,
                 "0x\(String(address, radix: 16)) is not inside a \(owned ? "DMA buffer" : "registered region").")
         }
-        for space in spaces { try? space.unmap(iova: region.iova, length: region.length) }
         return region
     }
 }

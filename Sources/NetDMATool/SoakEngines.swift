@@ -1,0 +1,219 @@
+import DSA
+import DeviceModels
+import Hardware
+import IOAT
+import NetDMA
+import Platform
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An IOVA no DMA memory of the soak ever uses: ops that copy from it must fail.
+let soakUnmappedIOVA: UInt64 = 0x7E00_0000_0000
+
+/// One engine under soak: a device model, its provider registered with the soak's registry, and
+/// the model's fault-injection knobs, behind one interface for both engine families.
+///
+/// The soak builds its own models rather than opening an ``EngineSession``: it needs the
+/// models' fault injection, stalls and the providers' PowerDown/PowerUp, which a session does
+/// not expose. It shares the session's DMA memory policy.
+final class SoakEngine: @unchecked Sendable {
+    // @unchecked: immutable after init except `pending`, which is behind a Mutex; the closures
+    // capture thread-safe objects (models, providers).
+    enum Family: String, Sendable { case ioat, dsa }
+
+    let family: Family
+    let name: String
+    let handle: ProviderHandle
+    let memory: DMAMemory
+    let iommu: SoftIOMMU
+    let channelCount: Int
+    /// Injected faults not yet seen failing an op: per channel (CBDMA, per-channel injection)
+    /// or in slot 0 (DSA, device-wide injection).
+    let pending: Mutex<[[UInt64]]>
+
+    private let powerDownCall: () throws(DriverError) -> Void
+    private let powerUpCall: () throws(DriverError) -> Void
+    private let injectCall: (Int, inout SoakRandom) -> (raw: UInt64, name: String)
+    private let stallCall: (Int, Int) -> Void
+    private let corruptCall: ((Int) -> Void)?
+    private let statisticsCall: () -> (iommuFaults: UInt64, dropped: UInt64)
+    private let deregisterCall: () throws(DriverError) -> [Int]
+    /// The model and provider (also captured by the closures).
+    private let keepAlive: [AnyObject]
+
+    private init(family: Family, name: String, handle: ProviderHandle, memory: DMAMemory, iommu: SoftIOMMU,
+                 channelCount: Int, keepAlive: [AnyObject],
+                 powerDown: @escaping () throws(DriverError) -> Void, powerUp: @escaping () throws(DriverError) -> Void,
+                 inject: @escaping (Int, inout SoakRandom) -> (raw: UInt64, name: String),
+                 stall: @escaping (Int, Int) -> Void, corrupt: ((Int) -> Void)? = nil,
+                 statistics: @escaping () -> (iommuFaults: UInt64, dropped: UInt64),
+                 deregister: @escaping () throws(DriverError) -> [Int]) {
+        self.family = family
+        self.name = name
+        self.handle = handle
+        self.memory = memory
+        self.iommu = iommu
+        self.channelCount = channelCount
+        self.keepAlive = keepAlive
+        self.pending = Mutex(Array(repeating: [], count: family == .ioat ? channelCount : 1))
+        powerDownCall = powerDown
+        powerUpCall = powerUp
+        injectCall = inject
+        stallCall = stall
+        corruptCall = corrupt
+        statisticsCall = statistics
+        deregisterCall = deregister
+    }
+
+    /// Every CHANERR class the CBDMA model can inject (every bit the hardware defines).
+    static let chanErrClasses: [IOAT.ChanErr] = IOAT.ChanErr.names.map(\.0)
+
+    /// The DSA completion statuses a memory move can end with other than success.
+    static let dsaStatuses: [DSA.CompletionStatus] = [
+        .pageFault, .pageFaultUnresolved, .badOpcode, .invalidFlags, .nonZeroReserved, .transferSizeRange,
+        .overlappingBuffers, DSA.CompletionStatus(rawValue: 0x1C), DSA.CompletionStatus(rawValue: 0x20),
+        DSA.CompletionStatus(rawValue: 0x22),
+    ]
+
+    /// A CBDMA model of generation `profile` with an ``IOATProvider`` on it, registered and started.
+    static func ioat(profile name: String, registry: NetDMARegistry) throws(DriverError) -> SoakEngine {
+        guard let profile = IOAT.profile(named: name) else {
+            throw DriverError(.invalidArgument,
+                "Unknown CBDMA profile '\(name)'; use one of \(IOAT.profiles.map(\.name).joined(separator: ", ")).")
+        }
+        let iommu = SoftIOMMU()
+        let memory = EngineSession.modelMemory(iommu)
+        let device = MockIOATDevice(profile: profile, iommu: iommu, execution: .thread,
+                                    options: .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500))
+        let timeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
+        let version: NetDMAVersion = profile.isV1 ? .v1_1 : .v2_0
+        let provider = try IOATProvider(bar: device.bar0, config: device, interrupts: device, memory: memory,
+                                        configuration: .init(version: version, timeouts: timeouts))
+        let handle = try provider.register(with: registry)
+        return SoakEngine(
+            family: .ioat, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
+            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
+            powerDown: { () throws(DriverError) in try provider.powerDown() },
+            powerUp: { () throws(DriverError) in try provider.powerUp() },
+            inject: { channel, rng in
+                let err = chanErrClasses[Int(rng.next() % UInt64(chanErrClasses.count))]
+                device.inject(.failDescriptor(index: Int(rng.next() % 4), error: err), channel: channel)
+                return (UInt64(err.rawValue), "\(err)")
+            },
+            stall: { channel, us in device.inject(.stall(microseconds: us), channel: channel) },
+            corrupt: { channel in device.inject(.corruptRead(index: 0, byteOffset: 0, mask: 0xFF), channel: channel) },
+            statistics: { (device.statistics.iommuFaults, 0) },
+            deregister: { () throws(DriverError) in try provider.deregister() })
+    }
+
+    /// A DSA model with a ``DSAProvider`` on it (`workQueues` dedicated WQs), registered and started.
+    static func dsa(workQueues: Int, registry: NetDMARegistry) throws(DriverError) -> SoakEngine {
+        let iommu = SoftIOMMU()
+        let memory = EngineSession.modelMemory(iommu)
+        let device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
+                                   options: .init(spinIterations: 200))
+        var c = DSAConfiguration(version: .v2_0, workQueues: workQueues)
+        c.timeouts = DSATimeouts(command: .seconds(5), enable: .seconds(5))
+        c.pollerSpins = 200
+        let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: device,
+                                       memory: memory, configuration: c)
+        let handle = try provider.register(with: registry)
+        return SoakEngine(
+            family: .dsa, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
+            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
+            powerDown: { () throws(DriverError) in try provider.powerDown() },
+            powerUp: { () throws(DriverError) in try provider.powerUp() },
+            inject: { _, rng in
+                let status = dsaStatuses[Int(rng.next() % UInt64(dsaStatuses.count))]
+                device.inject(.failDescriptor(index: Int(rng.next() % 4), status: status))
+                return (UInt64(status.rawValue), DSAChannel<MockDSARegisters, MockDSAPortals>.statusName(status.rawValue))
+            },
+            stall: { _, us in
+                // The whole engine stops taking descriptors: they pile up in the WQs.
+                device.stall()
+                usleep(UInt32(us))
+                device.resume()
+            },
+            statistics: { (device.statistics.iommuFaults, device.statistics.droppedDescriptors) },
+            deregister: { () throws(DriverError) in try provider.deregister() })
+    }
+
+    /// Injects a device fault on `channel` and records it as pending; returns its name.
+    func injectFault(channel: Int, _ rng: inout SoakRandom) -> String {
+        // Record first: the engine may fail an op before inject returns.
+        let slot = family == .ioat ? channel : 0
+        var name = ""
+        pending.withLock { p in
+            let (raw, n) = injectCall(channel, &rng)
+            p[slot].append(raw)
+            name = n
+        }
+        return name
+    }
+
+    /// Consumes a pending injected fault that explains a failure on `channel` whose decoded
+    /// error is `raw` (nil: unknown); returns whether one did.
+    /// With `strict`, only a pending fault that matches `raw` counts.
+    func consumeInjected(channel: Int, raw: UInt64?, strict: Bool) -> Bool {
+        let slot = family == .ioat ? channel : 0
+        return pending.withLock { p in
+            if let raw, let i = p[slot].firstIndex(where: { matches(injected: $0, raw: raw) }) {
+                p[slot].remove(at: i)
+                return true
+            }
+            guard !strict, !p[slot].isEmpty else { return false }
+            p[slot].removeFirst()
+            return true
+        }
+    }
+
+    /// Whether a decoded fault `raw` is the injected fault `injected` (CHANERR bits, DSA status).
+    func matches(injected: UInt64, raw: UInt64) -> Bool {
+        switch family {
+        case .ioat: raw & injected != 0
+        case .dsa: raw & 0x7F == injected
+        }
+    }
+
+    /// Whether any injected fault on `channel`'s device is still pending.
+    func hasPending(channel: Int) -> Bool {
+        let slot = family == .ioat ? channel : 0
+        return pending.withLock { !$0[slot].isEmpty }
+    }
+
+    func stall(channel: Int, microseconds: Int) { stallCall(channel, microseconds) }
+    /// Silent data corruption of the next descriptor's source read (CBDMA model only): the
+    /// soak must catch it. Returns false when the model cannot do it.
+    func corrupt(channel: Int) -> Bool {
+        guard let corruptCall else { return false }
+        corruptCall(channel)
+        return true
+    }
+    func powerDown() throws(DriverError) { try powerDownCall() }
+    func powerUp() throws(DriverError) { try powerUpCall() }
+    var statistics: (iommuFaults: UInt64, dropped: UInt64) { statisticsCall() }
+
+    /// Stops and deregisters the provider (draining or aborting every channel). The model's
+    /// engine thread ends and its eventfds close when this object goes away.
+    func shutdown() throws(DriverError) -> [Int] { try deregisterCall() }
+}
+
+/// Deterministic pseudo-random numbers (SplitMix64), so a seed reproduces a run's choices.
+struct SoakRandom: RandomNumberGenerator, Sendable {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// A number in 0..<n.
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    /// True with probability 1/n.
+    mutating func oneIn(_ n: Int) -> Bool { n > 0 && next() % UInt64(n) == 0 }
+}
