@@ -301,7 +301,7 @@ final class EngineSession {
             if fault == .bringUp {
                 for c in 0..<device.channelCount { device.inject(.failDescriptor(index: 0, error: .sourceAddress), channel: c) }
             }
-            let config = RegisterConfigAccess(device.config)
+            let config = device
             let provider = try IOATProvider(bar: device.bar0, config: config, interrupts: device, memory: memory,
                                             configuration: .init(version: p.isV1 ? .v1_1 : .v2_0, timeouts: modelIOATTimeouts))
             let elapsed = ContinuousClock.now - started
@@ -318,7 +318,7 @@ final class EngineSession {
             let p = DSA.profile(named: profile)!
             let device = MockDSADevice(profile: p, iommu: iommu, execution: .thread, options: .init(spinIterations: 2000))
             if fault == .bringUp { device.inject(.halt(resetType: .flr)) }
-            let config = RegisterConfigAccess(device.config)
+            let config = device
             let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: config, interrupts: device,
                                            memory: memory,
                                            configuration: .init(workQueues: 4, timeouts: DSATimeouts(command: .seconds(2), enable: .seconds(2))))
@@ -350,7 +350,7 @@ final class EngineSession {
         let memory = DMAMemory(spaces: [container], policy: VFIOContainer.iovaPolicy(dmaMaskBits: 39))
         let local = pci.numaNode.map { NUMA.cpus(ofNode: $0).intersection(CPUSet.allowed) }.flatMap { $0.isEmpty ? nil : $0 }
         let registry = NetDMARegistry()
-        let config = VFIOConfigAccess(device)
+        let config = device
         let started = ContinuousClock.now
         switch engine.family {
         case .ioat:
@@ -442,22 +442,6 @@ final class EngineSession {
             fill: p.characteristics.flags.contains(.fill), interrupts: p.channels.contains { $0.interruptEventFD != nil },
             dsaConfiguration: p.layout.description)
     }
-}
-
-/// A VFIO device's config region as a ``PCIConfigAccess``.
-final class VFIOConfigAccess: PCIConfigAccess {
-    let device: VFIODevice
-    init(_ device: VFIODevice) { self.device = device }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { try device.readConfig32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { try device.writeConfig32(offset, value) }
-}
-
-/// A model's configuration space (a ``RegisterIO``) as a ``PCIConfigAccess``.
-final class RegisterConfigAccess<R: RegisterIO & Sendable>: PCIConfigAccess {
-    let registers: R
-    init(_ registers: R) { self.registers = registers }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { registers.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { registers.write32(offset, value) }
 }
 
 /// "64 B", "4 KiB", "1 MiB".

@@ -94,7 +94,7 @@ struct DSABringUpTests {
         let memory = DMAMemory(spaces: [iommu], policy: .allocate(in: 0x1_0000_0000...0xFF_FFFF_FFFF), preferHugePages: false)
         let model = MockDSADevice(iommu: iommu)
         model.inject(.halt(resetType: .flr))
-        let config = DSAModelConfig(model.config)
+        let config = model
         expectDriverError(.deviceError, ["function-level reset", "VFIO_DEVICE_RESET", "halted"]) {
             try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: config, interrupts: nil, memory: memory,
                                  configuration: .init(timeouts: dsaTestTimeouts))
@@ -153,7 +153,7 @@ struct DSABringUpTests {
                                  configuration: .init(timeouts: dsaTestTimeouts))
         }
         // With config access the provider sets it.
-        _ = try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: DSAModelConfig(model.config), interrupts: nil,
+        _ = try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: model, interrupts: nil,
                                  memory: memory, configuration: .init(timeouts: dsaTestTimeouts))
         #expect(model.busMasterEnabled)
     }
@@ -168,7 +168,7 @@ struct DSABringUpTests {
             try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: nil, interrupts: nil, memory: memory,
                                  configuration: .init(timeouts: dsaTestTimeouts))
         }
-        _ = try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: DSAModelConfig(model.config), interrupts: nil,
+        _ = try ModelDSAProvider(bar: model.bar0, portals: model.bar2, config: model, interrupts: nil,
                                  memory: memory, configuration: .init(timeouts: dsaTestTimeouts))
         #expect(model.memorySpaceEnabled)
     }

@@ -10,14 +10,6 @@ import Testing
 import Glibc
 #endif
 
-/// The model's configuration space as a ``PCIConfigAccess`` (what VFIO's config region gives).
-final class DSAModelConfig: PCIConfigAccess {
-    let config: MockDSAConfig
-    init(_ config: MockDSAConfig) { self.config = config }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
-}
-
 typealias ModelDSAProvider = DSAProvider<MockDSARegisters, MockDSAPortals>
 typealias ModelDSAChannel = DSAChannel<MockDSARegisters, MockDSAPortals>
 
@@ -30,7 +22,7 @@ final class DSARig: @unchecked Sendable {
     let iommu = SoftIOMMU()
     let memory: DMAMemory
     let model: MockDSADevice
-    let config: DSAModelConfig
+    let config: MockDSADevice
     let provider: ModelDSAProvider
 
     init(profile: DSA.Profile = DSA.sapphireRapids, configuration: DSAConfiguration = .init(),
@@ -39,7 +31,7 @@ final class DSARig: @unchecked Sendable {
         // Allocated IOVAs (not VA = IOVA), so that an IOVA/VA mix-up faults.
         memory = DMAMemory(spaces: [iommu], policy: .allocate(in: 0x1_0000_0000...0xFF_FFFF_FFFF), preferHugePages: false)
         model = MockDSADevice(profile: profile, iommu: iommu, execution: .thread, options: options)
-        config = DSAModelConfig(model.config)
+        config = model
         prepare(model)
         var c = configuration
         c.timeouts = timeouts
@@ -145,7 +137,7 @@ func filteredProvider(_ model: MockDSADevice, memory: DMAMemory, configuration: 
     var c = configuration
     c.timeouts = dsaTestTimeouts
     return try DSAProvider(bar: FilteredBAR(model.bar0, filter: filter, after: after), portals: model.bar2,
-                           config: DSAModelConfig(model.config), interrupts: nil, memory: memory, configuration: c)
+                           config: model, interrupts: nil, memory: memory, configuration: c)
 }
 
 /// Expects `body` to throw a ``DriverError`` with `code` whose message contains every string.

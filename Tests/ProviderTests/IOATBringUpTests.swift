@@ -60,7 +60,7 @@ struct IOATBringUpTests {
         device.bar0.write16(ch + IOAT.CHANCTRL, IOAT.ChanCtrl.inUse.rawValue)
 
         let bar = IOATRecordingBAR(base: device.bar0)
-        let provider = try IOATProvider(bar: bar, config: IOATModelConfig(device.config), interrupts: device, memory: memory)
+        let provider = try IOATProvider(bar: bar, config: device, interrupts: device, memory: memory)
         let writes = bar.log.all
         func first(_ offset: Int, _ matching: (UInt64) -> Bool = { _ in true }) -> Int? {
             writes.firstIndex { $0.offset == offset && matching($0.value) }
@@ -101,7 +101,7 @@ struct IOATBringUpTests {
         device.bar0.write16(ch + IOAT.DMACOUNT, 1)
         #expect(ioatWait { device.bar0.read32(ch + IOAT.CHANERR) != 0 })
         #expect(device.config.read32(IOAT.configCHANERR_INT) != 0)
-        _ = try IOATProvider(bar: device.bar0, config: IOATModelConfig(device.config), interrupts: nil, memory: memory)
+        _ = try IOATProvider(bar: device.bar0, config: device, interrupts: nil, memory: memory)
         #expect(device.bar0.read32(ch + IOAT.CHANERR) == 0)
         if device.profile.cbver < 0x33 {
             #expect(device.config.read32(IOAT.configCHANERR_INT) == 0)
@@ -120,7 +120,7 @@ struct IOATBringUpTests {
         let memory = DMAMemory(spaces: [iommu], preferHugePages: false)
         let device = MockIOATDevice(profile: profile, iommu: iommu)
         let bar = IOATRecordingBAR(base: device.bar0)
-        let provider = try IOATProvider(bar: bar, config: IOATModelConfig(device.config), interrupts: nil, memory: memory)
+        let provider = try IOATProvider(bar: bar, config: device, interrupts: nil, memory: memory)
         #expect(provider.device.cbver == 0x33)
         #expect(provider.device.profile.cbver == 0x32)
         #expect(provider.device.profile.splitsWide64BitWrites)

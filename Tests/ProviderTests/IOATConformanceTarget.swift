@@ -42,7 +42,7 @@ final class IOATConformanceTarget: ConformanceTarget, @unchecked Sendable {
                                 options: .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 100))
         events = IOATConformanceEvents(iommu: iommu, v1: profile.isV1, split: profile.splitsWide64BitWrites)
         let bar = IOATConformanceBAR(base: device.bar0, events: events)
-        let config = IOATConformanceConfig(device.config)
+        let config = device
         // Bring-up needs the engine: step it from here while the provider comes up.
         let box = Mutex<Result<IOATProvider<IOATConformanceBAR>, DriverError>?>(nil)
         let device = self.device
@@ -226,14 +226,6 @@ struct IOATConformanceBAR: RegisterIO, Sendable {
     func write16(_ offset: Int, _ value: UInt16) { base.write16(offset, value); events.wrote(offset, width: 2, UInt64(value)) }
     func write32(_ offset: Int, _ value: UInt32) { base.write32(offset, value); events.wrote(offset, width: 4, UInt64(value)) }
     func write64(_ offset: Int, _ value: UInt64) { base.write64(offset, value); events.wrote(offset, width: 8, value) }
-}
-
-/// The model's configuration space as the provider's config accessor.
-final class IOATConformanceConfig: PCIConfigAccess {
-    let config: MockPCIConfig
-    init(_ config: MockPCIConfig) { self.config = config }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
 }
 
 extension TargetFactory {

@@ -10,15 +10,6 @@ import Testing
 import Glibc
 #endif
 
-/// The model's configuration space as a ``PCIConfigAccess`` (what a VFIO device's config region
-/// gives the provider).
-final class IOATModelConfig: PCIConfigAccess {
-    let config: MockPCIConfig
-    init(_ config: MockPCIConfig) { self.config = config }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
-}
-
 /// Bounds for the register sequences on a model whose engine thread shares two busy cores with
 /// parallel tests: generous, so a slow scheduler never fails a test (they are bounds, not waits).
 let ioatTestTimeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
@@ -38,7 +29,7 @@ final class IOATProviderRig: @unchecked Sendable {
     let iommu = SoftIOMMU()
     let memory: DMAMemory
     let device: MockIOATDevice
-    let config: IOATModelConfig
+    let config: MockIOATDevice
     var provider: IOATProvider<IOATCountingBAR>!
     /// The BAR the provider drives: the model's, counting writes.
     let bar: IOATCountingBAR
@@ -49,7 +40,7 @@ final class IOATProviderRig: @unchecked Sendable {
         memory = DMAMemory(spaces: [iommu], policy: .allocate(in: 0x1_0000_0000...0xFF_FFFF_FFFF), preferHugePages: false)
         device = MockIOATDevice(profile: IOAT.profile(named: name)!, iommu: iommu, execution: execution,
                                 options: .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500))
-        config = IOATModelConfig(device.config)
+        config = device
         bar = IOATCountingBAR(base: device.bar0)
         prepare(device)
         let make = { [self] () throws(DriverError) -> IOATProvider<IOATCountingBAR> in

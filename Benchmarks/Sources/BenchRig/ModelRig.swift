@@ -9,14 +9,6 @@ import Platform
 import Glibc
 #endif
 
-/// The model's configuration space as the provider sees it (what VFIO's config region gives it).
-final class ModelConfig: PCIConfigAccess {
-    let config: MockPCIConfig
-    init(_ config: MockPCIConfig) { self.config = config }
-    func readConfig32(_ offset: Int) throws(DriverError) -> UInt32 { config.read32(offset) }
-    func writeConfig32(_ offset: Int, _ value: UInt32) throws(DriverError) { config.write32(offset, value) }
-}
-
 /// Owns a DMA buffer (``DMABuffer`` is non-copyable).
 public final class BufferBox {
     public let buffer: DMABuffer
@@ -56,7 +48,7 @@ public final class IOATModelRig {
                                 options: .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 20_000))
         engineThread = Self.threadIDs().first { !before.contains($0) } ?? 0
         if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
-        provider = try IOATProvider(bar: device.bar0, config: ModelConfig(device.config), interrupts: nil, memory: memory,
+        provider = try IOATProvider(bar: device.bar0, config: device, interrupts: nil, memory: memory,
                                     configuration: .init(version: version))
         handle = try provider.register(with: registry)
         channel = try registry.allocateChannel(provider: handle)
