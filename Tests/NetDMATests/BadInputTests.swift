@@ -2,7 +2,7 @@ import NetDMA
 import Platform
 import Testing
 
-// One test per row of docs/bad-input.md that concerns the NetDMA API (rows A1–A14): the bad
+// One test per row of the README's "Bad input" table that concerns the NetDMA API (rows A1–A14): the bad
 // input, the error code, and that the message says what to do.
 
 /// A started fixture provider on its own registry, with one channel allocated.

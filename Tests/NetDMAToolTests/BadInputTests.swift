@@ -5,7 +5,7 @@ import Platform
 import Testing
 @testable import NetDMATool
 
-// One test per row of docs/bad-input.md that concerns `netdma` arguments (rows C1–C6).
+// One test per row of the README's "Bad input" table that concerns `netdma` arguments (rows C1–C6).
 
 /// The message and exit code ArgumentParser gives for `arguments`, or nil when they parse.
 private func parseError(_ arguments: [String]) -> (message: String, exitCode: Int32)? {

@@ -4,7 +4,7 @@ import SystemPackage
 import Testing
 @testable import Platform
 
-// One test per row of docs/bad-input.md that concerns DMA memory (rows P1–P5) and the
+// One test per row of the README's "Bad input" table that concerns DMA memory (rows P1–P5) and the
 // environment (rows E1–E7): the error code, and that the message says what to do.
 
 /// An address space whose IOMMU aperture is one small window (as a narrow DMA mask gives).
