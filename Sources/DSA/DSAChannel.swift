@@ -249,7 +249,11 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         if tail != head { current = try quiesce() }
         // The interface wrote Armed before calling; a failure this channel processed while the
         // Start waited for the channel (Halted) belongs to the chain being replaced.
-        word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+        // Only a Halted word is replaced: a PowerUp re-Start keeps the word naming the
+        // client's last completed descriptor on purpose.
+        if let w = word, w.pointee.load(ordering: .acquiring) & CompletionWord.statusMask == UInt64(TransferStatus.halted.rawValue) {
+            w.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+        }
         pending.store(0, ordering: .relaxed)
         halted = false
         contextLost.store(false, ordering: .relaxed)
