@@ -113,9 +113,6 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// The last descriptor seen completed when PowerDown drained the channel (0: none, or
     /// nothing submitted): where the PowerUp re-Start continues.
     private var drainedTail: UInt64 = 0
-    private let dbgAccepted = Atomic<UInt64>(0)
-    public nonisolated(unsafe) var debugHook: (() -> String)?
-    private var dbgAtDrain: UInt64 = 0
     private let lastInterruptCompleted = Atomic<UInt64>(0)
     private let generation = Atomic<UInt64>(0)
     private let waiters = Mutex<Waiters>(Waiters())
@@ -236,13 +233,12 @@ public final class NetDMAChannel: @unchecked Sendable {
         // Announce the Append before the power check: PowerDown and PowerUp wait for an
         // Append in progress (see `waitForAppend`). Two relaxed stores, one load.
         appendCount &+= 1
-        appendSequence.store(appendCount, ordering: .sequentiallyConsistent)
+        appendSequence.store(appendCount, ordering: .relaxed)
         defer {
             appendCount &+= 1
             appendSequence.store(appendCount, ordering: .releasing)
         }
         if record.poweredDown.load(ordering: .acquiring) { throw Self.poweredDownError("Append") }
-        dbgAccepted.store(dbgAccepted.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
         if reseeded.load(ordering: .relaxed) {
             // The engine's tail is the NULL descriptor of a power-up re-Start: link it (1.x).
             if !providerVersion.countedChains { DescriptorPool.publishNext(of: nullDescriptor, chain.iova) }
@@ -524,8 +520,6 @@ public final class NetDMAChannel: @unchecked Sendable {
     func noteDrained() {
         control.withLock { _ in
             drainedTail = state == .running ? (submittedTail()?.iova ?? 0) : 0
-            dbgAtDrain = dbgAccepted.load(ordering: .relaxed)
-            if getenv("NETDMA_DEBUG") != nil { print("drained ch\(index)@\(provider): tail 0x\(String(drainedTail, radix: 16)) chain 0x\(String(lastChainIOVA.load(ordering: .relaxed), radix: 16))/\(lastChainCount.load(ordering: .relaxed)) word 0x\(String(loadCompletionWord(), radix: 16)) irq 0x\(String(lastInterruptCompleted.load(ordering: .relaxed), radix: 16)) q: \(debugHook?() ?? "")") }
         }
     }
 
@@ -560,7 +554,6 @@ public final class NetDMAChannel: @unchecked Sendable {
             nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer], next: next)
             let chain = DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: count)
             let noted = (lastChainIOVA.load(ordering: .relaxed), lastChainCount.load(ordering: .relaxed))
-            if getenv("NETDMA_DEBUG") != nil { print("accepted since drain \(dbgAccepted.load(ordering: .relaxed) &- dbgAtDrain) reseed ch\(index)@\(provider): drained 0x\(String(drainedTail, radix: 16)) tail 0x\(String(tail?.iova ?? 0, radix: 16)) next 0x\(String(next, radix: 16)) count \(count) word 0x\(String(loadCompletionWord(), radix: 16))") }
             try startLocked(chain, keepWord: true)
             if count == 1 {
                 // Nothing but the NULL descriptor: the submitted tail (what a drain waits for)
@@ -593,8 +586,6 @@ public final class NetDMAChannel: @unchecked Sendable {
             return false
         }
     }
-
-    public var debugState: String { "lastChain 0x\(String(lastChainIOVA.load(ordering: .relaxed), radix: 16))/\(lastChainCount.load(ordering: .relaxed)) null.next 0x\(String(nullDescriptor.pointee.next, radix: 16)) seq \(appendSequence.load(ordering: .relaxed)) pd \(record.poweredDown.load(ordering: .relaxed))" }
 
     // MARK: - errors (cold)
 

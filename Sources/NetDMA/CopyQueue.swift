@@ -406,9 +406,6 @@ public final class CopyQueue {
         }
     }
 
-    public var debugSlots: String { "sub slot \(submitted & mask) fin slot \(finished & mask) outstanding \(submitted &- finished)" }
-    public var debugState: String { "enq \(enqueued) sub \(submitted) fin \(finished) ret \(retired) needsStart \(needsStart) ring 0x\(String(ringIOVA, radix: 16)) \(channel.debugState)" }
-
     // Constant errors: throwing them does not allocate.
     private static let tooLarge = DriverError(.descriptorTooLarge,
         "The op is longer than the channel's maximum transfer size; split it into several ops (CopyQueue never splits silently).")

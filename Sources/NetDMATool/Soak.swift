@@ -305,7 +305,6 @@ final class SoakLane {
         queue = try CopyQueue(channel: channel, ringSize: ringSize)
         destination = try channel.dmaMemory.allocate(length: ringSize * Self.slotBytes)
         records = Array(repeating: SoakOp(), count: ringSize)
-        channel.debugHook = { [unowned self] in self.queue.debugSlots }
     }
 
     var name: String { "\(engine.family.rawValue) channel \(channel.index)" }
@@ -324,7 +323,6 @@ final class SoakClient: @unchecked Sendable {
     var rng: SoakRandom
     var totals = SoakTotals()
     private var statuses = [CopyStatus](repeating: .successful, count: 64)
-    private var lastRefusal = ""
 
     init(lanes: [SoakLane], options: SoakOptions, seed: UInt64) {
         self.lanes = lanes
@@ -349,14 +347,14 @@ final class SoakClient: @unchecked Sendable {
         let end = ContinuousClock.now + .milliseconds(Int(options.drainSeconds * 1000))
         for lane in lanes {
             while lane.enqueued != lane.retired && ContinuousClock.now < end {
-                do { try lane.queue.submit() } catch { lastRefusal = "final: \(error.message) state \(lane.channel.state) pending \(lane.queue.pendingSubmission) outstanding \(lane.queue.outstanding)" }
+                submit(lane)
                 retire(lane)
                 if lane.enqueued != lane.retired { sched_yield() }
             }
             let left = Int(lane.enqueued &- lane.retired)
             if left > 0 {
                 totals.lost += left
-                totals.violation("lost", "\(lane.name): \(left) ops never reported within \(options.drainSeconds) s (channel \(lane.channel.state), completion word 0x\(String(lane.channel.completionWord.rawValue, radix: 16)), fault \(lane.channel.fault.map(\.description) ?? "none"), last refusal: \(lastRefusal)) \(lane.queue.debugState)")
+                totals.violation("lost", "\(lane.name): \(left) ops never reported within \(options.drainSeconds) s (channel \(lane.channel.state), completion word 0x\(String(lane.channel.completionWord.rawValue, radix: 16)), fault \(lane.channel.fault.map(\.description) ?? "none"))")
             }
         }
     }
@@ -436,7 +434,6 @@ final class SoakClient: @unchecked Sendable {
     }
 
     private func refused(_ call: String, _ error: DriverError) {
-        lastRefusal = error.message
         totals.refusals["\(call): \(error.code)", default: 0] += 1
     }
 
