@@ -5,7 +5,8 @@ import Testing
 @Suite("netdma soak")
 struct SoakTests {
     /// A short soak on two CBDMA model functions (3.4 recovers from a halt in place, 3.2 by
-    /// reset) with every kind of trouble but power cycles.
+    /// reset) with every kind of trouble but power cycles (see `dsaSoakWithPowerPasses`; the
+    /// CBDMA soak with power cycles still finds ops reported successful that did not run).
     static func cbdmaOptions(seconds: Double = 1.5) -> SoakOptions {
         var o = SoakOptions()
         o.seconds = seconds
@@ -30,6 +31,23 @@ struct SoakTests {
         #expect(t.faultsInjected > 0 && t.injectedFaultsSeen > 0)
         #expect(t.aborts > 0 && t.resets > 0 && t.suspends > 0 && t.badOps > 0)
         #expect(t.failed >= t.injectedFaultsSeen)
+    }
+
+    // Reproducer of the remaining power-cycle bug (a power cycle every ~40 ms): fails about
+    // every other run with ops reported successful that never ran, after an Abort or Reset
+    // near a power cycle. Enable once that is fixed.
+    @Test("the DSA model with power cycles: every op accounted for, byte-exact, failures explained",
+          .disabled("known bug: ops around Abort/Reset and a power cycle reported successful without running"))
+    func dsaSoakWithPowerPasses() {
+        var o = Self.cbdmaOptions()
+        o.ioatProfiles = []
+        o.dsaWorkQueues = 2
+        o.skip = []
+        o.powerCycleMilliseconds = 40
+        let t = Soak(options: o).run()
+        #expect(t.passed, "\(t.report)")
+        #expect(t.powerCycles > 0 && t.ops > 1000)
+        #expect(t.ops == t.successful + t.failed + t.abandonedByReset)
     }
 
     @Test("silent corruption by the device is caught")
