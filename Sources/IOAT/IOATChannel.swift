@@ -525,13 +525,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// CB 3.3 CHANSTS is read as two tear-safe halves (high, low, high again).
     /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
     public func serviceInterrupt() -> InterruptReport {
-        // Powered down: nothing to read (the kept fault was reported when it happened).
-        guard powered.load(ordering: .acquiring) else { return InterruptReport(lastCompleted: 0) }
+        guard powered.load(ordering: .acquiring) else {
+            return InterruptReport(lastCompleted: 0, fault: latchedFault.withLock { $0.fault })
+        }
         let sts = device.readChanSts(regs)
         let state = sts & IOAT.ChanSts.stateMask
-        // Only a fault the hardware still holds: a kept one (after a power cycle's reset) was
-        // reported already, and reporting it again would make the client account for it twice.
-        if state == UInt64(IOAT.ChannelState.halted.rawValue), device.chanErr(regs) != 0, let f = fault {
+        if state == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
             return InterruptReport(lastCompleted: 0, fault: f)
         }
         return InterruptReport(lastCompleted: sts & IOAT.ChanSts.completedDescriptorMask)
