@@ -5,16 +5,15 @@ import Testing
 @Suite("netdma soak")
 struct SoakTests {
     /// A short soak on two CBDMA model functions (3.4 recovers from a halt in place, 3.2 by
-    /// reset) with every kind of trouble but power cycles (see `dsaSoakWithPowerPasses`; the
-    /// CBDMA soak with power cycles still finds ops reported successful that did not run).
+    /// reset) with every kind of trouble, power cycles (every ~40 ms) included.
     static func cbdmaOptions(seconds: Double = 1.5) -> SoakOptions {
         var o = SoakOptions()
         o.seconds = seconds
         o.clients = 2
         o.ioatProfiles = ["icx", "skx"]
         o.dsaWorkQueues = 0
-        o.skip = [.power]
         o.controlEvery = 6
+        o.powerCycleMilliseconds = 40
         o.drainSeconds = 10
         // Other tests run in this process at the same time: fd and thread counts are theirs
         // too. DMA regions and IOMMU mappings are per engine and still checked.
@@ -30,14 +29,11 @@ struct SoakTests {
         #expect(t.ops == t.successful + t.failed + t.abandonedByReset, "every op ends exactly one way")
         #expect(t.faultsInjected > 0 && t.injectedFaultsSeen > 0)
         #expect(t.aborts > 0 && t.resets > 0 && t.suspends > 0 && t.badOps > 0)
+        #expect(t.powerCycles > 0)
         #expect(t.failed >= t.injectedFaultsSeen)
     }
 
-    // Reproducer of the remaining power-cycle bug (a power cycle every ~40 ms): fails about
-    // every other run with ops reported successful that never ran, after an Abort or Reset
-    // near a power cycle. Enable once that is fixed.
-    @Test("the DSA model with power cycles: every op accounted for, byte-exact, failures explained",
-          .disabled("known bug: ops around Abort/Reset and a power cycle reported successful without running"))
+    @Test("the DSA model with power cycles: every op accounted for, byte-exact, failures explained")
     func dsaSoakWithPowerPasses() {
         var o = Self.cbdmaOptions()
         o.ioatProfiles = []
