@@ -554,14 +554,15 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     public var fault: ChannelFault? {
         let (kept, epoch) = latchedFault.withLock { ($0.fault, $0.epoch) }
         if let kept { return kept }
-        guard powered.load(ordering: .acquiring) else { return nil }
+        guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         let e = device.bar.read32(regs.chanerr)
         guard e != 0 else { return nil }
         let err = IOAT.ChanErr(rawValue: e)
         let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
         // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry
         // would see all-ones).
-        guard powered.load(ordering: .acquiring) else { return nil }
+        // (PowerDown kept the fault before it stopped register reads: report that one.)
+        guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         latchedFault.withLock { if $0.epoch == epoch && $0.fault == nil { $0.fault = f } }
         return f
     }
