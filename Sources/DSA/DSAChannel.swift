@@ -119,6 +119,9 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private var unreachableDescriptor: UInt64 = 0
     private var halted = false
     private var running = false
+    /// From PowerDown until PowerUp: the device is (about to be) disabled, so nothing is
+    /// written to the portal; appended descriptors wait in memory for the re-Start.
+    private var poweredOff = false
     /// A one-region IOVA → CPU address cache for walking chains without a lock.
     private var walkCache = DMARegionCache()
 
@@ -246,7 +249,11 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         if tail != head { current = try quiesce() }
         // The interface wrote Armed before calling; a failure this channel processed while the
         // Start waited for the channel (Halted) belongs to the chain being replaced.
-        word?.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+        // Only a Halted word is replaced: a PowerUp re-Start keeps the word naming the
+        // client's last completed descriptor on purpose.
+        if let w = word, w.pointee.load(ordering: .acquiring) & CompletionWord.statusMask == UInt64(TransferStatus.halted.rawValue) {
+            w.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+        }
         pending.store(0, ordering: .relaxed)
         halted = false
         contextLost.store(false, ordering: .relaxed)
@@ -403,6 +410,40 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// Submissions (portal writes) outstanding now; never above ``workQueueSize``.
     public var outstandingSubmissions: Int { outstandingCount.load(ordering: .acquiring) }
 
+    /// Before the device is disabled (PowerDown): waits (spinning, bounded by the command
+    /// timeout) until every descriptor handed to the WQ has its completion record, processes
+    /// the records, and from then on writes nothing to the portal: a disabled WQ drops
+    /// descriptors, and work must never be discarded silently. Descriptors appended meanwhile
+    /// stay in memory and run after PowerUp's re-Start.
+    ///
+    /// - Throws: `.timeout` when the WQ does not finish its descriptors (the device must stay up).
+    func powerDown() throws(DriverError) {
+        acquire()
+        defer { release() }
+        while tail != head && reapOne() {}
+        if tail != head {
+            guard device.spin(for: device.timeouts.command, { reapOne() || tail == head }) || tail == head else {
+                throw DriverError(.timeout, "DSA WQ \(index): \(tail - head) submissions did not complete within \(device.timeouts.command) before PowerDown; the device stays up (\(device.diagnostics())).")
+            }
+            while tail != head && reapOne() {}
+            guard tail == head else {
+                throw DriverError(.timeout, "DSA WQ \(index): \(tail - head) submissions did not complete before PowerDown; the device stays up.")
+            }
+        }
+        poweredOff = true
+    }
+
+    /// After the device is enabled again (PowerUp): the portal may be written again. NetDMA
+    /// 1.1+: the interface re-Starts the channel at the first descriptor not yet processed.
+    /// NetDMA 1.0 (`contextLost`): the channel forgets its chain and the next Append fails
+    /// once with `.contextLost`, so the interface re-seeds it.
+    func powerUp(contextLost lose: Bool) {
+        acquire()
+        poweredOff = false
+        release()
+        if lose { loseContext() }
+    }
+
     /// After a power cycle (NetDMA 1.0): the next Append fails once with `.contextLost`.
     public func loseContext() {
         acquire()
@@ -444,7 +485,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private func progress() {
         guard word != nil else { return }
         while tail != head && reapOne() {}
-        if running && !halted { fill() }
+        if running && !halted && !poweredOff { fill() }
         if unreachableDescriptor != 0 && tail == head && !halted { haltUnreachable() }
     }
 

@@ -251,12 +251,22 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
 
     // MARK: - Power (netdma.md §10)
 
-    /// PowerDown: tells the interface (1.1+, which drains every channel), then Disable Device.
+    /// PowerDown: tells the interface (1.1+, which drains every channel), waits until every
+    /// descriptor handed to a WQ has completed and stops portal writes, then Disable Device.
     ///
     /// - Throws: the registry's error (`.timeout` when a channel does not drain); the command's.
     public func powerDown() throws(DriverError) {
-        if characteristics.version.powerEvents, let (registry, handle) = registration.withLock({ $0 }) {
+        let registered = characteristics.version.powerEvents ? registration.withLock({ $0 }) : nil
+        if let (registry, handle) = registered {
             try registry.notify(handle, event: .powerDown)
+        }
+        // Every descriptor the WQs hold completes first; then nothing reaches the portals.
+        for (i, ch) in channels.enumerated() {
+            do { try ch.powerDown() } catch {
+                for c in channels[..<i] { c.powerUp(contextLost: false) }
+                if let (registry, handle) = registered { try? registry.notify(handle, event: .powerUp) }
+                throw error
+            }
         }
         try device.run(.disableDevice, tolerated: [.deviceNotEnabledForDisable], context: "PowerDown")
     }
@@ -269,7 +279,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         try device.reset()
         _ = try device.configure(wqs: layout.workQueues, size: layout.workQueueSize,
                                  transferShift: layout.maximumTransferShift, batchShift: layout.maximumBatchShift)
-        for ch in channels where ch.allocated.load(ordering: .acquiring) { ch.loseContext() }
+        for ch in channels { ch.powerUp(contextLost: !characteristics.version.powerEvents && ch.allocated.load(ordering: .acquiring)) }
         if let interrupts {
             let fds = channels.compactMap(\.interruptEventFD)
             try interrupts.routeInterrupts(start: 1, eventFDs: fds)

@@ -51,6 +51,19 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     }
 
     let allocation = Atomic<Bool>(false)
+    /// False from PowerDown until PowerUp reprogrammed the channel: the function may be in
+    /// D3hot, where registers read all-ones, so nothing reads them (interrupt thread included).
+    private let powered = Atomic<Bool>(true)
+    /// The decoded CHANERR of the last error halt, kept from the moment it is first seen until
+    /// the client's Start or Reset: a power cycle (whose reset clears CHANERR) or a register
+    /// read in D3hot must not lose or garble the cause.
+    private let latchedFault = Mutex<LatchedFault>(LatchedFault())
+    private struct LatchedFault {
+        var fault: ChannelFault?
+        /// Bumped by every clear: a fault read from CHANERR before a clear is never kept after it.
+        var epoch: UInt64 = 0
+    }
+    private func clearFault() { latchedFault.withLock { $0.fault = nil; $0.epoch &+= 1 } }
 
     /// Whether the channel is allocated to a client.
     public var allocated: Bool { allocation.load(ordering: .acquiring) }
@@ -165,6 +178,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                 chainHead = chain.iova
                 needsProgramming = false
                 inPlaceRecoveries.add(1, ordering: .relaxed)
+                clearFault()
                 ring(n, restarted: true)
                 return
             }
@@ -173,6 +187,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             resetRecoveries.add(1, ordering: .relaxed)
         }
         if needsProgramming { program() }
+        // The old chain's fault is history now (a fault of this chain, latched after this,
+        // is read from CHANERR again).
+        clearFault()
         point(at: chain.iova)
         ring(n, restarted: true)
     }
@@ -455,6 +472,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         chainHead = 0
         tail = 0
         suspendedAt = 0
+        clearFault()
         program()
     }
 
@@ -471,13 +489,17 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         completionIOVA = 0
         count = 0
         chainHead = 0
+        clearFault()
         allocation.store(false, ordering: .releasing)
     }
 
     // MARK: - Power
 
-    /// Before D3: stop the engine (quiesce, reset).
+    /// Before D3: latch an error halt's cause (the reset clears CHANERR), stop register reads
+    /// by other threads, then stop the engine (quiesce, reset).
     func powerDown() throws(DriverError) {
+        _ = fault
+        powered.store(false, ordering: .sequentiallyConsistent)
         suspended = false
         try device.fullReset(regs, channel: index)
         needsProgramming = true
@@ -492,6 +514,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             program()
             self.contextLost = contextLost
         }
+        powered.store(true, ordering: .releasing)
     }
 
     // MARK: - Interrupts
@@ -502,6 +525,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// CB 3.3 CHANSTS is read as two tear-safe halves (high, low, high again).
     /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
     public func serviceInterrupt() -> InterruptReport {
+        guard powered.load(ordering: .acquiring) else {
+            return InterruptReport(lastCompleted: 0, fault: latchedFault.withLock { $0.fault })
+        }
         let sts = device.readChanSts(regs)
         let state = sts & IOAT.ChanSts.stateMask
         if state == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
@@ -512,6 +538,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
     public func rearmInterrupt() {
+        guard powered.load(ordering: .acquiring) else { return }
         device.bar.write16(regs.chanctrl, runControl)
         rearmCount.add(1, ordering: .relaxed)
     }
@@ -521,11 +548,23 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     /// The decoded CHANERR when the channel is HALTED with an error, with the failing
     /// descriptor (the one after the last completed, or the chain head when none completed).
+    ///
+    /// Once seen, the fault is kept until the client's Start or Reset, also across a power
+    /// cycle; while the function is powered down only the kept fault is reported.
     public var fault: ChannelFault? {
+        let (kept, epoch) = latchedFault.withLock { ($0.fault, $0.epoch) }
+        if let kept { return kept }
+        guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         let e = device.bar.read32(regs.chanerr)
         guard e != 0 else { return nil }
         let err = IOAT.ChanErr(rawValue: e)
-        return ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+        let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+        // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry
+        // would see all-ones).
+        // (PowerDown kept the fault before it stopped register reads: report that one.)
+        guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
+        latchedFault.withLock { if $0.epoch == epoch && $0.fault == nil { $0.fault = f } }
+        return f
     }
 
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of

@@ -106,6 +106,13 @@ public final class NetDMAChannel: @unchecked Sendable {
     private let reseeded = Atomic<Bool>(false)
     /// Set by the DPC when the channel halted with a fault; cleared by Start and by ``CopyQueue``.
     let faultPending = Atomic<Bool>(false)
+    /// Odd while an Append is between its power check and its end (single writer: the client;
+    /// relaxed stores, no read-modify-write). PowerDown and PowerUp wait for it to be even.
+    private let appendSequence = Atomic<UInt64>(0)
+    @exclusivity(unchecked) private var appendCount: UInt64 = 0
+    /// The last descriptor seen completed when PowerDown drained the channel (0: none, or
+    /// nothing submitted): where the PowerUp re-Start continues.
+    private var drainedTail: UInt64 = 0
     private let lastInterruptCompleted = Atomic<UInt64>(0)
     private let generation = Atomic<UInt64>(0)
     private let waiters = Mutex<Waiters>(Waiters())
@@ -193,8 +200,13 @@ public final class NetDMAChannel: @unchecked Sendable {
         }
     }
 
-    private func startLocked(_ chain: DescriptorChain) throws(DriverError) {
-        word.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+    private func startLocked(_ chain: DescriptorChain, keepWord: Bool = false) throws(DriverError) {
+        if !keepWord {
+            word.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
+            // What an interrupt reported completing belongs to the old chain: a stale address
+            // equal to the new chain's tail would make a drain end early.
+            lastInterruptCompleted.store(0, ordering: .releasing)
+        }
         reseeded.store(false, ordering: .relaxed)
         try engine.start(chain)
         // After the provider cleared its fault: a DPC (which runs under the same lock) either
@@ -218,7 +230,15 @@ public final class NetDMAChannel: @unchecked Sendable {
         guard word.pointee.load(ordering: .acquiring) & CompletionWord.statusMask != UInt64(TransferStatus.halted.rawValue) else {
             throw Self.refused("Append", .halted, allowed: "running")
         }
-        if record.poweredDown.load(ordering: .relaxed) { throw Self.poweredDownError("Append") }
+        // Announce the Append before the power check: PowerDown and PowerUp wait for an
+        // Append in progress (see `waitForAppend`). Two relaxed stores, one load.
+        appendCount &+= 1
+        appendSequence.store(appendCount, ordering: .relaxed)
+        defer {
+            appendCount &+= 1
+            appendSequence.store(appendCount, ordering: .releasing)
+        }
+        if record.poweredDown.load(ordering: .acquiring) { throw Self.poweredDownError("Append") }
         if reseeded.load(ordering: .relaxed) {
             // The engine's tail is the NULL descriptor of a power-up re-Start: link it (1.x).
             if !providerVersion.countedChains { DescriptorPool.publishNext(of: nullDescriptor, chain.iova) }
@@ -267,6 +287,7 @@ public final class NetDMAChannel: @unchecked Sendable {
         try control.withLock { _ throws(DriverError) in
             let s = state
             guard s == .suspended else { throw Self.refused("Resume", s, allowed: "suspended") }
+            try checkDeviceOn("Resume")
             try engine.resume()
             stateRaw.store(ChannelState.running.rawValue, ordering: .releasing)
         }
@@ -281,6 +302,7 @@ public final class NetDMAChannel: @unchecked Sendable {
             let s = state
             guard s == .running else { throw Self.refused("Abort", s, allowed: "running") }
             guard callbacks.contains(.abort) else { throw Self.missing("AbortDma") }
+            try checkDeviceOn("Abort")
             try engine.abort()
             stateRaw.store(ChannelState.halted.rawValue, ordering: .releasing)
         }
@@ -297,8 +319,10 @@ public final class NetDMAChannel: @unchecked Sendable {
                 throw Self.refused("Reset", s, allowed: "allocated, running or halted")
             }
             guard callbacks.contains(.reset) else { throw Self.missing("ResetChannel") }
+            try checkDeviceOn("Reset")
             try engine.reset()
             noteChain(nil)
+            lastInterruptCompleted.store(0, ordering: .releasing)
             reseeded.store(false, ordering: .relaxed)
             stateRaw.store(ChannelState.allocated.rawValue, ordering: .releasing)
         }
@@ -315,6 +339,7 @@ public final class NetDMAChannel: @unchecked Sendable {
             guard s == .allocated || s == .running || s == .halted else {
                 throw Self.refused("Free", s, allowed: "allocated, running (drained) or halted")
             }
+            try checkDeviceOn("Free")
             if s == .running && hasOutstandingWork() {
                 throw DriverError(.invalidState,
                     "Free is not allowed on a running channel with descriptors outstanding; wait for the last one to complete (ask for status or an interrupt on it), or Abort/Reset first.")
@@ -478,18 +503,79 @@ public final class NetDMAChannel: @unchecked Sendable {
         return true
     }
 
-    /// PowerUp (1.1+): re-Start a running channel with a NULL descriptor that leads to where the
-    /// next Append will continue.
+    /// Waits (bounded) until no Append is between its power check and its end; true when none
+    /// is. PowerDown calls it after raising the power flag (an Append that read the flag
+    /// before is let finish, so its chain drains too), PowerUp before re-Starting.
+    func waitForAppend(deadline: ContinuousClock.Instant) -> Bool {
+        while appendSequence.load(ordering: .acquiring) & 1 != 0 {
+            if ContinuousClock.now >= deadline { return false }
+            sched_yield()
+        }
+        return true
+    }
+
+    /// PowerDown, once the channel drained: waits for control calls in progress (they hold
+    /// the lock; later ones see the power flag and are refused) and notes where the chain
+    /// stands, so that PowerUp continues after the last descriptor that completed.
+    func noteDrained() {
+        control.withLock { _ in
+            drainedTail = state == .running ? (submittedTail()?.iova ?? 0) : 0
+        }
+    }
+
+    /// Takes and drops the control lock: every control call that started before has ended.
+    func controlBarrier() {
+        control.withLock { _ in }
+    }
+
+    /// PowerUp (1.1+): re-Start a running channel with a NULL descriptor that leads to the
+    /// first descriptor not yet processed: the one after the tail that PowerDown saw complete.
+    /// An Append whose power check raced with PowerDown (its chain reached a provider being
+    /// powered down) is thus run, never skipped. A channel that halted (a device fault, an
+    /// Abort) stays halted with its fault: the client's Start recovers it.
     func reseedAfterPowerUp() throws(DriverError) {
         try control.withLock { _ throws(DriverError) in
-            guard stateRaw.load(ordering: .acquiring) == ChannelState.running.rawValue else { return }
+            defer { drainedTail = 0 }
+            guard state == .running, !faultPending.load(ordering: .acquiring) else { return }
             var next: UInt64 = 0
-            if providerVersion.countedChains, let tail = submittedTail() { next = tail.address.pointee.next }
-            nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer, .statusUpdateOnCompletion], next: next)
-            try startLocked(DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: 1))
-            noteChain(DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: 1))
-            reseeded.store(true, ordering: .relaxed)
+            var count = 1
+            let tail = submittedTail()
+            if drainedTail != 0, let d = dmaMemory.address(ofIOVA: drainedTail)?.assumingMemoryBound(to: Descriptor.self) {
+                next = d.pointee.next
+                if providerVersion.countedChains, let tail, tail.iova != drainedTail {
+                    count += steps(from: next, to: tail.iova)
+                }
+            } else if providerVersion.countedChains, let tail {
+                next = tail.address.pointee.next
+            }
+            // No status update: the completion word keeps naming the client's last completed
+            // descriptor, which the client may not have read yet (overwriting it with the NULL
+            // descriptor's address would hide those completions for good).
+            nullDescriptor.pointee = Descriptor(controlFlags: [.nullTransfer], next: next)
+            let chain = DescriptorChain(address: nullDescriptor, iova: nullDescriptorIOVA, count: count)
+            let noted = (lastChainIOVA.load(ordering: .relaxed), lastChainCount.load(ordering: .relaxed))
+            try startLocked(chain, keepWord: true)
+            if count == 1 {
+                // Nothing but the NULL descriptor: the submitted tail (what a drain waits for)
+                // is still the client's.
+                lastChainIOVA.store(noted.0, ordering: .relaxed)
+                lastChainCount.store(noted.1, ordering: .relaxed)
+            }
+            // 1.x: a NULL descriptor that ends the chain is the tail the next Append links.
+            reseeded.store(providerVersion.countedChains || next == 0, ordering: .relaxed)
         }
+    }
+
+    /// Descriptors from `first` up to and including `last`, following `next` (counted chains).
+    private func steps(from first: UInt64, to last: UInt64) -> Int {
+        var iova = first
+        var n = 1
+        while iova != last && n <= 1 << 16 {
+            guard let d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { break }
+            iova = d.pointee.next
+            n += 1
+        }
+        return n
     }
 
     /// Aborts or resets a channel that did not drain (ProviderStop); true when it stopped.
@@ -518,7 +604,14 @@ public final class NetDMAChannel: @unchecked Sendable {
         DriverError(.invalidState, "\(call) is not allowed while the provider is powered down; wait for the PowerUp notification.")
     }
 
+    /// New work (Start, Suspend) is refused from the start of PowerDown until PowerUp.
     private func checkPowered(_ call: String) throws(DriverError) {
-        if record.poweredDown.load(ordering: .relaxed) { throw Self.poweredDownError(call) }
+        if record.poweredDown.load(ordering: .acquiring) { throw Self.poweredDownError(call) }
+    }
+
+    /// Calls that only stop or continue work already submitted (Resume, Abort, Reset, Free)
+    /// are allowed while PowerDown drains, and refused once the device may be off.
+    private func checkDeviceOn(_ call: String) throws(DriverError) {
+        if record.deviceOff.load(ordering: .acquiring) { throw Self.poweredDownError(call) }
     }
 }

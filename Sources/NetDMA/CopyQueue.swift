@@ -229,7 +229,7 @@ public final class CopyQueue {
                                     count: Int(truncatingIfNeeded: n))
         do {
             if needsStart {
-                try startAt(chain)
+                try startAfterRefusal(chain)
             } else {
                 let oldTail = ring + Int(truncatingIfNeeded: (submitted &- 1) & mask)
                 if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
@@ -261,7 +261,7 @@ public final class CopyQueue {
             handleHalt()
             do {
                 if needsStart {
-                    try startAt(chain)
+                    try startAfterRefusal(chain)
                 } else {
                     if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
                     try channel.append(chain)
@@ -273,6 +273,24 @@ public final class CopyQueue {
             }
         }
         throw last
+    }
+
+    /// A Start is due (first submit, or a recovery Start that was refused, e.g. while the
+    /// provider was powered down): it must include the ops submitted before and not yet
+    /// finished, or they would never run while later completions named ops after them.
+    @inline(never)
+    private func startAfterRefusal(_ chain: DescriptorChain) throws(DriverError) {
+        guard finished != submitted else { return try startAt(chain) }
+        let oldTail = ring + Int(truncatingIfNeeded: (submitted &- 1) & mask)
+        if !counted { DescriptorPool.publishNext(of: oldTail, chain.iova) }
+        let first = Int(truncatingIfNeeded: finished & mask)
+        do {
+            try startAt(DescriptorChain(address: ring + first, iova: ringIOVA &+ UInt64(truncatingIfNeeded: first) &* 64,
+                                        count: Int(truncatingIfNeeded: enqueued &- finished)))
+        } catch {
+            if !counted { DescriptorPool.publishNext(of: oldTail, 0) }
+            throw error
+        }
     }
 
     @inline(never)  // cold: the first submit and recovery (takes the channel lock)

@@ -103,7 +103,12 @@ final class ProviderRecord: Sendable {
     let provider: any NetDMAProvider
     let characteristics: ProviderCharacteristics
     let affinityTable: [ChannelCPUAffinity]
+    /// Set from the start of PowerDown until PowerUp re-Started the channels: new work
+    /// (Append, Start, Suspend) is refused.
     let poweredDown = Atomic<Bool>(false)
+    /// Set once PowerDown drained every channel, until PowerUp: every channel call is refused
+    /// (the device may be in D3 or disabled).
+    let deviceOff = Atomic<Bool>(false)
     let channels = Mutex<[NetDMAChannel]>([])
     private let dispatcherSlot = Mutex<InterruptDispatcher?>(nil)
     /// The interrupt machinery while started (nil otherwise).
@@ -257,6 +262,7 @@ public final class NetDMARegistry: Sendable {
             throw error
         }
         record.poweredDown.store(false, ordering: .releasing)
+        record.deviceOff.store(false, ordering: .releasing)
         post(.providerArrival, handle)
     }
 
@@ -327,9 +333,27 @@ public final class NetDMARegistry: Sendable {
         case .powerDown:
             try transition(handle, "PowerDown", from: [.started])
             post(.providerPowerDown, handle)
-            record.poweredDown.store(true, ordering: .releasing)
+            // Refuse new work first, then wait for calls in progress: control calls hold the
+            // channel lock (taken and dropped here; later ones see the flag and are refused),
+            // an Append announces itself before its power check. Then drain.
+            record.poweredDown.store(true, ordering: .sequentiallyConsistent)
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
             let deadline = ContinuousClock.now + drainTimeout
-            let stuck = record.channels.withLock { $0 }.filter { !$0.waitUntilDrained(deadline: deadline) }.map(\.index)
+            let channels = record.channels.withLock { $0 }
+            var stuck: [Int] = []
+            for ch in channels {
+                ch.controlBarrier()
+                if !ch.waitForAppend(deadline: deadline) || !ch.waitUntilDrained(deadline: deadline)
+                    || !ch.waitForAppend(deadline: deadline) || !ch.waitUntilDrained(deadline: deadline) {
+                    stuck.append(ch.index)
+                }
+            }
+            if stuck.isEmpty {
+                // From here on nothing reaches the device: the lock waits for a Resume, Abort
+                // or Reset in progress; later ones see `deviceOff`.
+                record.deviceOff.store(true, ordering: .sequentiallyConsistent)
+                for ch in channels { ch.noteDrained() }
+            }
             state.withLock { s in
                 s.providers[handle.id]?.state = stuck.isEmpty ? .poweredDown : .started
                 s.providers[handle.id]?.busy = false
@@ -340,11 +364,16 @@ public final class NetDMARegistry: Sendable {
             }
         case .powerUp:
             try transition(handle, "PowerUp", from: [.poweredDown])
-            record.poweredDown.store(false, ordering: .releasing)
+            // Re-Start every running channel while new calls are still refused, then let
+            // clients in: no Append reaches a channel before its re-Start.
             var failure: DriverError?
+            let deadline = ContinuousClock.now + drainTimeout
             for ch in record.channels.withLock({ $0 }) {
+                _ = ch.waitForAppend(deadline: deadline)
                 do { try ch.reseedAfterPowerUp() } catch { failure = failure ?? error }
             }
+            record.deviceOff.store(false, ordering: .releasing)
+            record.poweredDown.store(false, ordering: .releasing)
             state.withLock { s in
                 s.providers[handle.id]?.state = .started
                 s.providers[handle.id]?.busy = false

@@ -5,15 +5,15 @@ import Testing
 @Suite("netdma soak")
 struct SoakTests {
     /// A short soak on two CBDMA model functions (3.4 recovers from a halt in place, 3.2 by
-    /// reset) with every kind of trouble but power cycles.
+    /// reset) with every kind of trouble, power cycles (every ~40 ms) included.
     static func cbdmaOptions(seconds: Double = 1.5) -> SoakOptions {
         var o = SoakOptions()
         o.seconds = seconds
         o.clients = 2
         o.ioatProfiles = ["icx", "skx"]
         o.dsaWorkQueues = 0
-        o.skip = [.power]
         o.controlEvery = 6
+        o.powerCycleMilliseconds = 40
         o.drainSeconds = 10
         // Other tests run in this process at the same time: fd and thread counts are theirs
         // too. DMA regions and IOMMU mappings are per engine and still checked.
@@ -29,7 +29,21 @@ struct SoakTests {
         #expect(t.ops == t.successful + t.failed + t.abandonedByReset, "every op ends exactly one way")
         #expect(t.faultsInjected > 0 && t.injectedFaultsSeen > 0)
         #expect(t.aborts > 0 && t.resets > 0 && t.suspends > 0 && t.badOps > 0)
+        #expect(t.powerCycles > 0)
         #expect(t.failed >= t.injectedFaultsSeen)
+    }
+
+    @Test("the DSA model with power cycles: every op accounted for, byte-exact, failures explained")
+    func dsaSoakWithPowerPasses() {
+        var o = Self.cbdmaOptions()
+        o.ioatProfiles = []
+        o.dsaWorkQueues = 2
+        o.skip = []
+        o.powerCycleMilliseconds = 40
+        let t = Soak(options: o).run()
+        #expect(t.passed, "\(t.report)")
+        #expect(t.powerCycles > 0 && t.ops > 1000)
+        #expect(t.ops == t.successful + t.failed + t.abandonedByReset)
     }
 
     @Test("silent corruption by the device is caught")
