@@ -210,13 +210,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
     /// with ``attributes``: the hardware is already up.
     @discardableResult
     public func register(with registry: NetDMARegistry) throws(DriverError) -> ProviderHandle {
-        let handle = try registry.register(self)
-        do throws(DriverError) {
-            try registry.start(handle, attributes: attributes)
-        } catch {
-            try? registry.deregister(handle)
-            throw error
-        }
+        let handle = try registry.registerAndStart(self, attributes: attributes)
         registration.withLock { $0 = (registry, handle) }
         return handle
     }
@@ -225,8 +219,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
     @discardableResult
     public func deregister() throws(DriverError) -> [Int] {
         guard let (registry, handle) = registration.withLock({ $0 }) else { return [] }
-        let aborted = try registry.stop(handle)
-        try registry.deregister(handle)
+        let aborted = try registry.stopAndDeregister(handle)
         registration.withLock { $0 = nil }
         return aborted
     }
