@@ -307,7 +307,7 @@ final class EngineSession {
             let elapsed = ContinuousClock.now - started
             let handle = try provider.register(with: registry)
             let inject: () -> Void = {
-                for c in 0..<device.channelCount { device.inject(.corruptRead(index: 0, byteOffset: 0, mask: 0), channel: c) }
+                for c in 0..<device.channelCount { device.inject(.failDescriptor(index: 0, error: .readData), channel: c) }
             }
             return EngineSession(
                 label: "model:ioat/\(p.name)", family: .ioat, isModel: true, registry: registry, handle: handle,

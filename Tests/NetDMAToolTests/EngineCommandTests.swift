@@ -116,7 +116,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         let doc = try decode(Probe.Document.self, r.text)
         #expect(!doc.passed)
         let copy = try #require(doc.engines.first?.channels.first?.checks.first { $0.name == "copy" })
-        #expect(!copy.passed && copy.detail.contains("corrupts data"))
+        #expect(!copy.passed && copy.detail.contains("read data error (RDERR)"))
         let text = try execute(["probe", "--inject-fault", "copy"] + roots(tree)).text
         #expect(text.contains("copy FAILED") && text.hasSuffix("1 of 1 engine failed."))
     }
