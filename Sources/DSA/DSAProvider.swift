@@ -183,19 +183,12 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
         let want = parameters.affinity
         let local = configuration.localCPUs
         let picked: (DSAChannel<BAR, Portals>, Int)? = allocationLock.withLock { _ in
-            let free = channels.filter { !$0.allocated.load(ordering: .acquiring) }
-            guard !free.isEmpty else { return nil }
-            let ch = free.first { table[$0.index].map(want.contains) ?? false } ?? free[0]
-            ch.allocated.store(true, ordering: .releasing)
-            let cpu: Int
-            if let c = table[ch.index], want.isEmpty || want.contains(c) {
-                cpu = c
-            } else if !want.isEmpty {
-                cpu = local.flatMap { want.intersection($0).first } ?? want.first!
-            } else {
-                cpu = local?.first ?? 0
+            let free = channels.indices.filter { !channels[$0].allocated.load(ordering: .acquiring) }
+            guard let (i, cpu) = ChannelChoice.pick(free: free, interruptCPUs: table, wanted: want, localCPUs: local) else {
+                return nil
             }
-            return (ch, cpu)
+            channels[i].allocated.store(true, ordering: .releasing)
+            return (channels[i], cpu)
         }
         guard let (channel, cpu) = picked else {
             throw DriverError(.busy, "All \(channels.count) work queues of \(characteristics.friendlyName) are allocated; free one first.")

@@ -230,19 +230,12 @@ public final class IOATProvider<BAR: RegisterIO & ~Copyable>: NetDMAProvider, @u
         let table = affinityTable.withLock { $0 }
         let want = parameters.affinity
         let picked: (IOATChannel<BAR>, Int)? = allocationLock.withLock { _ in
-            let free = channels.filter { !$0.allocated }
-            guard !free.isEmpty else { return nil }
-            let ch = free.first { table[$0.index].map(want.contains) ?? false } ?? free[0]
-            ch.allocation.store(true, ordering: .releasing)
-            let cpu: Int
-            if let c = table[ch.index], want.isEmpty || want.contains(c) {
-                cpu = c
-            } else if !want.isEmpty {
-                cpu = localCPUs.flatMap { want.intersection($0).first } ?? want.first!
-            } else {
-                cpu = localCPUs?.first ?? 0
+            let free = channels.indices.filter { !channels[$0].allocated }
+            guard let (i, cpu) = ChannelChoice.pick(free: free, interruptCPUs: table, wanted: want, localCPUs: localCPUs) else {
+                return nil
             }
-            return (ch, cpu)
+            channels[i].allocation.store(true, ordering: .releasing)
+            return (channels[i], cpu)
         }
         guard let (channel, cpu) = picked else {
             throw DriverError(.busy,
