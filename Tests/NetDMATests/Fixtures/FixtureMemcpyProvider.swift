@@ -291,7 +291,16 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
                 r.next = d.next
                 last = r.remaining == 0
             } else if d.next == 0 {
-                last = true  // `next` stays on the tail, to be re-read by Append
+                // 1.x: the copy read `next` before moving data; an Append may have linked the
+                // tail since (its `next` is published before Append takes this lock). Re-read
+                // it, as CB 1.x hardware re-reads the tail on APPEND; else `next` stays on the
+                // tail, to be re-read by the next Append.
+                if let fresh = provider?.readDescriptor(picked.iova), fresh.next != 0 {
+                    r.next = fresh.next
+                    last = false
+                } else {
+                    last = true
+                }
             } else {
                 r.next = d.next
                 last = false
