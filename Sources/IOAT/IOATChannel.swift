@@ -556,7 +556,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if let kept { return kept }
         guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         let e = device.bar.read32(regs.chanerr)
-        guard e != 0 else { return nil }
+        guard e != 0 else {
+            // CHANERR may read 0 because PowerDown's reset cleared it after this thread saw
+            // the function powered: PowerDown latched the fault before that reset.
+            return latchedFault.withLock { $0.epoch == epoch ? $0.fault : nil }
+        }
         let err = IOAT.ChanErr(rawValue: e)
         let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
         // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry

@@ -5,9 +5,7 @@ import Testing
 @Suite("netdma soak")
 struct SoakTests {
     /// A short soak on two CBDMA model functions (3.4 recovers from a halt in place, 3.2 by
-    /// reset) with every kind of trouble except power cycles: a CBDMA op failed by an injected
-    /// fault around PowerDown can still lose its cause (about 1 in 20,000 ops, under load), an
-    /// open defect of issue 9; the DSA soak below keeps power cycles.
+    /// reset) with every kind of trouble, power cycles included.
     static func cbdmaOptions(seconds: Double = 1.5) -> SoakOptions {
         var o = SoakOptions()
         o.seconds = seconds
@@ -15,7 +13,7 @@ struct SoakTests {
         o.ioatProfiles = ["icx", "skx"]
         o.dsaWorkQueues = 0
         o.controlEvery = 6
-        o.skip = [.power]
+        o.powerCycleMilliseconds = 40
         o.drainSeconds = 10
         // Other tests run in this process at the same time: fd and thread counts are theirs
         // too. DMA regions and IOMMU mappings are per engine and still checked.
@@ -31,6 +29,7 @@ struct SoakTests {
         #expect(t.ops == t.successful + t.failed + t.abandonedByReset, "every op ends exactly one way")
         #expect(t.faultsInjected > 0 && t.injectedFaultsSeen > 0)
         #expect(t.aborts > 0 && t.resets > 0 && t.suspends > 0 && t.badOps > 0)
+        #expect(t.powerCycles > 0)
         #expect(t.failed >= t.injectedFaultsSeen)
     }
 

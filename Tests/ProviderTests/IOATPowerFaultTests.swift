@@ -1,6 +1,6 @@
 import DeviceModels
 import Hardware
-import IOAT
+@testable import IOAT
 import NetDMA
 import Platform
 import Testing
@@ -32,5 +32,26 @@ struct IOATPowerFaultTests {
         try r.channel.start(IOATChain.link(r.pool, 2..<3, counted: true))
         #expect(r.waitCompleted(r.pool.iova(at: 2)))
         #expect(r.channel.fault == nil)
+    }
+
+    @Test("a fault read racing PowerDown's reset (CHANERR reads 0 after the powered check) is the kept one, not nil")
+    func faultReadRacingPowerDownReset() throws {
+        // No interrupts: nothing but this test reads CHANERR, so the fault is not yet kept.
+        let r = try IOATRegistered("icx", interrupts: false)
+        let src = try r.rig.buffer(8192), dst = try r.rig.buffer(8192)
+        for i in 0..<3 { IOATChain.copy(r.pool, i, from: src.iova(at: i * 1024), to: dst.iova(at: i * 1024), 1024) }
+        r.rig.device.inject(.failDescriptor(index: 1, error: .readData))
+        try r.channel.start(IOATChain.link(r.pool, 0..<3, counted: true))
+        #expect(ioatWait { r.channel.state == .halted })
+        let engine = r.rig.provider.channels[r.channel.index]
+        // The client's `fault` has seen the function powered; before its CHANERR read lands,
+        // PowerDown keeps the fault and resets the channel (CHANERR is 0 afterwards, still D0).
+        r.rig.bar.beforeNextRead32(of: IOAT.channelBase(r.channel.index) + IOAT.CHANERR) {
+            try? engine.powerDown()
+        }
+        let seen = r.channel.fault
+        #expect(seen?.rawValue == UInt64(IOAT.ChanErr.readData.rawValue), "the cause survives the race: \(String(describing: seen))")
+        try engine.powerUp(contextLost: false)
+        #expect(r.channel.fault == seen)
     }
 }

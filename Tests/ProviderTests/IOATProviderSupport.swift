@@ -233,17 +233,34 @@ final class IOATLog<T: Sendable>: Sendable {
 struct IOATCountingBAR: RegisterIO, Sendable {
     let base: MockIOATBAR
     private let count = IOATCounter()
+    private let readHook = IOATReadHook()
     init(base: MockIOATBAR) { self.base = base }
     var writes: Int { count.value }
     var length: Int { base.length }
     func read8(_ offset: Int) -> UInt8 { base.read8(offset) }
     func read16(_ offset: Int) -> UInt16 { base.read16(offset) }
-    func read32(_ offset: Int) -> UInt32 { base.read32(offset) }
+    func read32(_ offset: Int) -> UInt32 {
+        if let hook = readHook.slot.withLock({ h -> (@Sendable () -> Void)? in
+            guard let e = h, e.offset == offset else { return nil }
+            h = nil  // once: the hook may read the register itself
+            return e.run
+        }) { hook() }
+        return base.read32(offset)
+    }
     func read64(_ offset: Int) -> UInt64 { base.read64(offset) }
+    /// Runs `run` once, just before the next 32-bit read of `offset` reaches the model: a
+    /// deterministic way to put another thread's work between a driver's checks and its read.
+    func beforeNextRead32(of offset: Int, _ run: @escaping @Sendable () -> Void) {
+        readHook.slot.withLock { $0 = (offset, run) }
+    }
     func write8(_ offset: Int, _ value: UInt8) { base.write8(offset, value); count.bump() }
     func write16(_ offset: Int, _ value: UInt16) { base.write16(offset, value); count.bump() }
     func write32(_ offset: Int, _ value: UInt32) { base.write32(offset, value); count.bump() }
     func write64(_ offset: Int, _ value: UInt64) { base.write64(offset, value); count.bump() }
+}
+
+final class IOATReadHook: Sendable {
+    let slot = Mutex<(offset: Int, run: @Sendable () -> Void)?>(nil)
 }
 
 final class IOATCounter: Sendable {
