@@ -44,8 +44,9 @@ struct List: OutputCommand {
         var all: Bool
     }
 
-    func document() -> Document {
+    func document() throws(DriverError) -> Document {
         let discovery = system.discovery
+        try discovery.requirePCIBus()
         let devices = discovery.devices()
         let shown = all ? devices : devices.filter { $0.engine != nil }
         let rows = shown.map { d -> Row in
@@ -63,7 +64,7 @@ struct List: OutputCommand {
     }
 
     func output() throws -> String {
-        let doc = document()
+        let doc = try document()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

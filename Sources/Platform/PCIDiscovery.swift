@@ -140,6 +140,17 @@ public struct PCIDiscovery: Sendable {
         }.sorted { $0.address < $1.address }
     }
 
+    /// Checks that the sysfs tree has a PCI bus to enumerate, so that an empty listing means
+    /// "no devices", never "wrong or missing sysfs".
+    ///
+    /// - Throws: ``DriverError`` `.notFound` when `bus/pci/devices` is missing under the root.
+    public func requirePCIBus() throws(DriverError) {
+        guard sysfs.exists("bus/pci/devices") else {
+            throw DriverError(.notFound, errno: .noSuchFileOrDirectory,
+                "\(sysfs.path("bus/pci/devices")) does not exist: sysfs is not mounted there. Mount it (`mount -t sysfs sysfs /sys`) or, in a container, bind-mount the host's /sys.")
+        }
+    }
+
     /// Known DMA engines (CBDMA, DSA, IAA and QEMU edu), sorted by address.
     public func engines() -> [PCIDevice] { devices().filter { $0.engine != nil } }
 

@@ -5,7 +5,7 @@ import Platform
 import Testing
 @testable import NetDMATool
 
-// One test per row of the README's "Bad input" table that concerns `netdma` arguments (rows C1–C6).
+// One test per row of the README's "Bad input" table that concerns `netdma` arguments (rows C1–C7).
 
 /// The message and exit code ArgumentParser gives for `arguments`, or nil when they parse.
 private func parseError(_ arguments: [String]) -> (message: String, exitCode: Int32)? {
@@ -57,6 +57,21 @@ struct ToolBadInputTests {
         } catch let error as DriverError {
             #expect(error.code == .notFound && error.message.contains("netdma list --all"))
             #expect(NetDMATool.exitCode(for: error).rawValue == 1)
+        }
+    }
+
+    @Test("C7 a sysfs root without a PCI bus (sysfs not mounted): notFound naming the path, not an empty list")
+    func noSysfs() throws {
+        let missing = FileManager.default.temporaryDirectory.appendingPathComponent("netdma-no-sysfs-\(getpid())").path
+        for args in [["list"], ["list", "--json"]] {
+            do {
+                let out = try run(args + ["--sysfs-root", missing])
+                Issue.record("listed without sysfs: \(out)")
+            } catch let error as DriverError {
+                #expect(error.code == .notFound && error.message.contains("\(missing)/bus/pci/devices"))
+                #expect(error.message.contains("mount -t sysfs"))
+                #expect(NetDMATool.exitCode(for: error).rawValue == 1)
+            }
         }
     }
 
