@@ -26,6 +26,7 @@ let package = Package(
                 "CBenchSupport",
                 .product(name: "NetDMA", package: "netdma"),
                 .product(name: "IOAT", package: "netdma"),
+                .product(name: "DSA", package: "netdma"),
                 .product(name: "DeviceModels", package: "netdma"),
                 .product(name: "Platform", package: "netdma"),
             ],

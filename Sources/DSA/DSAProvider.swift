@@ -145,7 +145,7 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
             hardwareMajor: major, hardwareMinor: minor, vendorID: DSA.vendorID, channelCount: wqs,
             maximumTransferSize: min(1 << transferShift, Int(UInt32.max)),
             maximumAddress: UInt64.max >> 16)
-        poller.start(channels.map { c in { c.pollFromPoller() } }, watch: { [device, channels] in
+        poller.start(channels, watch: { [device, channels] in
             // A halted device completes nothing: account for what is outstanding.
             guard device.state == .halted else { return }
             let reason = device.diagnostics()
@@ -276,7 +276,13 @@ public final class DSAProvider<BAR: RegisterIO & ~Copyable, Portals: PortalIO & 
     }
 }
 
-extension DSAChannel where BAR: ~Copyable, Portals: ~Copyable {
+/// What the completion poller polls (a ``DSAChannel``).
+protocol CompletionPollerTarget: AnyObject {
+    /// One pass: true when there was work.
+    func pollFromPoller() -> Bool
+}
+
+extension DSAChannel: CompletionPollerTarget where BAR: ~Copyable, Portals: ~Copyable {
     /// One poller pass over this channel: process records and submit when there is work.
     func pollFromPoller() -> Bool {
         guard outstandingCount.load(ordering: .acquiring) > 0 else { return false }
@@ -289,14 +295,14 @@ extension DSAChannel where BAR: ~Copyable, Portals: ~Copyable {
 /// turning completion records into NetDMA completion words (what a CBDMA engine does itself),
 /// and otherwise sleeps on a futex that a portal write wakes (only when it sleeps).
 final class CompletionPoller: @unchecked Sendable {
-    // @unchecked: `thread` and `passes` are set in `start` before the thread runs; the rest is atomic.
+    // @unchecked: `thread` and `body` are set in `start` before the thread runs; the rest is atomic.
     private let doorbell: UnsafeMutablePointer<Atomic<UInt32>>
     private let sleeping = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
     private let spins: Int
     private var thread: pthread_t?
-    private var passes: [() -> Bool] = []
-    private var watch: () -> Void = {}
+    /// The thread's loop over its targets, made by `start` (called once, on the thread).
+    private var body: (() -> Void)?
     /// Busy passes between checks of the device state.
     static let watchInterval = 1024
 
@@ -311,13 +317,20 @@ final class CompletionPoller: @unchecked Sendable {
         doorbell.deallocate()
     }
 
-    func start(_ passes: [() -> Bool], watch: @escaping () -> Void) {
-        self.passes = passes
-        self.watch = watch
+    /// Starts the thread polling `targets`, and calling `watch` every ``watchInterval`` busy
+    /// passes. The targets are not retained: their owner stops the poller before they go.
+    func start<Target: CompletionPollerTarget>(_ targets: [Target], watch: @escaping () -> Void) {
+        // The loop reads unretained references from a fixed table: no retain/release per pass.
+        let table = UnsafeMutableBufferPointer<Unmanaged<Target>>.allocate(capacity: targets.count)
+        _ = table.initialize(from: targets.lazy.map { Unmanaged.passUnretained($0) })
+        body = { [unowned self] in
+            self.loop(UnsafeBufferPointer(table), watch: watch)
+            table.deallocate()
+        }
         var t = pthread_t()
         let arg = Unmanaged.passRetained(self).toOpaque()
         let r = pthread_create(&t, nil, { arg in
-            Unmanaged<CompletionPoller>.fromOpaque(arg!).takeRetainedValue().run()
+            Unmanaged<CompletionPoller>.fromOpaque(arg!).takeRetainedValue().body?()
             return nil
         }, arg)
         precondition(r == 0, "DSA completion poller: pthread_create failed (\(r))")
@@ -329,8 +342,7 @@ final class CompletionPoller: @unchecked Sendable {
         wakeNow()
         if let thread { pthread_join(thread, nil) }
         thread = nil
-        passes = []
-        watch = {}
+        body = nil
     }
 
     /// Called after each portal write: a futex wake only when the poller sleeps.
@@ -345,14 +357,17 @@ final class CompletionPoller: @unchecked Sendable {
         _ = cvfio_futex_wake(UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self), 1)
     }
 
-    private func run() {
+    /// The poller's hot loop: no allocation, lock or retain/release per pass; a busy pass
+    /// yields the core (one `sched_yield`), an idle poller sleeps on the futex after `spins`.
+    private func loop<Target: CompletionPollerTarget>(_ targets: UnsafeBufferPointer<Unmanaged<Target>>,
+                                                      watch: () -> Void) {
         let word = UnsafeMutableRawPointer(doorbell).assumingMemoryBound(to: UInt32.self)
         var idle = 0
         var busyPasses = 0
         while !stopping.load(ordering: .acquiring) {
             let seen = doorbell.pointee.load(ordering: .acquiring)
             var busy = false
-            for pass in passes where pass() { busy = true }
+            for i in targets.indices where targets[i]._withUnsafeGuaranteedRef({ $0.pollFromPoller() }) { busy = true }
             if busy {
                 idle = 0
                 busyPasses &+= 1

@@ -1,4 +1,4 @@
-// CopyQueue's hot path (enqueue + submit + poll) on the device models, per provider.
+// CopyQueue's hot path (enqueue + submit + poll) on the device models, per provider (CBDMA, DSA).
 //
 // Each sample runs `batchesPerSample` batches of 32 copies: enqueue 32, submit (one doorbell),
 // poll completed(max:) until all 32 are retired. Reported per op:
@@ -24,7 +24,7 @@ let batchesPerSample = 64
 let opsPerSample = batch * batchesPerSample
 
 /// The rig of the benchmark that is running (benchmarks run one at a time).
-nonisolated(unsafe) var rig: IOATModelRig?
+nonisolated(unsafe) var rig: (any ModelRig)?
 nonisolated(unsafe) var source: BufferBox?
 nonisolated(unsafe) var destination: BufferBox?
 
@@ -33,8 +33,19 @@ nonisolated(unsafe) var destination: BufferBox?
 let apiCycles = BenchmarkMetric.custom("submitterAPICyclesPerOp")
 let wallCycles = BenchmarkMetric.custom("wallCyclesPerOp")
 
-func setUp(version: NetDMAVersion) throws {
-    let r = try IOATModelRig(profile: "icx", version: version, ringSize: 1024, engineCPU: 1)
+/// The engines benchmarked: the CBDMA model (Ice Lake, CB 3.4) and the DSA model (Sapphire
+/// Rapids, one dedicated WQ), each under a NetDMA 2.0 (counted chains) and 1.1 (NULL-terminated)
+/// provider.
+enum Engine: String, CaseIterable {
+    case cbdma = "CBDMA", dsa = "DSA"
+}
+
+func setUp(_ engine: Engine, version: NetDMAVersion) throws {
+    let r: any ModelRig
+    switch engine {
+    case .cbdma: r = try IOATModelRig(profile: "icx", version: version, ringSize: 1024, engineCPU: 1)
+    case .dsa: r = try DSAModelRig(version: version, ringSize: 1024)
+    }
     _ = bench_pin_thread(0, 0)
     source = try r.buffer(1 << 20)
     destination = try r.buffer(1 << 20)
@@ -102,18 +113,20 @@ let benchmarks: @Sendable () -> Void = {
         maxIterations: 2_000,
         thresholds: thresholds)
 
-    for (name, version) in [("CBDMA-NetDMA2.0", NetDMAVersion.v2_0), ("CBDMA-NetDMA1.1", NetDMAVersion.v1_1)] {
-        for size in [64, 4096] {
-            Benchmark("\(name)-copy\(size)B-enqueue+submit+poll", configuration: configuration) { benchmark in
-                for _ in benchmark.scaledIterations {
-                    let s = sample(size: size)
-                    benchmark.measurement(apiCycles, Int(s.api) / opsPerSample)
-                    benchmark.measurement(wallCycles, Int(s.wall) / opsPerSample)
+    for engine in Engine.allCases {
+        for (versionName, version) in [("NetDMA2.0", NetDMAVersion.v2_0), ("NetDMA1.1", NetDMAVersion.v1_1)] {
+            for size in [64, 4096] {
+                Benchmark("\(engine.rawValue)-\(versionName)-copy\(size)B-enqueue+submit+poll", configuration: configuration) { benchmark in
+                    for _ in benchmark.scaledIterations {
+                        let s = sample(size: size)
+                        benchmark.measurement(apiCycles, Int(s.api) / opsPerSample)
+                        benchmark.measurement(wallCycles, Int(s.wall) / opsPerSample)
+                    }
+                } setup: {
+                    try setUp(engine, version: version)
+                } teardown: {
+                    tearDown()
                 }
-            } setup: {
-                try setUp(version: version)
-            } teardown: {
-                tearDown()
             }
         }
     }

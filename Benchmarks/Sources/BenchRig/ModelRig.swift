@@ -1,4 +1,5 @@
 import CBenchSupport
+import DSA
 import DeviceModels
 import Hardware
 import IOAT
@@ -18,12 +19,29 @@ public final class BufferBox {
     public var length: Int { buffer.length }
 }
 
+/// A device model, its provider and a ``CopyQueue`` on one of its channels.
+public protocol ModelRig: AnyObject {
+    /// The queue the benchmark drives.
+    var queue: CopyQueue { get }
+    /// The queue's channel.
+    var channel: NetDMAChannel { get }
+    /// The kernel thread ID of the model's engine thread (0 if it could not be found).
+    var engineThread: Int32 { get }
+    /// Allocates a zeroed DMA buffer in the model's address space.
+    func buffer(_ length: Int) throws -> BufferBox
+}
+
+extension ModelRig {
+    /// CPU time the engine thread has used, in ns.
+    public var engineCPUNanoseconds: Int64 { engineThread == 0 ? 0 : bench_thread_cpu_ns(engineThread) }
+}
+
 /// A CBDMA device model on its own engine thread, an ``IOATProvider`` on it, registered with a
 /// private ``NetDMARegistry``, one channel and a ``CopyQueue`` over it.
 ///
 /// The engine thread is found (it is the thread the model starts) and can be pinned, and its CPU
 /// time read, like DPDK's `dma_skel_0` worker on the peer side.
-public final class IOATModelRig {
+public final class IOATModelRig: ModelRig {
     public let iommu = SoftIOMMU()
     public let memory: DMAMemory
     public let device: MockIOATDevice
@@ -63,9 +81,6 @@ public final class IOATModelRig {
     /// Allocates a zeroed DMA buffer in the model's address space.
     public func buffer(_ length: Int) throws -> BufferBox { BufferBox(try memory.allocate(length: length)) }
 
-    /// CPU time the engine thread has used, in ns.
-    public var engineCPUNanoseconds: Int64 { engineThread == 0 ? 0 : bench_thread_cpu_ns(engineThread) }
-
     static func threadIDs() -> [Int32] {
         guard let d = opendir("/proc/self/task") else { return [] }
         defer { closedir(d) }
@@ -78,4 +93,49 @@ public final class IOATModelRig {
         }
         return ids
     }
+}
+
+/// A DSA device model (Sapphire Rapids profile) on its own engine thread, a ``DSAProvider`` on
+/// it (one dedicated work queue; the provider's completion poller turns completion records into
+/// the NetDMA completion word), registered with a private ``NetDMARegistry``, one channel and a
+/// ``CopyQueue`` over it.
+public final class DSAModelRig: ModelRig {
+    public let iommu = SoftIOMMU()
+    public let memory: DMAMemory
+    public let device: MockDSADevice
+    public let provider: DSAProvider<MockDSARegisters, MockDSAPortals>
+    public let registry = NetDMARegistry(drainTimeout: .seconds(2))
+    public let handle: ProviderHandle
+    public let channel: NetDMAChannel
+    public let queue: CopyQueue
+    /// The kernel thread ID of the model's engine thread (0 if it could not be found). The
+    /// provider's completion poller is a third busy thread, not counted here.
+    public let engineThread: Int32
+
+    /// - Parameters:
+    ///   - version: the NetDMA version the provider declares.
+    ///   - ringSize: descriptors in the queue's ring.
+    ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
+    public init(version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
+        memory = DMAMemory(spaces: [iommu], policy: .identity, preferHugePages: false)
+        let before = Set(IOATModelRig.threadIDs())
+        device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
+                               options: .init(spinIterations: 20_000))
+        engineThread = IOATModelRig.threadIDs().first { !before.contains($0) } ?? 0
+        if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
+        var c = DSAConfiguration(version: version, workQueues: 1)
+        c.pollerSpins = 20_000
+        provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: nil,
+                                   memory: memory, configuration: c)
+        handle = try provider.register(with: registry)
+        channel = try registry.allocateChannel(provider: handle)
+        queue = try CopyQueue(channel: channel, ringSize: ringSize)
+    }
+
+    deinit {
+        _ = try? registry.stop(handle)
+        try? registry.deregister(handle)
+    }
+
+    public func buffer(_ length: Int) throws -> BufferBox { BufferBox(try memory.allocate(length: length)) }
 }

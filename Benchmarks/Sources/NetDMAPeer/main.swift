@@ -1,7 +1,8 @@
 // netdma-peer: the NetDMA side of Scripts/peer-bench, and the report that puts both sides in
 // one table.
 //
-//   netdma-peer run [options]     runs the stream workload on CopyQueue over the CBDMA device
+//   netdma-peer run [options]     runs the stream workload on CopyQueue over the CBDMA (or, with
+//                                 --profile dsa, the DSA) device
 //                                 model and one core's memcpy; prints RESULT/MEMCPY lines
 //   netdma-peer report FILE...    reads RESULT/MEMCPY lines (both sides) and prints the table
 //
@@ -80,11 +81,13 @@ func run(_ args: [String]) {
     }
     let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     if let c = submitterCPU, c < cpus { _ = bench_pin_thread(0, Int32(c)) }
-    let rig: IOATModelRig
+    let rig: any ModelRig
     do {
-        rig = try IOATModelRig(profile: profile, ringSize: ring, engineCPU: engineCPU.flatMap { $0 < cpus ? $0 : nil })
+        let pin = engineCPU.flatMap { $0 < cpus ? $0 : nil }
+        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin)
+                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin)
     } catch {
-        fail("cannot bring up the CBDMA model: \(error)")
+        fail("cannot bring up the \(profile) model: \(error)")
     }
     guard batch >= 1, batch <= rig.queue.capacity else { fail("--batch must be 1…\(rig.queue.capacity)") }
     let src: BufferBox, dst: BufferBox
@@ -103,7 +106,7 @@ func run(_ args: [String]) {
     }
     let hz = measureTSCHz()
     let cost = measureRDTSCCost()
-    let impl = "netdma-cbdma-\(profile)"
+    let impl = profile == "dsa" ? "netdma-dsa-spr" : "netdma-cbdma-\(profile)"
     print("INFO impl=\(impl) tsc_hz=\(Int(hz)) rdtsc_cost=\(cost) ring=\(ring) batch=\(batch) working_set=\(workingSet) engine_tid=\(rig.engineThread)")
     var failed = false
     for size in sizes {
@@ -252,6 +255,6 @@ switch arguments.first {
 case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile NAME] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] | netdma-peer report FILE...")
     exit(2)
 }
