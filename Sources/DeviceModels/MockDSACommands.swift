@@ -2,7 +2,7 @@ import Hardware
 import Synchronization
 
 /// Device commands (CMD/CMDSTS, dsa.md §3 and §9.2–§9.3, §9.7).
-extension MockDSADevice {
+extension DSADeviceCore {
     /// A 32-bit write to CMD.
     func issueCommand(_ raw: UInt32) {
         let rejected: Bool = control.withLock { c in

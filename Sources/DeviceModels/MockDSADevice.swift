@@ -7,89 +7,19 @@ import Synchronization
 import Glibc
 #endif
 
-/// A register-level model of an Intel DSA (dsa.md §9): BAR0 registers, BAR2 portals, the
-/// device and WQ state machines, every device command, the descriptor engine, completion
-/// records, SWERR and MSI-X interrupts through eventfds.
+/// The DSA model's state and engine (see ``MockDSADevice``, the public handle that owns it).
 ///
-/// Drive BAR0 through ``bar0`` (a ``RegisterIO``), BAR2 through ``bar2`` (a ``PortalIO``) and
-/// config space through ``config`` exactly as a driver drives the mmapped BARs of a vfio-pci device. Every
-/// memory access the model makes (batch lists, sources, destinations, completion records)
-/// goes through ``iommu``; an unmapped address becomes the documented completion status
-/// (0x03 partial completion, 0x06 for a batch list) or SWERR (0x1A when the completion record
-/// itself cannot be written), never a crash.
-///
-/// Execution: with ``Execution/thread`` an engine thread takes descriptors as they arrive
-/// (spinning briefly, then sleeping on a futex); with ``Execution/manual`` nothing runs until
-/// the test calls ``step()`` or ``runUntilIdle(maxSteps:)``, so WQ occupancy, drops and
-/// command waits are deterministic.
-///
-/// Model choices where the reference has gaps: one engine thread serves every WQ round-robin
-/// and completes descriptors in submission order per WQ; the minimum batch count is
-/// ``Options/minimumBatchCount``; SWERR codes for dropped descriptors are
-/// ``DSA/SoftwareErrorCode/wqFull`` and ``DSA/SoftwareErrorCode/wqNotEnabled``; IMS is not
-/// modelled (descriptors from IMS portals run, but their interrupt handles are invalid);
-/// the PCIe PASID capability is off (as under vfio-pci), so shared WQs cannot be enabled.
-public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
+/// The engine thread works on this object, never on the handle: the handle's `deinit` stops and
+/// joins the thread before it drops the core, so the thread never makes the last release (a
+/// `deinit` running on the engine thread could not join it).
+final class DSADeviceCore: @unchecked Sendable {
+    typealias Execution = MockDSADevice.Execution
+    typealias Options = MockDSADevice.Options
+    typealias Fault = MockDSADevice.Fault
+    typealias Statistics = MockDSADevice.Statistics
+
     // @unchecked: all mutable state is atomics in buffers this object allocates and frees,
     // or inside the `control` / `swerrLock` mutexes.
-
-    /// How the model's engine runs.
-    public enum Execution: Sendable, Hashable {
-        /// On its own thread, at memcpy speed: it spins ``Options/spinIterations`` idle passes,
-        /// then sleeps on a futex until the next portal write or command.
-        case thread
-        /// Only when the caller calls ``MockDSADevice/step()`` or ``MockDSADevice/runUntilIdle(maxSteps:)``.
-        case manual
-    }
-
-    /// Behaviour switches for tests.
-    public struct Options: Sendable, Hashable {
-        /// CMDSTS reads that still show "active" before a command runs (exercises polling).
-        public var commandLatency: Int
-        /// Reject non-zero operands of device-level commands with CMDSTS 0x04.
-        public var strictReservedOperand: Bool
-        /// Reject FENCE outside a batch with status 0x11.
-        public var strictFence: Bool
-        /// The smallest batch count accepted (GAP: 2 here; DML refuses fewer than 4).
-        public var minimumBatchCount: Int
-        /// Idle passes the engine thread spins (with a pause) before it sleeps.
-        public var spinIterations: Int
-
-        /// Options; the defaults model the hardware as documented.
-        public init(commandLatency: Int = 0, strictReservedOperand: Bool = false, strictFence: Bool = false,
-                    minimumBatchCount: Int = 2, spinIterations: Int = 2000) {
-            self.commandLatency = commandLatency
-            self.strictReservedOperand = strictReservedOperand
-            self.strictFence = strictFence
-            self.minimumBatchCount = minimumBatchCount
-            self.spinIterations = spinIterations
-        }
-    }
-
-    /// A fault the model injects.
-    public enum Fault: Sendable, Hashable {
-        /// The `index`-th operation executed from now on (0: the next; batch members count,
-        /// the batch descriptor itself does not) fails with `status` without touching memory.
-        case failDescriptor(index: Int, status: DSA.CompletionStatus)
-        /// A fatal error: the device enters Halt with `resetType` (GENSTS bits 3:2), INTCAUSE
-        /// bit 4 is set and vector 0 fires if GENCTRL bit 1 enables it.
-        case halt(resetType: DSA.ResetType)
-    }
-
-    /// Counters, for tests and diagnostics.
-    public struct Statistics: Sendable, Hashable {
-        /// Operations executed, failed ones included (batch members count one each).
-        public var descriptorsExecuted: UInt64
-        /// Descriptors dropped at a portal: dedicated WQ full, WQ or device not enabled.
-        public var droppedDescriptors: UInt64
-        /// Interrupts written to an eventfd.
-        public var interruptsSignalled: UInt64
-        /// Interrupts that reached no eventfd (no route) or were suppressed by the MSI-X
-        /// permission table's ignore bit.
-        public var interruptsLost: UInt64
-        /// IOMMU translation faults.
-        public var iommuFaults: UInt64
-    }
 
     /// The capability profile (VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP).
     public let profile: DSA.Profile
@@ -238,12 +168,17 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         if execution == .thread { startThread() }
     }
 
+    /// Stops and joins the engine thread (the handle's `deinit`).
+    func stopEngineThread() {
+        guard let thread else { return }
+        stopFlag.store(true, ordering: .sequentiallyConsistent)
+        wakeEngine()
+        pthread_join(thread, nil)
+        self.thread = nil
+    }
+
     deinit {
-        if let thread {
-            stopFlag.store(true, ordering: .sequentiallyConsistent)
-            wakeEngine()
-            pthread_join(thread, nil)
-        }
+        stopEngineThread()
         regs.deinitialize(count: regCount); regs.deallocate()
         for p in [wqHead, wqTail, wqCompleted] { p.deinitialize(count: wqCount); p.deallocate() }
         wqState.deinitialize(count: wqCount); wqState.deallocate()
@@ -258,15 +193,6 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         doorbell.deinitialize(count: 1); doorbell.deallocate()
         for fd in retiredFDs.withLock({ $0 }) { close(fd) }
     }
-
-    // MARK: - Views
-
-    /// BAR0 (VFIO region 0): the registers, a ``RegisterIO``.
-    public var bar0: MockDSARegisters { MockDSARegisters(device: self) }
-    /// BAR2 (VFIO region 2): the portals, a ``PortalIO``.
-    public var bar2: MockDSAPortals { MockDSAPortals(device: self) }
-    /// The PCI configuration space (VFIO's config region): IDs and the COMMAND register.
-    public var config: MockDSAConfig { MockDSAConfig(device: self) }
 
     // MARK: - PCI
 
@@ -687,7 +613,7 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
         var t = pthread_t()
         let arg = Unmanaged.passUnretained(self).toOpaque()
         let r = pthread_create(&t, nil, { arg in
-            Unmanaged<MockDSADevice>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.engineMain() }
+            Unmanaged<DSADeviceCore>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.engineMain() }
             return nil
         }, arg)
         precondition(r == 0, "MockDSADevice: pthread_create failed (\(r))")
@@ -724,44 +650,243 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     }
 }
 
+/// A register-level model of an Intel DSA (dsa.md §9): BAR0 registers, BAR2 portals, the
+/// device and WQ state machines, every device command, the descriptor engine, completion
+/// records, SWERR and MSI-X interrupts through eventfds.
+///
+/// Drive BAR0 through ``bar0`` (a ``RegisterIO``), BAR2 through ``bar2`` (a ``PortalIO``) and
+/// config space through ``config`` exactly as a driver drives the mmapped BARs of a vfio-pci device. Every
+/// memory access the model makes (batch lists, sources, destinations, completion records)
+/// goes through ``iommu``; an unmapped address becomes the documented completion status
+/// (0x03 partial completion, 0x06 for a batch list) or SWERR (0x1A when the completion record
+/// itself cannot be written), never a crash.
+///
+/// Execution: with ``Execution/thread`` an engine thread takes descriptors as they arrive
+/// (spinning briefly, then sleeping on a futex); with ``Execution/manual`` nothing runs until
+/// the test calls ``step()`` or ``runUntilIdle(maxSteps:)``, so WQ occupancy, drops and
+/// command waits are deterministic.
+///
+/// Model choices where the reference has gaps: one engine thread serves every WQ round-robin
+/// and completes descriptors in submission order per WQ; the minimum batch count is
+/// ``Options/minimumBatchCount``; SWERR codes for dropped descriptors are
+/// ``DSA/SoftwareErrorCode/wqFull`` and ``DSA/SoftwareErrorCode/wqNotEnabled``; IMS is not
+/// modelled (descriptors from IMS portals run, but their interrupt handles are invalid);
+/// the PCIe PASID capability is off (as under vfio-pci), so shared WQs cannot be enabled.
+public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
+    // @unchecked: immutable; the state is the core's.
+
+    /// How the model's engine runs.
+    public enum Execution: Sendable, Hashable {
+        /// On its own thread, at memcpy speed: it spins ``Options/spinIterations`` idle passes,
+        /// then sleeps on a futex until the next portal write or command.
+        case thread
+        /// Only when the caller calls ``MockDSADevice/step()`` or ``MockDSADevice/runUntilIdle(maxSteps:)``.
+        case manual
+    }
+
+    /// Behaviour switches for tests.
+    public struct Options: Sendable, Hashable {
+        /// CMDSTS reads that still show "active" before a command runs (exercises polling).
+        public var commandLatency: Int
+        /// Reject non-zero operands of device-level commands with CMDSTS 0x04.
+        public var strictReservedOperand: Bool
+        /// Reject FENCE outside a batch with status 0x11.
+        public var strictFence: Bool
+        /// The smallest batch count accepted (GAP: 2 here; DML refuses fewer than 4).
+        public var minimumBatchCount: Int
+        /// Idle passes the engine thread spins (with a pause) before it sleeps.
+        public var spinIterations: Int
+
+        /// Options; the defaults model the hardware as documented.
+        public init(commandLatency: Int = 0, strictReservedOperand: Bool = false, strictFence: Bool = false,
+                    minimumBatchCount: Int = 2, spinIterations: Int = 2000) {
+            self.commandLatency = commandLatency
+            self.strictReservedOperand = strictReservedOperand
+            self.strictFence = strictFence
+            self.minimumBatchCount = minimumBatchCount
+            self.spinIterations = spinIterations
+        }
+    }
+
+    /// A fault the model injects.
+    public enum Fault: Sendable, Hashable {
+        /// The `index`-th operation executed from now on (0: the next; batch members count,
+        /// the batch descriptor itself does not) fails with `status` without touching memory.
+        case failDescriptor(index: Int, status: DSA.CompletionStatus)
+        /// A fatal error: the device enters Halt with `resetType` (GENSTS bits 3:2), INTCAUSE
+        /// bit 4 is set and vector 0 fires if GENCTRL bit 1 enables it.
+        case halt(resetType: DSA.ResetType)
+    }
+
+    /// Counters, for tests and diagnostics.
+    public struct Statistics: Sendable, Hashable {
+        /// Operations executed, failed ones included (batch members count one each).
+        public var descriptorsExecuted: UInt64
+        /// Descriptors dropped at a portal: dedicated WQ full, WQ or device not enabled.
+        public var droppedDescriptors: UInt64
+        /// Interrupts written to an eventfd.
+        public var interruptsSignalled: UInt64
+        /// Interrupts that reached no eventfd (no route) or were suppressed by the MSI-X
+        /// permission table's ignore bit.
+        public var interruptsLost: UInt64
+        /// IOMMU translation faults.
+        public var iommuFaults: UInt64
+    }
+
+    /// The state and the engine. The engine thread works on it and never on this handle, so
+    /// this handle's `deinit` (on whichever thread drops the last reference) can join it.
+    let core: DSADeviceCore
+
+    /// Creates a DSA function in its power-on state (device disabled, WQs unconfigured).
+    ///
+    /// - Parameters:
+    ///   - profile: the capabilities (default: Sapphire Rapids).
+    ///   - iommu: the address space of every device memory access.
+    ///   - execution: `.thread` (default) or `.manual` stepping.
+    ///   - options: test switches.
+    public init(profile: DSA.Profile = DSA.sapphireRapids, iommu: SoftIOMMU, execution: Execution = .thread,
+                options: Options = Options()) {
+        core = DSADeviceCore(profile: profile, iommu: iommu, execution: execution, options: options)
+    }
+
+    deinit { core.stopEngineThread() }
+
+    /// The capability profile (VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP).
+    public var profile: DSA.Profile { core.profile }
+    /// The address space every device memory access goes through.
+    public var iommu: SoftIOMMU { core.iommu }
+    /// How the engine runs.
+    public var execution: Execution { core.execution }
+    /// Test switches.
+    public var options: Options { core.options }
+    /// Where the model placed the configuration tables (also readable from TABLE_OFFSET).
+    public var tableOffset: DSA.TableOffset { core.tableOffset }
+    /// The BAR0 size.
+    public var bar0Length: Int { core.bar0Length }
+    /// The BAR2 size: 16 KiB per WQ.
+    public var bar2Length: Int { core.bar2Length }
+    /// MSI-X vectors: 0 for device events and errors, 1… for completions.
+    public var interruptVectorCount: Int { core.interruptVectorCount }
+
+    // MARK: - Views
+
+    /// BAR0, as a driver reaches the mmapped registers.
+    public var bar0: MockDSARegisters { MockDSARegisters(device: self) }
+    /// BAR2, the WQ portals (64-byte writes).
+    public var bar2: MockDSAPortals { MockDSAPortals(device: self) }
+    /// PCI configuration space (COMMAND: Memory Space and Bus Master).
+    public var config: MockDSAConfig { MockDSAConfig(device: self) }
+
+    // MARK: - PCI
+
+    /// PCI COMMAND.Bus Master. Clearing it while the device is enabled halts the device (SWERR).
+    public var busMasterEnabled: Bool {
+        get { core.busMasterEnabled }
+        set { core.busMasterEnabled = newValue }
+    }
+
+    /// PCI COMMAND.Memory Space: while clear, BAR reads return all-ones and writes are dropped.
+    public var memorySpaceEnabled: Bool {
+        get { core.memorySpaceEnabled }
+        set { core.memorySpaceEnabled = newValue }
+    }
+
+    /// A function-level reset: every register back to its power-on value.
+    public func functionLevelReset() { core.functionLevelReset() }
+
+    // MARK: - Manual stepping
+
+    /// Manual execution: runs one engine step (a command poll or one descriptor). False when
+    /// there was nothing to do.
+    @discardableResult
+    public func step() -> Bool { core.step() }
+
+    /// Manual execution: steps until idle (or `maxSteps`); returns the steps taken.
+    @discardableResult
+    public func runUntilIdle(maxSteps: Int = Int.max) -> Int { core.runUntilIdle(maxSteps: maxSteps) }
+
+    /// Waits (bounded) until no descriptor is queued or running and no command is pending.
+    public func waitUntilIdle(timeout: Duration = .seconds(5)) -> Bool { core.waitUntilIdle(timeout: timeout) }
+
+    /// Descriptors queued in WQ `wq` (accepted, not yet completed).
+    public func occupancy(wq: Int) -> Int { core.occupancy(wq: wq) }
+
+    /// Whether nothing is queued, running or pending.
+    public var isIdle: Bool { core.isIdle }
+
+    /// The counters.
+    public var statistics: Statistics { core.statistics }
+
+    /// How many times MSI-X vector `vector` fired.
+    public func interruptCount(vector: Int) -> UInt64 { core.interruptCount(vector: vector) }
+
+    // MARK: - Fault injection
+
+    /// Injects `fault` (see ``Fault``).
+    public func inject(_ fault: Fault) { core.inject(fault) }
+
+    /// Stops the engine taking descriptors (they queue) until ``resume()``.
+    public func stall() { core.stall() }
+
+    /// Lets a stalled engine go on.
+    public func resume() { core.resume() }
+
+    /// Power loss (D3cold): every register back to its power-on value; with `stayOff` BAR
+    /// accesses fail until ``powerOn()``.
+    public func injectPowerLoss(stayOff: Bool = false) { core.injectPowerLoss(stayOff: stayOff) }
+
+    /// Power back on after ``injectPowerLoss(stayOff:)``.
+    public func powerOn() { core.powerOn() }
+
+    // MARK: - InterruptRouting
+
+    /// Routes MSI-X vectors `start…` to `eventFDs` (duplicated; -1 leaves a vector unrouted).
+    public func routeInterrupts(start: Int, eventFDs: [Int32]) throws(DriverError) {
+        try core.routeInterrupts(start: start, eventFDs: eventFDs)
+    }
+
+    /// Unroutes every vector.
+    public func disableInterrupts() throws(DriverError) { try core.disableInterrupts() }
+}
+
 /// BAR0 of a ``MockDSADevice``: its registers, with the access rules of dsa.md §9.2.
 public struct MockDSARegisters: RegisterIO, Sendable {
     /// The device this window belongs to.
     public let device: MockDSADevice
-    public var length: Int { device.bar0Length }
+    public var length: Int { device.core.bar0Length }
 
     @inline(__always) private func check(_ offset: Int, _ width: Int) {
-        precondition(offset >= 0 && offset & (width - 1) == 0 && offset + width <= device.bar0Length,
+        precondition(offset >= 0 && offset & (width - 1) == 0 && offset + width <= device.core.bar0Length,
                      "BAR0 access of \(width) bytes at 0x\(String(offset, radix: 16)) is misaligned or out of range")
     }
     public func read8(_ offset: Int) -> UInt8 {
         check(offset, 1)
-        return UInt8(truncatingIfNeeded: device.readRegister(offset & ~3) >> UInt32((offset & 3) * 8))
+        return UInt8(truncatingIfNeeded: device.core.readRegister(offset & ~3) >> UInt32((offset & 3) * 8))
     }
     public func read16(_ offset: Int) -> UInt16 {
         check(offset, 2)
-        return UInt16(truncatingIfNeeded: device.readRegister(offset & ~3) >> UInt32((offset & 3) * 8))
+        return UInt16(truncatingIfNeeded: device.core.readRegister(offset & ~3) >> UInt32((offset & 3) * 8))
     }
-    public func read32(_ offset: Int) -> UInt32 { check(offset, 4); return device.readRegister(offset) }
+    public func read32(_ offset: Int) -> UInt32 { check(offset, 4); return device.core.readRegister(offset) }
     public func read64(_ offset: Int) -> UInt64 {
         check(offset, 8)
-        return UInt64(device.readRegister(offset)) | UInt64(device.readRegister(offset + 4)) << 32
+        return UInt64(device.core.readRegister(offset)) | UInt64(device.core.readRegister(offset + 4)) << 32
     }
     public func write8(_ offset: Int, _ value: UInt8) {
         check(offset, 1)
         let s = UInt32((offset & 3) * 8)
-        device.writeRegister(offset & ~3, UInt32(value) << s, mask: 0xFF << s)
+        device.core.writeRegister(offset & ~3, UInt32(value) << s, mask: 0xFF << s)
     }
     public func write16(_ offset: Int, _ value: UInt16) {
         check(offset, 2)
         let s = UInt32((offset & 3) * 8)
-        device.writeRegister(offset & ~3, UInt32(value) << s, mask: 0xFFFF << s)
+        device.core.writeRegister(offset & ~3, UInt32(value) << s, mask: 0xFFFF << s)
     }
-    public func write32(_ offset: Int, _ value: UInt32) { check(offset, 4); device.writeRegister(offset, value, mask: 0xFFFF_FFFF) }
+    public func write32(_ offset: Int, _ value: UInt32) { check(offset, 4); device.core.writeRegister(offset, value, mask: 0xFFFF_FFFF) }
     public func write64(_ offset: Int, _ value: UInt64) {
         check(offset, 8)
-        device.writeRegister(offset, UInt32(truncatingIfNeeded: value), mask: 0xFFFF_FFFF)
-        device.writeRegister(offset + 4, UInt32(truncatingIfNeeded: value >> 32), mask: 0xFFFF_FFFF)
+        device.core.writeRegister(offset, UInt32(truncatingIfNeeded: value), mask: 0xFFFF_FFFF)
+        device.core.writeRegister(offset + 4, UInt32(truncatingIfNeeded: value >> 32), mask: 0xFFFF_FFFF)
     }
 }
 
@@ -772,10 +897,10 @@ public struct MockDSARegisters: RegisterIO, Sendable {
 public struct MockDSAPortals: PortalIO, Sendable {
     /// The device this window belongs to.
     public let device: MockDSADevice
-    public var length: Int { device.bar2Length }
+    public var length: Int { device.core.bar2Length }
     /// MOVDIR64B of `descriptor` to the portal at `offset`.
     @inline(__always)
-    public func submit64(_ offset: Int, _ descriptor: UnsafeRawPointer) { device.submit(offset, descriptor) }
+    public func submit64(_ offset: Int, _ descriptor: UnsafeRawPointer) { device.core.submit(offset, descriptor) }
 }
 
 /// The PCI configuration space of a ``MockDSADevice`` (4 KiB): vendor and device ID, COMMAND

@@ -9,7 +9,7 @@ import Glibc
 /// The descriptor engine (dsa.md §5, §6, §9.5–§9.7). Runs on the engine thread or inside
 /// `step()`; never allocates, locks or makes a system call per descriptor (an interrupt the
 /// descriptor asks for is an eventfd write, as on hardware).
-extension MockDSADevice {
+extension DSADeviceCore {
     /// What one descriptor produced: the completion record's fields.
     struct Outcome {
         var status: UInt8 = DSA.CompletionStatus.success.rawValue
