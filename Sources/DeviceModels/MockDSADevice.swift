@@ -675,14 +675,8 @@ final class DSADeviceCore: @unchecked Sendable {
 public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     // @unchecked: immutable; the state is the core's.
 
-    /// How the model's engine runs.
-    public enum Execution: Sendable, Hashable {
-        /// On its own thread, at memcpy speed: it spins ``Options/spinIterations`` idle passes,
-        /// then sleeps on a futex until the next portal write or command.
-        case thread
-        /// Only when the caller calls ``MockDSADevice/step()`` or ``MockDSADevice/runUntilIdle(maxSteps:)``.
-        case manual
-    }
+    /// How the engine runs.
+    public typealias Execution = ModelExecution
 
     /// Behaviour switches for tests.
     public struct Options: Sendable, Hashable {

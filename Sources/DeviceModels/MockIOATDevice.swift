@@ -77,13 +77,7 @@ import Glibc
 /// - TBG channel 0 (0x3430): RESET sets DMAUNCERRSTS bit 4 (config 0x148).
 public final class MockIOATDevice: InterruptRouting, Sendable {
     /// How the engine runs.
-    public enum Execution: Sendable, Hashable {
-        /// On its own thread, at memcpy speed: it spins briefly when idle, then sleeps on a futex
-        /// until the next doorbell or command.
-        case thread
-        /// Only when the caller calls ``MockIOATDevice/step()`` or ``MockIOATDevice/runUntilIdle(maxSteps:)``.
-        case manual
-    }
+    public typealias Execution = ModelExecution
 
     /// Timing knobs.
     public struct Options: Sendable, Hashable {

@@ -61,11 +61,10 @@ public final class IOATModelRig: ModelRig {
     ///     NULL-terminated chains).
     public init(profile: String = "icx", version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
         memory = DMAMemory(spaces: [iommu], policy: .identity, preferHugePages: false)
-        let before = Set(Self.threadIDs())
-        device = MockIOATDevice(profile: IOAT.profile(named: profile)!, iommu: iommu, execution: .thread,
-                                options: .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 20_000))
-        engineThread = Self.threadIDs().first { !before.contains($0) } ?? 0
-        if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
+        (device, engineThread) = findingEngineThread(pinnedTo: engineCPU) { [iommu] in
+            MockIOATDevice(profile: IOAT.profile(named: profile)!, iommu: iommu, execution: .thread,
+                           options: .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 20_000))
+        }
         provider = try IOATProvider(bar: device.bar0, config: device, interrupts: nil, memory: memory,
                                     configuration: .init(version: version))
         handle = try provider.register(with: registry)
@@ -80,19 +79,6 @@ public final class IOATModelRig: ModelRig {
 
     /// Allocates a zeroed DMA buffer in the model's address space.
     public func buffer(_ length: Int) throws -> BufferBox { BufferBox(try memory.allocate(length: length)) }
-
-    static func threadIDs() -> [Int32] {
-        guard let d = opendir("/proc/self/task") else { return [] }
-        defer { closedir(d) }
-        var ids: [Int32] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if let id = Int32(name) { ids.append(id) }
-        }
-        return ids
-    }
 }
 
 /// A DSA device model (Sapphire Rapids profile) on its own engine thread, a ``DSAProvider`` on
@@ -118,11 +104,10 @@ public final class DSAModelRig: ModelRig {
     ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
     public init(version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
         memory = DMAMemory(spaces: [iommu], policy: .identity, preferHugePages: false)
-        let before = Set(IOATModelRig.threadIDs())
-        device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
-                               options: .init(spinIterations: 20_000))
-        engineThread = IOATModelRig.threadIDs().first { !before.contains($0) } ?? 0
-        if let cpu = engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(cpu)) }
+        (device, engineThread) = findingEngineThread(pinnedTo: engineCPU) { [iommu] in
+            MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
+                          options: .init(spinIterations: 20_000))
+        }
         var c = DSAConfiguration(version: version, workQueues: 1)
         c.pollerSpins = 20_000
         provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: nil,
@@ -139,3 +124,27 @@ public final class DSAModelRig: ModelRig {
 
     public func buffer(_ length: Int) throws -> BufferBox { BufferBox(try memory.allocate(length: length)) }
 }
+
+/// Makes a device model that starts its engine thread, and finds that thread (the one that
+/// appeared meanwhile; 0 if none did), pinned to `cpu` when given.
+private func findingEngineThread<Device>(pinnedTo cpu: Int?, _ make: () -> Device) -> (Device, Int32) {
+    let before = Set(threadIDs())
+    let device = make()
+    let engine = threadIDs().first { !before.contains($0) } ?? 0
+    if let cpu, engine != 0 { _ = bench_pin_thread(engine, Int32(cpu)) }
+    return (device, engine)
+}
+
+private func threadIDs() -> [Int32] {
+    guard let d = opendir("/proc/self/task") else { return [] }
+    defer { closedir(d) }
+    var ids: [Int32] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if let id = Int32(name) { ids.append(id) }
+    }
+    return ids
+}
+
