@@ -185,20 +185,29 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     /// Lets go, and runs the work another thread asked for meanwhile.
     private func release() {
-        busy.store(false, ordering: .releasing)
-        if again.load(ordering: .acquiring) { kick() }
+        // Sequentially consistent, with kick's store of `again` and its compare-exchange of
+        // `busy`: either this load sees the request, or kick's exchange sees the lock free.
+        busy.store(false, ordering: .sequentiallyConsistent)
+        if again.load(ordering: .sequentiallyConsistent) { kick() }
     }
 
     /// Processes records and submits what is ready, unless another thread is doing it (it
     /// then sees `again` and does it). Never blocks.
+    ///
+    /// The request and the lock form a Dekker pair: the requester stores `again` then tries
+    /// `busy`; the holder stores `busy` then loads `again`, every one sequentially consistent,
+    /// so at least one of them sees the other (with weaker orderings both could miss: x86 lets
+    /// a load pass an earlier store). The holder consumes requests with an exchange, never a
+    /// plain store that could erase one made after its compare-exchange, and the exchange's
+    /// acquire makes the requester's work (a chain appended) visible to `progress`.
     @inline(__always)
     func kick() {
-        again.store(true, ordering: .releasing)
-        while busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
-            again.store(false, ordering: .relaxed)
+        again.store(true, ordering: .sequentiallyConsistent)
+        while busy.compareExchange(expected: false, desired: true, ordering: .sequentiallyConsistent).exchanged {
+            _ = again.exchange(false, ordering: .acquiring)
             progress()
-            busy.store(false, ordering: .releasing)
-            if !again.load(ordering: .acquiring) { return }
+            busy.store(false, ordering: .sequentiallyConsistent)
+            if !again.load(ordering: .sequentiallyConsistent) { return }
         }
     }
 

@@ -216,6 +216,28 @@ struct DSADataPathTests {
 
     enum OpKind: CaseIterable { case copy, fill, null }
 
+    /// Liveness of the submit/poller hand-off: each op is alone in flight, so a submit whose
+    /// "run again" request the poller lost (the engine idle, the poller seeing nothing
+    /// outstanding) would never complete; nothing else would submit after it.
+    @Test("QD1 storm on DSA: 4,000 ops submitted one at a time, each completes before the next is submitted",
+          arguments: [TargetFactory.dsa(.v2_0), .dsa(.v1_1)])
+    func qd1Storm(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let q = try CopyQueue(channel: try h.channel(), ringSize: 16)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        Self.fillSource(src, seed: 3)
+        for i in 0..<4000 {
+            let o = (i % 64) * 64
+            _ = try q.enqueueCopy(source: src.iova(at: o), destination: dst.iova(at: o), length: 64)
+            try q.submit()
+            var retired = 0
+            let done = waitUntil(.seconds(10)) { retired += q.completed(max: 16).count; return retired == 1 }
+            guard done else { Issue.record("op \(i) did not complete (a lost submit)"); return }
+        }
+        #expect(dst.bytes(at: 0, count: 4096) == src.bytes(at: 0, count: 4096))
+    }
+
     @Test("CopyQueue on DSA: copy/fill/NULL byte-exact with faults at random ops, each op accounted for exactly once",
           arguments: [TargetFactory.dsa(.v2_0), .dsa(.v1_1), .dsa(.v2_0, maximumBatch: 1)], [UInt64(7), 8])
     func copyQueueFaults(_ factory: TargetFactory, _ seed: UInt64) throws {
