@@ -121,6 +121,10 @@ public final class NetDMAChannel: @unchecked Sendable {
     private struct Waiters {
         var nextID: UInt64 = 0
         var list: [(id: UInt64, after: UInt64, continuation: CheckedContinuation<UInt64?, Never>)] = []
+        /// Waits in progress (listed or not yet).
+        var waiting: Set<UInt64> = []
+        /// Waits whose timer fired before they were listed.
+        var expired: Set<UInt64> = []
     }
 
     init(record: ProviderRecord, provider: ProviderHandle, block: consuming DMABuffer, providerChannel: any ProviderChannel,
@@ -389,22 +393,33 @@ public final class NetDMAChannel: @unchecked Sendable {
         }
         let id = waiters.withLock { w in
             w.nextID += 1
+            w.waiting.insert(w.nextID)
             return w.nextID
         }
         let timer = Task { [self] in
-            try? await Task.sleep(for: timeout)
+            guard (try? await Task.sleep(for: timeout)) != nil else { return }  // cancelled
             expire(id)
         }
         let result: UInt64? = await withCheckedContinuation { (c: CheckedContinuation<UInt64?, Never>) in
-            let g = self.generation.load(ordering: .acquiring)
-            let resumeNow: Bool = waiters.withLock { w in
-                if g > generation || self.stateRaw.load(ordering: .acquiring) == ChannelState.freed.rawValue { return true }
+            // The generation is read under the waiters' lock: a DPC bumps it before it takes
+            // that lock to wake waiters, so either this read sees the bump or the DPC sees this
+            // waiter in the list (read outside the lock, a DPC running in between was lost
+            // and the wait ran into its timeout).
+            let (resumeNow, g): (Bool, UInt64) = waiters.withLock { w in
+                let g = self.generation.load(ordering: .acquiring)
+                if g > generation || self.stateRaw.load(ordering: .acquiring) == ChannelState.freed.rawValue { return (true, g) }
+                // The timer fired before this waiter was listed: time is up.
+                if w.expired.remove(id) != nil { return (true, generation) }
                 w.list.append((id, generation, c))
-                return false
+                return (false, g)
             }
             if resumeNow { c.resume(returning: g > generation ? g : nil) }
         }
         timer.cancel()
+        waiters.withLock { w in
+            w.waiting.remove(id)
+            w.expired.remove(id)
+        }
         guard let result else {
             if stateRaw.load(ordering: .acquiring) == ChannelState.freed.rawValue {
                 throw DriverError(.invalidState, "Channel \(index) was freed while waiting for an interrupt.")
@@ -416,7 +431,12 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     private func expire(_ id: UInt64) {
         let c = waiters.withLock { w -> CheckedContinuation<UInt64?, Never>? in
-            guard let i = w.list.firstIndex(where: { $0.id == id }) else { return nil }
+            guard let i = w.list.firstIndex(where: { $0.id == id }) else {
+                // Not listed yet: the waiter finds its time up when it lists itself. (A wait
+                // that already ended is no longer `waiting`.)
+                if w.waiting.contains(id) { w.expired.insert(id) }
+                return nil
+            }
             return w.list.remove(at: i).continuation
         }
         c?.resume(returning: nil)
