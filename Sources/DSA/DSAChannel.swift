@@ -555,7 +555,9 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         unreachableDescriptor = 0
         faultState.withLock {
             $0 = ChannelFault(rawValue: iova, causes: [
-                "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not in this provider's DMA memory (a bad NextDescriptor); allocate descriptors from the provider's DMA memory"],
+                iova & 63 != 0
+                    ? "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not 64-byte aligned (a bad NextDescriptor); descriptors are 64-byte aligned"
+                    : "NetDMA descriptor address 0x\(String(iova, radix: 16)) is not in this provider's DMA memory (a bad NextDescriptor); allocate descriptors from the provider's DMA memory"],
                 descriptor: iova)
         }
         let last = lastCompleted
@@ -824,10 +826,13 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         UnsafeMutableRawPointer(p).advanced(by: 24).assumingMemoryBound(to: Atomic<UInt64>.self).pointee.load(ordering: .acquiring)
     }
 
-    /// The CPU address of the NetDMA descriptor at `iova`, through a one-region cache.
+    /// The CPU address of the NetDMA descriptor at `iova`, through a one-region cache; nil
+    /// when `iova` is not 64-byte aligned (a client's bad `next`: never read through it) or not
+    /// in the provider's DMA memory.
     @inline(__always)
     private func descriptor(at iova: UInt64) -> UnsafeMutablePointer<Descriptor>? {
-        walkCache.address(ofIOVA: iova, length: 64, in: memory)?.assumingMemoryBound(to: Descriptor.self)
+        guard iova & 63 == 0 else { return nil }
+        return walkCache.address(ofIOVA: iova, length: 64, in: memory)?.assumingMemoryBound(to: Descriptor.self)
     }
 
     @inline(never)

@@ -325,9 +325,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     }
 
     /// Translates a descriptor IOVA through a one-region cache, so walking chains inside one
-    /// DMA buffer takes no lock (a miss looks the region up in ``IOATDevice/memory``).
+    /// DMA buffer takes no lock (a miss looks the region up in ``IOATDevice/memory``). Nil for
+    /// an address that is not 64-byte aligned (a client's bad `next`: never read through it).
     private func hostAddress(ofDescriptor iova: UInt64) -> UnsafeMutableRawPointer? {
-        walkCache.address(ofIOVA: iova, length: 64, in: device.memory)
+        guard iova & 63 == 0 else { return nil }
+        return walkCache.address(ofIOVA: iova, length: 64, in: device.memory)
     }
 
     @inline(never)

@@ -134,6 +134,35 @@ struct IOATSemanticsTests {
         #expect(t.copied(6))
     }
 
+    @Test("Resume after the client relinked to a misaligned next: no trap; 2.0 runs on as counted, 1.x halts with a fault",
+          arguments: [("icx", NetDMAVersion.v2_0), ("skx", .v1_1)])
+    func resumeThroughMisalignedNext(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        // Found by the fuzzer: Resume counted the descriptors to the tail by walking `next`
+        // and loaded through a misaligned address (a trap). Now an unaligned `next` ends the
+        // walk: a 2.0 channel resumes with its count (the engine continues from the position
+        // it saved), a 1.x one follows the bad link and halts with the engine's error.
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        for i in 0..<4 { t.copy(i) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<4, counted: arg.version.countedChains))
+        let base = t.executed
+        t.step(untilExecuted: base + 1)
+        let channel = t.channel
+        let last = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        #expect(last == t.pool.iova(at: 0))
+        DescriptorPool.publishNext(of: t.pool[0], t.pool.iova(at: 1) + 8)
+        try t.channel.resume()
+        t.rig.device.runUntilIdle()
+        if arg.version.countedChains {
+            #expect(t.channel.state == .running)
+            #expect(t.copied(1) && t.copied(2) && t.copied(3))
+        } else {
+            #expect(t.channel.state == .halted)
+            let causes = t.channel.fault?.causes ?? []
+            #expect(!causes.isEmpty, "the halt names its cause")
+            #expect(t.untouched(1))
+        }
+    }
+
     @Test("Suspend after the chain ran, and before anything ran: Resume continues at the right place",
           arguments: [("icx", NetDMAVersion.v2_0), ("tbg", .v2_0), ("skx", .v1_0), ("cb1", .v1_1)])
     func suspendAtTheEnds(_ arg: (profile: String, version: NetDMAVersion)) throws {
