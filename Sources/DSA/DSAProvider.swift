@@ -305,6 +305,8 @@ final class CompletionPoller: @unchecked Sendable {
     private var body: (() -> Void)?
     /// Busy passes between checks of the device state.
     static let watchInterval = 1024
+    /// Busy passes between yields of the CPU.
+    static let yieldInterval = 64
 
     init(spins: Int) {
         self.spins = spins
@@ -372,7 +374,9 @@ final class CompletionPoller: @unchecked Sendable {
                 idle = 0
                 busyPasses &+= 1
                 if busyPasses % Self.watchInterval == 0 { watch() }
-                sched_yield()  // leave the core to the engines and the submitters
+                // Leave the core to the engines and the submitters now and then (a system
+                // call: not on every pass).
+                if busyPasses % Self.yieldInterval == 0 { sched_yield() } else { cvfio_pause() }
                 continue
             }
             idle += 1

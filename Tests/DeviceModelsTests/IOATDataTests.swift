@@ -187,12 +187,17 @@ extension IOATStressTests {
         fillRandom(src.base, 64 * mib, seed: 4)
         rig.start(ring: ring.base, completion: comp.iova)
         for i in 0..<64 { ring.copy(i, mib, src: src.iova(at: i * mib), dst: dst.iova(at: i * mib), CW) }
+        // Hold the engine while the doorbell and the SUSPEND are posted, so that the SUSPEND
+        // is pending before any copy runs however the threads are scheduled (a stall of
+        // 0 µs releases it).
+        rig.device.inject(.stall(microseconds: 60_000_000))
         rig.doorbell(64)
         rig.command(.suspend)
+        rig.device.inject(.stall(microseconds: 0))
         let deadline = ContinuousClock.now + .seconds(10)
         while rig.state() != .suspended && rig.state() != .done && ContinuousClock.now < deadline { sched_yield() }
         let done = rig.bar.read64(rig.ch + IOAT.CHANSTS) & IOAT.ChanSts.completedDescriptorMask
-        #expect(rig.state() == .suspended, "64 MiB cannot finish before the SUSPEND lands")
+        #expect(rig.state() == .suspended, "the SUSPEND was pending before the first copy")
         if done == 0 {
             #expect(comp.value == 0, "suspended before the first descriptor started")
         } else {
@@ -214,8 +219,11 @@ extension IOATStressTests {
         rig.write64(IOAT.CHANCMP, comp.iova)
         rig.write64(IOAT.CHAINADDR, ring.base)
         #expect(rig.state() == .armed)
+        // As above: the RESET is posted while the engine is held, so it lands mid-chain.
+        rig.device.inject(.stall(microseconds: 60_000_000))
         rig.doorbell(64)
         rig.command(.reset)
+        rig.device.inject(.stall(microseconds: 0))
         var polls = 0
         while rig.bar.read8(rig.ch + IOAT.CHANCMD) & 0x20 != 0 && ContinuousClock.now < deadline + .seconds(10) { polls += 1; sched_yield() }
         #expect(rig.chansts() == 3)
