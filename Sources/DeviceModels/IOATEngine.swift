@@ -261,11 +261,6 @@ extension IOATDeviceCore {
         recordError(c, error)
         let ctrl = ch.pointee.chanctrl.load(ordering: .relaxed)
         let completed = ch.pointee.completed.load(ordering: .relaxed)
-        if ctrl & UInt32(IOAT.ChanCtrl.errCompletionEnable.rawValue) != 0 && error & IOAT.ChanErr.completionAddress.rawValue == 0 {
-            if !writeCompletion(c, completed | Ctl.halted) {
-                recordError(c, IOAT.ChanErr.completionAddress.rawValue)
-            }
-        }
         ch.pointee.nextDescriptor.store(next, ordering: .relaxed)
         var v = start
         var resetting = false
@@ -281,9 +276,22 @@ extension IOATDeviceCore {
                 nv &= ~Ctl.requests
                 if error & IOAT.ChanErr.unaffiliated.rawValue != 0 { nv |= Ctl.unaffiliated }
             }
-            if ch.pointee.ctl.compareExchange(expected: v, desired: nv, ordering: .acquiringAndReleasing).exchanged { break }
+            // Published with the writer bit held: CHANSTS reads HALTED from here on, and the
+            // driver's register writes wait until the completion write below is done.
+            if ch.pointee.ctl.compareExchange(expected: v, desired: nv | Ctl.busy, ordering: .acquiringAndReleasing).exchanged { v = nv; break }
             v = ch.pointee.ctl.load(ordering: .acquiring)
         }
+        // As on hardware, a driver that sees HALTED in the completion word finds CHANSTS HALTED,
+        // and a driver that restarts the channel on seeing CHANSTS HALTED cannot have its new
+        // chain's completion word overwritten by this halt's (its writes wait for the bit).
+        // (Written before the state, a restart could land on a channel still ACTIVE that then
+        // halted under it, failing the restarted chain's first op.)
+        if ctrl & UInt32(IOAT.ChanCtrl.errCompletionEnable.rawValue) != 0 && error & IOAT.ChanErr.completionAddress.rawValue == 0 {
+            if !writeCompletion(c, completed | Ctl.halted) {
+                recordError(c, IOAT.ChanErr.completionAddress.rawValue)
+            }
+        }
+        ch.pointee.ctl.store(v, ordering: .releasing)
         if resetting { clearForReset(c, registers: false); afterReset(c); return }
         if ctrl & UInt32(IOAT.ChanCtrl.errIntEnable.rawValue) != 0 { raiseInterrupt(c, error: true) }
     }
