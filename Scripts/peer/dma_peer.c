@@ -14,7 +14,8 @@
  * whenever B ring slots are free; one rte_dma_completed(capacity) per loop turn; the ring
  * index of every completion and the destination bytes are checked.
  *
- * Build: cc -O2 -DALLOW_EXPERIMENTAL_API $(pkg-config --cflags libdpdk) dma_peer.c \
+ * Build: cc -O2 -DALLOW_EXPERIMENTAL_API -I Benchmarks/Sources/CBenchSupport/include \
+ *            $(pkg-config --cflags libdpdk) dma_peer.c Benchmarks/Sources/CBenchSupport/CBenchSupport.c \
  *            -o dma_peer $(pkg-config --libs libdpdk)
  * Run:   dma_peer --no-huge -m 512 --no-pci --no-shconf -l 0 --vdev=dma_skeleton -- [options]
  */
@@ -28,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "CBenchSupport.h"  /* Benchmarks/Sources/CBenchSupport: CPU-time and load helpers */
+
 #include <rte_cycles.h>
 #include <rte_dmadev.h>
 #include <rte_eal.h>
@@ -38,12 +41,6 @@ static int64_t now_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* CPU time (ns) of another thread of this process, by kernel thread ID. */
-static int64_t thread_cpu_ns(int tid) {
-    if (tid <= 0) return 0;
-    return now_ns((clockid_t)((~(unsigned)tid << 3) | 6));
 }
 
 /* The kernel thread ID of this process's thread whose name starts with `prefix`, or 0. */
@@ -65,39 +62,17 @@ static int find_thread(const char *prefix) {
     return found;
 }
 
-/* Busy ticks of the machine and of this process (see CBenchSupport.c for the fields). */
-static int cpu_ticks(uint64_t *machine, uint64_t *self) {
-    unsigned long long v[8] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return -1;
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n < 8) return -1;
-    *machine = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    f = fopen("/proc/self/stat", "r");
-    if (!f) return -1;
-    char buf[1024];
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = 0;
-    char *p = strrchr(buf, ')');
-    unsigned long long ut = 0, st = 0;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return -1;
-    *self = ut + st;
-    return 0;
-}
-
 struct load_meter { uint64_t busy, self; int64_t t0; };
 
 static void load_start(struct load_meter *m) {
-    cpu_ticks(&m->busy, &m->self);
+    bench_cpu_ticks(&m->busy, &m->self);
     m->t0 = now_ns(CLOCK_MONOTONIC);
 }
 
 /* CPUs' worth of time other processes used since load_start. */
 static double load_other(const struct load_meter *m) {
     uint64_t b = 0, s = 0;
-    cpu_ticks(&b, &s);
+    bench_cpu_ticks(&b, &s);
     double secs = (double)(now_ns(CLOCK_MONOTONIC) - m->t0) / 1e9;
     double ticks = (double)(b - m->busy) - (double)(s - m->self);
     double v = secs > 0 ? ticks / (double)sysconf(_SC_CLK_TCK) / secs : 0;
@@ -144,7 +119,7 @@ static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova
     unsigned long preempted = 0, polls = 0, empty = 0;
     struct load_meter meter;
     load_start(&meter);
-    int64_t e0 = thread_cpu_ns(worker_tid);
+    int64_t e0 = (worker_tid > 0 ? bench_thread_cpu_ns(worker_tid) : 0);
     int64_t c0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
     int64_t w0 = now_ns(CLOCK_MONOTONIC);
     while (done < ops) {
@@ -185,7 +160,7 @@ static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova
     }
     int64_t w1 = now_ns(CLOCK_MONOTONIC);
     int64_t c1 = now_ns(CLOCK_THREAD_CPUTIME_ID);
-    int64_t e1 = thread_cpu_ns(worker_tid);
+    int64_t e1 = (worker_tid > 0 ? bench_thread_cpu_ns(worker_tid) : 0);
     r->other_load = load_other(&meter);
     r->ops = ops;
     r->wall_ns = w1 - w0;

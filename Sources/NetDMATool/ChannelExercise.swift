@@ -61,7 +61,7 @@ final class ProgressBar: @unchecked Sendable {
 }
 
 /// A small fast generator (SplitMix64) so that runs can be repeated with `--seed`.
-struct SplitMix64: RandomNumberGenerator {
+struct SplitMix64: RandomNumberGenerator, Sendable {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -71,6 +71,10 @@ struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+    /// A number in 0..<n.
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    /// True with probability 1/n.
+    mutating func oneIn(_ n: Int) -> Bool { n > 0 && next() % UInt64(n) == 0 }
 }
 
 /// A channel with a ``CopyQueue`` and two DMA buffers (source and destination), for the

@@ -265,7 +265,7 @@ final class SoakSource: @unchecked Sendable {
     let buffer: DMABuffer
     init(engine: SoakEngine) throws(DriverError) {
         buffer = try engine.memory.allocate(length: Self.length)
-        var rng = SoakRandom(seed: 0x5EED)
+        var rng = SplitMix64(seed: 0x5EED)
         let p = buffer.base.assumingMemoryBound(to: UInt8.self)
         for i in 0..<Self.length { p[i] = UInt8(truncatingIfNeeded: rng.next() % 255) &+ 1 }
     }
@@ -320,14 +320,14 @@ final class SoakClient: @unchecked Sendable {
     // @unchecked: used by its own thread only, then read after that thread was joined.
     let lanes: [SoakLane]
     let options: SoakOptions
-    var rng: SoakRandom
+    var rng: SplitMix64
     var totals = SoakTotals()
     private var statuses = [CopyStatus](repeating: .successful, count: 64)
 
     init(lanes: [SoakLane], options: SoakOptions, seed: UInt64) {
         self.lanes = lanes
         self.options = options
-        rng = SoakRandom(seed: seed)
+        rng = SplitMix64(seed: seed)
     }
 
     func run(until deadline: ContinuousClock.Instant) {
@@ -592,13 +592,13 @@ final class SoakPowerCycler: @unchecked Sendable {
     // @unchecked: used by its own thread only, then read after that thread was joined.
     let engines: [SoakEngine]
     let options: SoakOptions
-    var rng: SoakRandom
+    var rng: SplitMix64
     var totals = SoakTotals()
 
     init(engines: [SoakEngine], options: SoakOptions, seed: UInt64) {
         self.engines = engines
         self.options = options
-        rng = SoakRandom(seed: seed)
+        rng = SplitMix64(seed: seed)
     }
 
     func run(until deadline: ContinuousClock.Instant) {

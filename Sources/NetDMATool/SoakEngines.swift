@@ -36,7 +36,7 @@ final class SoakEngine: @unchecked Sendable {
 
     private let powerDownCall: () throws(DriverError) -> Void
     private let powerUpCall: () throws(DriverError) -> Void
-    private let injectCall: (Int, inout SoakRandom) -> (raw: UInt64, name: String)
+    private let injectCall: (Int, inout SplitMix64) -> (raw: UInt64, name: String)
     private let stallCall: (Int, Int) -> Void
     private let corruptCall: ((Int) -> Void)?
     private let statisticsCall: () -> (iommuFaults: UInt64, dropped: UInt64)
@@ -47,7 +47,7 @@ final class SoakEngine: @unchecked Sendable {
     private init(family: Family, name: String, handle: ProviderHandle, memory: DMAMemory, iommu: SoftIOMMU,
                  channelCount: Int, keepAlive: [AnyObject],
                  powerDown: @escaping () throws(DriverError) -> Void, powerUp: @escaping () throws(DriverError) -> Void,
-                 inject: @escaping (Int, inout SoakRandom) -> (raw: UInt64, name: String),
+                 inject: @escaping (Int, inout SplitMix64) -> (raw: UInt64, name: String),
                  stall: @escaping (Int, Int) -> Void, corrupt: ((Int) -> Void)? = nil,
                  statistics: @escaping () -> (iommuFaults: UInt64, dropped: UInt64),
                  deregister: @escaping () throws(DriverError) -> [Int]) {
@@ -142,7 +142,7 @@ final class SoakEngine: @unchecked Sendable {
     }
 
     /// Injects a device fault on `channel` and records it as pending; returns its name.
-    func injectFault(channel: Int, _ rng: inout SoakRandom) -> String {
+    func injectFault(channel: Int, _ rng: inout SplitMix64) -> String {
         // Record first: the engine may fail an op before inject returns.
         let slot = family == .ioat ? channel : 0
         var name = ""
@@ -199,21 +199,4 @@ final class SoakEngine: @unchecked Sendable {
     /// Stops and deregisters the provider (draining or aborting every channel). The model's
     /// engine thread ends and its eventfds close when this object goes away.
     func shutdown() throws(DriverError) -> [Int] { try deregisterCall() }
-}
-
-/// Deterministic pseudo-random numbers (SplitMix64), so a seed reproduces a run's choices.
-struct SoakRandom: RandomNumberGenerator, Sendable {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// A number in 0..<n.
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    /// True with probability 1/n.
-    mutating func oneIn(_ n: Int) -> Bool { n > 0 && next() % UInt64(n) == 0 }
 }

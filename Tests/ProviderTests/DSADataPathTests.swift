@@ -280,13 +280,7 @@ struct DSADataPathTests {
                 statuses.append(contentsOf: b.prefix(n))
             }
         }
-        #expect(waitUntil(.seconds(20)) {
-            buffer.withUnsafeMutableBufferPointer { b in
-                let (n, _) = q.completedStatus(max: b.count, into: b)
-                statuses.append(contentsOf: b.prefix(n))
-            }
-            return q.outstanding == 0
-        })
+        #expect(CopyQueueTests.drainStatuses(q, into: &statuses, timeout: .seconds(20)))
         #expect(statuses.count == total, "every op reported exactly once")
         let failed = Set(statuses.indices.filter { statuses[$0] == .failed })
         let bad = Set(ops.indices.filter { ops[$0].bad })
@@ -338,13 +332,7 @@ struct DSADataPathTests {
                 statuses.append(contentsOf: b.prefix(n))
             }
         }
-        #expect(waitUntil(.seconds(20)) {
-            buffer.withUnsafeMutableBufferPointer { b in
-                let (n, _) = q.completedStatus(max: b.count, into: b)
-                statuses.append(contentsOf: b.prefix(n))
-            }
-            return q.outstanding == 0
-        })
+        #expect(CopyQueueTests.drainStatuses(q, into: &statuses, timeout: .seconds(20)))
         #expect(statuses.count == total, "every op reported exactly once")
         let failed = statuses.indices.filter { statuses[$0] == .failed }
         #expect(!failed.isEmpty && failed.count <= injections, "\(failed.count) failures for \(injections) injections")
@@ -448,6 +436,7 @@ struct DSAPowerTests {
                 var rng = SplitMix(state: UInt64(t) &+ 100)
                 var statuses: [CopyStatus] = []
                 var bad = Set<Int>()
+                var refusals = 0  // enqueue or submit refused: never, with free slots
                 var buffer = [CopyStatus](repeating: .successful, count: 32)
                 func drain() {
                     buffer.withUnsafeMutableBufferPointer { b in
@@ -460,17 +449,19 @@ struct DSAPowerTests {
                     while q.freeSlots > 0 && op < 1000 {
                         let faulty = Int.random(in: 0..<100, using: &rng) < 3
                         if faulty { bad.insert(op) }
-                        _ = try? q.enqueueCopy(source: faulty ? 0xF0_0000_0000 : srcIOVA + UInt64(op * 256),
-                                               destination: dstIOVA + UInt64(op * 256), length: 256)
+                        do {
+                            _ = try q.enqueueCopy(source: faulty ? 0xF0_0000_0000 : srcIOVA + UInt64(op * 256),
+                                                  destination: dstIOVA + UInt64(op * 256), length: 256)
+                        } catch { refusals += 1 }
                         op += 1
                         if op % 16 == 0 { break }
                     }
-                    try? q.submit()
+                    do { try q.submit() } catch { refusals += 1 }
                     drain()
                 }
                 let done = waitUntil(.seconds(20)) { drain(); return q.outstanding == 0 }
                 let failed = Set(statuses.indices.filter { statuses[$0] == .failed })
-                var ok = done && statuses.count == 1000
+                var ok = done && statuses.count == 1000 && refusals == 0
                 for i in 0..<1000 where !bad.contains(i) && memcmp(srcBase + i * 256, dstBase + i * 256, 256) != 0 { ok = false }
                 results.withLock { $0.append((failed, bad, ok)) }
             })

@@ -46,10 +46,12 @@ struct IOATPowerFaultTests {
         let engine = r.rig.provider.channels[r.channel.index]
         // The client's `fault` has seen the function powered; before its CHANERR read lands,
         // PowerDown keeps the fault and resets the channel (CHANERR is 0 afterwards, still D0).
-        r.rig.bar.beforeNextRead32(of: IOAT.channelBase(r.channel.index) + IOAT.CHANERR) {
-            try? engine.powerDown()
+        let chanerr = IOAT.channelBase(r.channel.index) + IOAT.CHANERR
+        r.rig.bar.beforeNextRead32(of: chanerr) {
+            do { try engine.powerDown() } catch { Issue.record("PowerDown failed: \(error)") }
         }
         let seen = r.channel.fault
+        #expect(r.rig.bar.base.read32(chanerr) == 0, "PowerDown's reset ran before the client's CHANERR read")
         #expect(seen?.rawValue == UInt64(IOAT.ChanErr.readData.rawValue), "the cause survives the race: \(String(describing: seen))")
         try engine.powerUp(contextLost: false)
         #expect(r.channel.fault == seen)
