@@ -173,21 +173,263 @@ CVFIO_INLINE uint64_t cvfio_rdtsc(void) {
 
 #if defined(__x86_64__)
 #include <cpuid.h>
-/** Whether the CPU has fast short `rep movsb` (CPUID.(EAX=7,ECX=0):EDX[4], FSRM). */
-CVFIO_INLINE int cvfio_cpu_fast_short_movsb(void) {
+#include <immintrin.h>
+/** Whether the CPU and the OS support AVX2 (CPUID leaf 7 EBX[5], OSXSAVE with YMM state on). */
+CVFIO_INLINE int cvfio_cpu_avx2(void) {
     unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)) || !(c & (1u << 28))) return 0;
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 6) != 6) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    return (int)((d >> 4) & 1);
+    return (int)((b >> 5) & 1);
 }
-/** Copies `n` bytes forward with `rep movsb`; the buffers must not overlap. */
-CVFIO_INLINE void cvfio_copy_movsb(void *_Nonnull dst, const void *_Nonnull src, size_t n) {
-    __asm__ __volatile__("rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+/** Copies `n` > 64 bytes with 32-byte AVX2 loads and stores, 128 bytes per loop turn (stores
+ *  32-byte aligned; the first and last 128 bytes loaded before the loop); the buffers must not
+ *  overlap. For callers compiled for AVX2 (cvfio_copy_avx2 for the others). */
+static inline __attribute__((target("avx2"), always_inline, unused))
+void cvfio_copy_avx2_inline(void *_Nonnull dst, const void *_Nonnull src, size_t n) {
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    __m256i h0 = _mm256_loadu_si256((const __m256i *)s), h1 = _mm256_loadu_si256((const __m256i *)(s + 32));
+    __m256i t0 = _mm256_loadu_si256((const __m256i *)(s + n - 32)), t1 = _mm256_loadu_si256((const __m256i *)(s + n - 64));
+    if (n <= 128) {
+        _mm256_storeu_si256((__m256i *)d, h0);
+        _mm256_storeu_si256((__m256i *)(d + 32), h1);
+        _mm256_storeu_si256((__m256i *)(d + n - 64), t1);
+        _mm256_storeu_si256((__m256i *)(d + n - 32), t0);
+        return;
+    }
+    __m256i t2 = _mm256_loadu_si256((const __m256i *)(s + n - 96)), t3 = _mm256_loadu_si256((const __m256i *)(s + n - 128));
+    char *end = d + n;
+    _mm256_storeu_si256((__m256i *)d, h0);
+    size_t skip = 32 - ((uintptr_t)d & 31);
+    d += skip;
+    s += skip;
+    n -= skip;
+    while (n > 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)s), b = _mm256_loadu_si256((const __m256i *)(s + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(s + 64)), e = _mm256_loadu_si256((const __m256i *)(s + 96));
+        _mm256_store_si256((__m256i *)d, a);
+        _mm256_store_si256((__m256i *)(d + 32), b);
+        _mm256_store_si256((__m256i *)(d + 64), c);
+        _mm256_store_si256((__m256i *)(d + 96), e);
+        s += 128;
+        d += 128;
+        n -= 128;
+    }
+    _mm256_storeu_si256((__m256i *)(end - 128), t3);
+    _mm256_storeu_si256((__m256i *)(end - 96), t2);
+    _mm256_storeu_si256((__m256i *)(end - 64), t1);
+    _mm256_storeu_si256((__m256i *)(end - 32), t0);
+}
+/** cvfio_copy_avx2_inline out of line: only called when cvfio_cpu_avx2() said so. */
+static __attribute__((target("avx2"), noinline, unused))
+void cvfio_copy_avx2(void *_Nonnull dst, const void *_Nonnull src, size_t n) { cvfio_copy_avx2_inline(dst, src, n); }
+/** Copies `n` bytes between buffers that do not overlap: up to 64 bytes inline with
+ *  overlapping 1-, 4-, 8- and 16-byte moves, more with cvfio_copy_avx2 when `avx2`, else memcpy. */
+CVFIO_INLINE void cvfio_copy(void *_Nonnull dst, const void *_Nonnull src, size_t n, int avx2) {
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    if (n > 64) {
+        if (avx2) cvfio_copy_avx2(dst, src, n); else __builtin_memcpy(dst, src, n);
+    } else if (n > 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + n - 32)), e = _mm_loadu_si128((const __m128i *)(s + n - 16));
+        _mm_storeu_si128((__m128i *)d, a);
+        _mm_storeu_si128((__m128i *)(d + 16), b);
+        _mm_storeu_si128((__m128i *)(d + n - 32), c);
+        _mm_storeu_si128((__m128i *)(d + n - 16), e);
+    } else if (n >= 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + n - 16));
+        _mm_storeu_si128((__m128i *)d, a);
+        _mm_storeu_si128((__m128i *)(d + n - 16), b);
+    } else if (n >= 8) {
+        uint64_t a, b;
+        __builtin_memcpy(&a, s, 8);
+        __builtin_memcpy(&b, s + n - 8, 8);
+        __builtin_memcpy(d, &a, 8);
+        __builtin_memcpy(d + n - 8, &b, 8);
+    } else if (n >= 4) {
+        uint32_t a, b;
+        __builtin_memcpy(&a, s, 4);
+        __builtin_memcpy(&b, s + n - 4, 4);
+        __builtin_memcpy(d, &a, 4);
+        __builtin_memcpy(d + n - 4, &b, 4);
+    } else {
+        for (size_t i = 0; i < n; i++) d[i] = s[i];
+    }
 }
 #else
-CVFIO_INLINE int cvfio_cpu_fast_short_movsb(void) { return 0; }
-CVFIO_INLINE void cvfio_copy_movsb(void *_Nonnull dst, const void *_Nonnull src, size_t n) {
+CVFIO_INLINE int cvfio_cpu_avx2(void) { return 0; }
+CVFIO_INLINE void cvfio_copy(void *_Nonnull dst, const void *_Nonnull src, size_t n, int avx2) {
+    (void)avx2;
     __builtin_memcpy(dst, src, n);
 }
+#endif
+
+/* ---------------------------------------------------------------- device models: CBDMA fast path */
+
+/* The loop of the CBDMA model's engine for its most common descriptors (DeviceModels'
+ * IOATDeviceCore.runCached says what it runs and why that is what the general path, in Swift,
+ * does). It is C so that the compiler keeps the loop's state in registers and, for AVX2, the
+ * copy inline: it calls nothing. */
+
+/* The model's control-word bits the loop tests (Swift's Ctl; the model checks they agree). */
+static const uint64_t CVFIO_IOAT_CTL_BUSY __attribute__((unused)) = 1ull << 35;
+/* Stop after a descriptor when any of these is set: a state other than ACTIVE (0), the writer
+ * bit, a posted command, an armed fault. */
+static const uint64_t CVFIO_IOAT_CTL_WATCH __attribute__((unused)) = (7ull << 32) | (1ull << 35) | (0xFFull << 40) | (1ull << 48);
+static const uint64_t CVFIO_IOAT_CTL_SOFT_ERROR __attribute__((unused)) = 1ull << 38;
+/* Descriptor control bits: off the fast path (any opcode but COPY, NULL, page breaks), and
+ * those that ask for a completion write or an interrupt. */
+static const uint32_t CVFIO_IOAT_DESC_OFF_PATH __attribute__((unused)) = 0xFF0000E0u;
+static const uint32_t CVFIO_IOAT_DESC_COMPLETION_WRITE __attribute__((unused)) = 0x8u;
+static const uint32_t CVFIO_IOAT_DESC_INT_ENABLE __attribute__((unused)) = 0x1u;
+
+/** A cached IOMMU translation: accesses of the window's size (a descriptor: 64 bytes; the
+ *  completion word: 8; a copy's source or destination: the run's largest copy) may start at
+ *  IOVA base … base + reach (none when base is ~0); host address of base at `host`. */
+typedef struct {
+    uint64_t base;
+    uint64_t reach;
+    char *_Nonnull host;
+} cvfio_window;
+
+/** One run of the fast path: what it reads, and where it leaves its state. `ctl`, `cdar`,
+ *  `completed`, `previous_completed`, `last_descriptor`, `chancmp` and `generation_word` are
+ *  the Swift model's atomics (one 64-bit word each). The source and destination windows must
+ *  not overlap in host memory (the loop copies without an overlap check). */
+typedef struct {
+    cvfio_window descriptor;
+    cvfio_window source;
+    cvfio_window destination;
+    cvfio_window completion;
+    const uint64_t *_Nonnull generation_word;
+    uint64_t generation;
+    const uint64_t *_Nonnull ctl;
+    uint64_t *_Nonnull cdar;
+    uint64_t *_Nonnull completed;
+    uint64_t *_Nonnull previous_completed;
+    uint64_t *_Nonnull last_descriptor;
+    const uint64_t *_Nonnull chancmp;
+    uint64_t largest;          /* the largest copy the run takes (the windows' access size) */
+    uint64_t state_active, state_done, status_soft_error;  /* completion-status encodings */
+    /* In and out: the channel's descriptor count, the next descriptor, the control word. */
+    uint16_t count;
+    uint16_t end;              /* stop when count reaches it (the pass's budget) */
+    uint64_t next;
+    uint64_t ctl_value;
+    /* Out. */
+    uint64_t last;             /* the last descriptor executed (CDAR) */
+    uint32_t control;          /* its control word, when stopped_after */
+    int stopped_after;         /* stopped after it: it needs more than completing */
+} cvfio_ioat_run;
+
+#if defined(__x86_64__)
+/* One run; COPY_LARGE copies n > 64 bytes from sp to tp. The descriptor window's base is
+ * 64-byte aligned (IOVA mappings are page aligned), so one compare of the offset rotated right
+ * by 6 checks both the alignment and the window. */
+#define CVFIO_IOAT_RUN_BODY(COPY_LARGE)                                                         \
+    uint16_t cnt = r->count;                                                                 \
+    const uint16_t end = r->end;                                                             \
+    uint64_t nx = r->next, cv = r->ctl_value;                                                \
+    const uint64_t generation = r->generation;                                               \
+    const uint64_t *const gword = r->generation_word, *const ctl = r->ctl;                   \
+    uint64_t *const cdar = r->cdar;                                                          \
+    const uint64_t dbase = r->descriptor.base, dreach = r->descriptor.reach >> 6;            \
+    char *const dbias = r->descriptor.host - dbase;                                          \
+    const uint64_t sbase = r->source.base, sreach = r->source.reach;                         \
+    const uint64_t tbase = r->destination.base, treach = r->destination.reach;               \
+    char *const sbias = r->source.host - sbase, *const tbias = r->destination.host - tbase;  \
+    int stopped = 0;                                                                         \
+    while (cnt != end && cnt != (uint16_t)cv) {                                              \
+        const uint64_t address = nx, off = address - dbase;                                  \
+        if (((off >> 6) | (off << 58)) > dreach                                              \
+            || __atomic_load_n(gword, __ATOMIC_ACQUIRE) != generation) break;                \
+        const char *const d = dbias + address;                                               \
+        uint32_t c, size;                                                                    \
+        uint64_t src, dst;                                                                   \
+        __builtin_memcpy(&c, d + 4, 4);                                                      \
+        __builtin_memcpy(&size, d, 4);                                                       \
+        const uint64_t size1 = (uint64_t)size - 1;                                           \
+        if (c & CVFIO_IOAT_DESC_OFF_PATH) break;                                             \
+        __builtin_memcpy(&src, d + 8, 8);                                                    \
+        __builtin_memcpy(&dst, d + 16, 8);                                                   \
+        if (src - sbase > sreach || dst - tbase > treach) break;                             \
+        char *const sp = sbias + src, *const tp = tbias + dst;                               \
+        const size_t n = (size_t)size;                                                       \
+        uint64_t following;                                                                  \
+        if (size1 >= 64) {                                                                   \
+            if (size1 >= r->largest) break; /* sizes 0 and > largest: the general path */    \
+            __atomic_store_n(cdar, address, __ATOMIC_RELAXED);                               \
+            __builtin_memcpy(&following, d + 24, 8);                                         \
+            COPY_LARGE;                                                                      \
+        } else {                                                                             \
+            __atomic_store_n(cdar, address, __ATOMIC_RELAXED);                               \
+            __builtin_memcpy(&following, d + 24, 8);                                         \
+            if (size1 >= 32) {                                                               \
+            __m128i a = _mm_loadu_si128((const __m128i *)sp), b = _mm_loadu_si128((const __m128i *)(sp + 16)); \
+            __m128i e = _mm_loadu_si128((const __m128i *)(sp + n - 32)), f = _mm_loadu_si128((const __m128i *)(sp + n - 16)); \
+            _mm_storeu_si128((__m128i *)tp, a); _mm_storeu_si128((__m128i *)(tp + 16), b);   \
+            _mm_storeu_si128((__m128i *)(tp + n - 32), e); _mm_storeu_si128((__m128i *)(tp + n - 16), f); \
+            } else cvfio_copy(tp, sp, n, 0);                                                 \
+        }                                                                                    \
+        nx = following;                                                                      \
+        cnt++;                                                                               \
+        cv = __atomic_load_n(ctl, __ATOMIC_ACQUIRE);                                         \
+        if (__builtin_expect((cv & CVFIO_IOAT_CTL_WATCH) != 0, 0)) {                         \
+            while (cv & CVFIO_IOAT_CTL_BUSY) { cvfio_pause(); cv = __atomic_load_n(ctl, __ATOMIC_ACQUIRE); } \
+            if (cv & CVFIO_IOAT_CTL_WATCH) { r->control = c; stopped = 1; break; }            \
+        }                                                                                    \
+        if (__builtin_expect((c & (CVFIO_IOAT_DESC_INT_ENABLE | CVFIO_IOAT_DESC_COMPLETION_WRITE)) != 0, 0)) { \
+            /* CHANSTS first, then the completion status; anything unusual: the caller. */   \
+            const uint64_t at = __atomic_load_n(r->chancmp, __ATOMIC_RELAXED);               \
+            const uint64_t coff = at - r->completion.base;                                   \
+            if ((c & CVFIO_IOAT_DESC_INT_ENABLE) || (at & 7) || coff > r->completion.reach   \
+                || __atomic_load_n(gword, __ATOMIC_ACQUIRE) != generation) {                 \
+                r->control = c; stopped = 1; break;                                           \
+            }                                                                                \
+            const uint64_t done = address & ~0x3Full;                                        \
+            __atomic_store_n(r->last_descriptor, address, __ATOMIC_RELAXED);                 \
+            __atomic_store_n(r->previous_completed, __atomic_load_n(r->completed, __ATOMIC_RELAXED), __ATOMIC_RELAXED); \
+            __atomic_store_n(r->completed, done, __ATOMIC_RELEASE);                          \
+            const uint64_t status = done | ((cv & CVFIO_IOAT_CTL_SOFT_ERROR) ? r->status_soft_error : 0) \
+                | (cnt != (uint16_t)cv ? r->state_active : r->state_done);                   \
+            __atomic_store_n((uint64_t *)(r->completion.host + coff), status, __ATOMIC_RELEASE); \
+        }                                                                                    \
+    }                                                                                        \
+    const int executed = (uint16_t)(cnt - r->count);                                         \
+    const uint64_t last = __atomic_load_n(cdar, __ATOMIC_RELAXED);                           \
+    if (executed) {                                                                          \
+        __atomic_store_n(r->last_descriptor, last, __ATOMIC_RELAXED);                        \
+        __atomic_store_n(r->previous_completed, __atomic_load_n(r->completed, __ATOMIC_RELAXED), __ATOMIC_RELAXED); \
+        __atomic_store_n(r->completed, last & ~0x3Full, __ATOMIC_RELEASE);                   \
+    }                                                                                        \
+    r->count = cnt;                                                                          \
+    r->next = nx;                                                                            \
+    r->ctl_value = cv;                                                                       \
+    r->last = last;                                                                          \
+    r->stopped_after = stopped;                                                              \
+    return executed;
+
+/** The run with AVX2 copies inline (only when cvfio_cpu_avx2()). Returns descriptors executed. */
+static __attribute__((target("avx2"), noinline, unused))
+int cvfio_ioat_run_avx2(cvfio_ioat_run *_Nonnull r) {
+    CVFIO_IOAT_RUN_BODY(cvfio_copy_avx2_inline(tp, sp, n))
+}
+/** The run with baseline copies (memcpy above 64 bytes). Returns descriptors executed. */
+static __attribute__((noinline, unused))
+int cvfio_ioat_run_baseline(cvfio_ioat_run *_Nonnull r) {
+    CVFIO_IOAT_RUN_BODY(__builtin_memcpy(tp, sp, n))
+}
+#undef CVFIO_IOAT_RUN_BODY
+/** Runs the fast path (see cvfio_ioat_run). Returns how many descriptors it executed. */
+CVFIO_INLINE int cvfio_ioat_run_copies(cvfio_ioat_run *_Nonnull r, int avx2) {
+    return avx2 ? cvfio_ioat_run_avx2(r) : cvfio_ioat_run_baseline(r);
+}
+#else
+CVFIO_INLINE int cvfio_ioat_run_copies(cvfio_ioat_run *_Nonnull r, int avx2) { (void)r; (void)avx2; return 0; }
 #endif
 
 /* ---------------------------------------------------------------- DSA portal writes */

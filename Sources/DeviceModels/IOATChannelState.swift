@@ -9,7 +9,9 @@ import Synchronization
 /// writer is changing engine-owned fields; held for a few stores, never across a wait);
 /// 36 halted by an error; 37 no descriptor fetched since CHAINADDR; 38 CHANSTS.SOFT_ERR;
 /// 39 CHANSTS.UNAFFILIATED_ERR; 47:40 commands posted while ACTIVE, applied by the engine
-/// after the current descriptor.
+/// after the current descriptor; 48 a descriptor fault was injected (fail or corrupt; kept
+/// across RESET, cleared by power loss): the engine's fast path leaves such a channel to the
+/// general path, which counts the faults down.
 enum Ctl {
     static let countShift: UInt64 = 16
     static let stateShift: UInt64 = 32
@@ -24,6 +26,7 @@ enum Ctl {
     static let reqReset: UInt64 = 1 << 42
     static let reqAppend: UInt64 = 1 << 43
     static let requests: UInt64 = 0xFF << 40
+    static let faultArmed: UInt64 = 1 << 48
 
     static let active = UInt64(IOAT.ChannelState.active.rawValue)
     static let done = UInt64(IOAT.ChannelState.done.rawValue)
@@ -87,10 +90,36 @@ struct IOATChannelState: ~Copyable {
     let stallUntil = Atomic<UInt64>(0)
     /// Descriptors executed (published at the end of each engine batch).
     let executed = Atomic<UInt64>(0)
+    /// Of those, the ones the engine's fast path ran (only the engine writes it).
+    let fastExecuted = Atomic<UInt64>(0)
 
     static let faultFail: UInt32 = 1
     static let faultCorrupt: UInt32 = 2
     static let faultStall: UInt32 = 4
+}
+
+/// Where the words the engine's C fast path (``cvfio_ioat_run``) reads and writes lie in an
+/// ``IOATChannelState`` (each an `Atomic<UInt64>`: one 64-bit word in memory).
+struct IOATChannelWordOffsets {
+    let ctl, cdar, completed, previousCompleted, lastDescriptor, chanCmpCommitted: Int
+
+    init() {
+        let state = UnsafeMutablePointer<IOATChannelState>.allocate(capacity: 1)
+        state.initialize(to: IOATChannelState())
+        defer { state.deinitialize(count: 1); state.deallocate() }
+        let base = UnsafeRawPointer(state)
+        // An atomic is borrowed in place: the pointer is that of its storage.
+        func offset(_ word: borrowing Atomic<UInt64>) -> Int { withUnsafePointer(to: word) { UnsafeRawPointer($0) - base } }
+        ctl = offset(state.pointee.ctl)
+        cdar = offset(state.pointee.cdar)
+        completed = offset(state.pointee.completed)
+        previousCompleted = offset(state.pointee.previousCompleted)
+        lastDescriptor = offset(state.pointee.lastDescriptor)
+        chanCmpCommitted = offset(state.pointee.chanCmpCommitted)
+        precondition([ctl, cdar, completed, previousCompleted, lastDescriptor, chanCmpCommitted].allSatisfy {
+            $0 >= 0 && $0 + 8 <= MemoryLayout<IOATChannelState>.size && $0 % 8 == 0
+        }, "IOATChannelState: a word the fast path uses lies outside the state")
+    }
 }
 
 /// Monotonic time in nanoseconds (vDSO; no system call).

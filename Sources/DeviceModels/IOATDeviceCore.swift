@@ -9,6 +9,17 @@ import Glibc
 
 /// Everything a ``MockIOATDevice`` is: registers, config space, engine state and the engine
 /// thread's wake-up word. Shared by the device, its BAR and config values, and the engine thread.
+/// When the engine's fast path (``IOATDeviceCore/runCached(_:count:next:v:limit:)``) was set up:
+/// redone when a translation cache is refilled (`cacheStamp` moves), the IOMMU generation
+/// changes or another channel runs.
+struct FastRunState {
+    var cacheStamp: UInt64 = 0
+    var builtStamp: UInt64 = ~0
+    var builtGeneration: UInt64 = 1
+    var builtChannel: UnsafeMutablePointer<IOATChannelState>? = nil
+    var usable = false
+}
+
 final class IOATDeviceCore: @unchecked Sendable {
     // @unchecked: every mutable field is an atomic, a Mutex, or engine-local state (`caches`)
     // touched only by the single executor (the engine thread, or the stepping caller in manual mode).
@@ -23,12 +34,22 @@ final class IOATDeviceCore: @unchecked Sendable {
     /// Profile fields the engine loop reads, copied out so it never touches the profile's strings.
     let capabilities: IOAT.DMACapability
     let maximumTransferSize: Int
+    /// ``maximumTransferSize`` as the engine compares it.
+    let maximumTransfer: UInt64
     /// Register-map constants for the engine loop (see ``EngineBits``).
     let bits: EngineBits
     let config: PCIConfigModel
 
     let channels: UnsafeMutablePointer<IOATChannelState>
+    /// The IOMMU's generation word (``SoftIOMMU/generationWord``), read by the engine's fast path.
+    let iommuGeneration: UnsafePointer<Atomic<UInt64>>
     let caches: UnsafeMutablePointer<TranslationCache>
+    /// The engine fast path's state (``runCached(_:count:next:v:limit:)``): its constants set
+    /// here, the rest for each run.
+    let fastRun: UnsafeMutablePointer<cvfio_ioat_run>
+    let offsets = IOATChannelWordOffsets()
+    /// When ``fastRun`` was set up (engine-local, like ``caches``).
+    let fastRunState: UnsafeMutablePointer<FastRunState>
 
     // Device registers.
     let genCtrl = Atomic<UInt32>(0)
@@ -61,6 +82,7 @@ final class IOATDeviceCore: @unchecked Sendable {
     init(profile: IOAT.Profile, iommu: SoftIOMMU, manual: Bool, options: MockIOATDevice.Options) {
         self.profile = profile
         self.iommu = iommu
+        iommuGeneration = iommu.generationWord
         self.options = options
         self.manual = manual
         channelCount = max(1, min(profile.channelsPerFunction, 31))
@@ -68,12 +90,30 @@ final class IOATDeviceCore: @unchecked Sendable {
         v1 = profile.isV1
         capabilities = profile.capabilities
         maximumTransferSize = profile.maximumTransferSize
+        maximumTransfer = UInt64(max(0, profile.maximumTransferSize))
         bits = EngineBits(capabilities: profile.capabilities)
         config = PCIConfigModel(profile: profile, vectors: channelCount)
         channels = .allocate(capacity: channelCount)
         for i in 0..<channelCount { (channels + i).initialize(to: IOATChannelState()) }
         caches = .allocate(capacity: 4)
         caches.initialize(repeating: TranslationCache(), count: 4)
+        fastRun = .allocate(capacity: 1)
+        fastRunState = .allocate(capacity: 1)
+        fastRunState.initialize(to: FastRunState())
+        // The C fast path tests the control word's and descriptors' bits by its own names.
+        precondition(CVFIO_IOAT_CTL_BUSY == Ctl.busy && CVFIO_IOAT_CTL_SOFT_ERROR == Ctl.softError
+            && CVFIO_IOAT_CTL_WATCH == Ctl.stateMask | Ctl.busy | Ctl.requests | Ctl.faultArmed && Ctl.active == 0
+            && CVFIO_IOAT_DESC_OFF_PATH == bits.offFastPath && CVFIO_IOAT_DESC_COMPLETION_WRITE == bits.completionWrite
+            && CVFIO_IOAT_DESC_INT_ENABLE == bits.intEnable, "CVFIO's CBDMA fast-path constants differ from the model's")
+        let scratch = UnsafeMutableRawPointer(caches).assumingMemoryBound(to: UInt64.self)
+        let none = cvfio_window(base: ~0, reach: 0, host: UnsafeMutableRawPointer(scratch).assumingMemoryBound(to: CChar.self))
+        let word = UnsafeRawPointer(iommuGeneration).assumingMemoryBound(to: UInt64.self)
+        fastRun.initialize(to: cvfio_ioat_run(
+            descriptor: none, source: none, destination: none, completion: none, generation_word: word, generation: 1,
+            ctl: word, cdar: scratch, completed: scratch, previous_completed: scratch, last_descriptor: scratch,
+            chancmp: word, largest: 0,
+            state_active: Ctl.active, state_done: Ctl.done, status_soft_error: IOAT.ChanSts.softError,
+            count: 0, end: 0, next: 0, ctl_value: 0, last: 0, control: 0, stopped_after: 0))
         msix = .allocate(capacity: channelCount * 4)
         for i in 0..<(channelCount * 4) { (msix + i).initialize(to: Atomic(i % 4 == 3 ? IOAT.msixVectorMasked : 0)) }
         interruptFDs = .allocate(capacity: channelCount)
@@ -92,6 +132,8 @@ final class IOATDeviceCore: @unchecked Sendable {
         for fd in routing.withLock({ $0 }) { close(fd) }
         channels.deinitialize(count: channelCount); channels.deallocate()
         caches.deinitialize(count: 4); caches.deallocate()
+        fastRun.deinitialize(count: 1); fastRun.deallocate()
+        fastRunState.deinitialize(count: 1); fastRunState.deallocate()
         msix.deinitialize(count: channelCount * 4); msix.deallocate()
         interruptFDs.deinitialize(count: channelCount); interruptFDs.deallocate()
         wakeWord.deinitialize(count: 1); wakeWord.deallocate()
@@ -153,7 +195,7 @@ final class IOATDeviceCore: @unchecked Sendable {
         while !stopRequested.load(ordering: .relaxed) {
             if powerRequest.load(ordering: .acquiring) != 0 { applyPowerLoss() }
             var work = 0
-            for c in 0..<channelCount { work += service(c, budget: 64) }
+            for c in 0..<channelCount { work += service(c, budget: 256) }
             if deferredPending.load(ordering: .relaxed) { _ = deliverDeferred() }
             if work > 0 { idle = 0; continue }
             idle += 1
@@ -189,8 +231,9 @@ final class IOATDeviceCore: @unchecked Sendable {
 
     // MARK: Reset and power
 
-    /// The control word after a channel RESET: HALTED, counts 0, no requests, no error halt.
-    func resetValue(_ v: UInt64) -> UInt64 { Ctl.initial }
+    /// The control word after a channel RESET: HALTED, counts 0, no requests, no error halt
+    /// (an injected fault stays armed).
+    func resetValue(_ v: UInt64) -> UInt64 { Ctl.initial | (v & Ctl.faultArmed) }
 
     /// Clears what a RESET clears: the engine's position (call with the channel not ACTIVE, or
     /// from the engine) and, with `registers`, the registers software writes (CHANCTRL and the

@@ -19,7 +19,9 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
 
     // Slot i: [iova, length, address, access (0 = free)].
     private let slots: UnsafeMutablePointer<Atomic<UInt64>>
-    private let sequence = Atomic<UInt64>(0)
+    /// The sequence lock's word, in memory of its own so that a model can keep its address
+    /// (``generationWord``).
+    private let sequenceWord: UnsafeMutablePointer<Atomic<UInt64>>
     private let used = Atomic<Int>(0)
     /// One past the highest slot ever used: lookups scan only `0..<highWater`.
     private let highWater = Atomic<Int>(0)
@@ -45,6 +47,8 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
         for i in 0..<(capacity * 4) { (slots + i).initialize(to: Atomic(0)) }
         hints = .allocate(capacity: Self.hintCount)
         for i in 0..<Self.hintCount { (hints + i).initialize(to: Atomic(0)) }
+        sequenceWord = .allocate(capacity: 1)
+        sequenceWord.initialize(to: Atomic(0))
     }
 
     deinit {
@@ -52,6 +56,8 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
         slots.deallocate()
         hints.deinitialize(count: Self.hintCount)
         hints.deallocate()
+        sequenceWord.deinitialize(count: 1)
+        sequenceWord.deallocate()
     }
 
     /// How many translations have faulted since creation.
@@ -123,7 +129,7 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
         let last = iova &+ UInt64(max(length, 1)) &- 1
         guard last >= iova else { faultCount.add(1, ordering: .relaxed); return nil }
         while true {
-            let seq = sequence.load(ordering: .acquiring)
+            let seq = sequenceWord.pointee.load(ordering: .acquiring)
             if seq & 1 != 0 { continue }
             var hit: UInt = 0
             let bucket = hints + Int(truncatingIfNeeded: (iova >> 21) & UInt64(Self.hintCount - 1))
@@ -157,7 +163,7 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
                 }
             }
             atomicMemoryFence(ordering: .acquiring)
-            if sequence.load(ordering: .relaxed) == seq {
+            if sequenceWord.pointee.load(ordering: .relaxed) == seq {
                 if hit == 0 { faultCount.add(1, ordering: .relaxed) }
                 return UnsafeMutableRawPointer(bitPattern: hit)
             }
@@ -182,7 +188,11 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
     /// A model may cache a ``Mapping`` and reuse it without a lookup while the generation is
     /// unchanged. Lock-free.
     @inline(__always)
-    public var generation: UInt64 { sequence.load(ordering: .acquiring) }
+    public var generation: UInt64 { sequenceWord.pointee.load(ordering: .acquiring) }
+
+    /// The word ``generation`` reads, valid while the IOMMU lives: a model's engine loop reads
+    /// it through this address without going through the object.
+    var generationWord: UnsafePointer<Atomic<UInt64>> { UnsafePointer(sequenceWord) }
 
     /// The mapping that contains `iova`, whatever its access rights; nil when none does.
     ///
@@ -190,7 +200,7 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
     /// to cache translations.
     public func mapping(containing iova: UInt64) -> Mapping? {
         while true {
-            let seq = sequence.load(ordering: .acquiring)
+            let seq = sequenceWord.pointee.load(ordering: .acquiring)
             if seq & 1 != 0 { continue }
             var found: Mapping? = nil
             for i in 0..<highWater.load(ordering: .relaxed) {
@@ -205,15 +215,15 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
                 }
             }
             atomicMemoryFence(ordering: .acquiring)
-            if sequence.load(ordering: .relaxed) == seq { return found }
+            if sequenceWord.pointee.load(ordering: .relaxed) == seq { return found }
         }
     }
 
     @inline(__always)
     private func slot(_ i: Int, _ field: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { slots + (i * 4 + field) }
     private func beginWrite() {
-        sequence.add(1, ordering: .relaxed)
+        sequenceWord.pointee.add(1, ordering: .relaxed)
         atomicMemoryFence(ordering: .releasing)
     }
-    private func endWrite() { sequence.add(1, ordering: .releasing) }
+    private func endWrite() { sequenceWord.pointee.add(1, ordering: .releasing) }
 }
