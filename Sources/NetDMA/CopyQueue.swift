@@ -14,10 +14,11 @@ public struct CopyCompletion: Sendable, Hashable {
 
 /// The outcome of one op (DPDK's `rte_dma_status_code`, reduced to what NetDMA can tell).
 public enum CopyStatus: UInt8, Sendable, Hashable {
-    /// The engine completed the op.
+    /// The engine (or, below ``CopyQueue/cpuCopyThreshold``, the CPU) completed the op.
     case successful = 0
     /// The engine halted on this op (see ``CopyQueue/lastFault``); nothing after it was lost:
-    /// the channel was re-Started at the next op.
+    /// the channel was re-Started at the next op. For an op the CPU ran: an address was not
+    /// DMA memory of the channel, and nothing was written.
     case failed = 1
 }
 
@@ -38,9 +39,55 @@ public enum CopyStatus: UInt8, Sendable, Hashable {
 /// the channel at the next unprocessed op; every other op completes. None is lost or reported
 /// twice.
 ///
+/// ## CPU fallback
+///
+/// With a ``cpuCopyThreshold`` (Linux's `copybreak`: below some size, handing a copy to the
+/// engine costs more than doing it), ops shorter than the threshold run on the calling CPU
+/// inside ``submit()`` and never reach the descriptor ring. Their tickets come from the same
+/// sequence as the engine's ops, and ``completed(max:)``/``completedStatus(max:into:)`` report
+/// both in ticket order: an op is retired only once every earlier op is, so a CPU op behind a
+/// slower engine op waits for it. An op whose addresses are not DMA memory of the channel
+/// (no region of its ``NetDMAChannel/dmaMemory`` holds them) fails, is reported through
+/// `hadError`/``CopyStatus/failed`` exactly once with a ``lastFault`` that names the address,
+/// and writes nothing. The threshold is the copy threshold `netdma bench` prints (see
+/// ``cpuCopyThreshold(for:)``), or any number the client measured.
+///
+/// How it is built, and why:
+/// - Op numbers (tickets) and descriptor numbers are counted apart. Each descriptor carries its
+///   op number in `userContext1`, the record the ring keeps anyway; CPU ops wait in a ring of
+///   32-byte records until submit. All ops up to the first descriptor the engine has not
+///   finished, and before the first CPU op not yet run, can be retired: two loads per poll,
+///   nothing per op. The engine's chain stays contiguous (2.0) or linked (1.x) with no hole
+///   and no NULL descriptor in place of a CPU op, and halts, restarts, Abort, Reset and power
+///   events work on descriptors exactly as without the fallback.
+/// - Capacity is shared: ``freeSlots`` counts ops of both kinds, at most ``capacity``
+///   outstanding, so neither ring can overflow.
+/// - CPU ops run in ``submit()``, not at enqueue: DPDK's contract is that an enqueued op does
+///   not start before its submit, so a stack may enqueue, finish writing a source, then
+///   submit. They run in ticket order, before the batch's doorbell.
+/// - Fences (`NET_DMA_SERIALIZE_TRANSFER`: this op's writes finish before later ops read): an
+///   op that would run on the CPU goes to the engine instead while a fenced engine op before
+///   it is unfinished (the engine orders it, as without the fallback); a fenced op runs on the
+///   CPU only when no engine op before it is unfinished. A fenced CPU op is thus done before
+///   any later op starts (later CPU ops run after it, later engine ops are submitted after it).
+///   The decision uses what the queue last saw of the engine (it reads the completion word
+///   once more before routing an op to the engine), so it errs towards the engine. Ops without
+///   a fence may run in any order among themselves, as an engine may overlap them. A stream
+///   with many fences therefore runs fewer ops on the CPU.
+/// - With the fallback off, enqueue pays one compare for it; the routing above is out of line.
+/// - The same ops are accepted and refused with or without the fallback (an op too long, out
+///   of the engine's reach, or a fill on an engine without fill throws either way): whether an
+///   op may be enqueued never depends on the engine's progress.
+/// - A zero-length copy or fill touches no memory and succeeds: on the CPU, and as a NULL
+///   descriptor when a fence sends it to the engine (CBDMA would fail a transfer size of 0), so
+///   its outcome never depends on where it ran. A NULL op without a fence never needs the
+///   engine (its report still proves that every earlier op finished).
+/// - CPU ops translate IOVAs through a ``DMARegionSnapshot``: no lock and no allocation unless
+///   the memory's regions changed.
+///
 /// Not thread-safe: one thread enqueues, submits and polls (as with a DPDK vchan). The hot path
-/// (enqueue, submit, completed) does not allocate, lock, retain/release or make system calls;
-/// errors carry constant messages so that throwing does not allocate either.
+/// (enqueue, submit, completed), CPU ops included, does not allocate, lock, retain/release or
+/// make system calls; errors carry constant messages so that throwing does not allocate either.
 public final class CopyQueue {
     /// The channel the queue runs on.
     ///
@@ -53,6 +100,8 @@ public final class CopyQueue {
     public let ringSize: Int
     /// Whether each submit's last op asks for an interrupt.
     public let interrupts: Bool
+    /// Ops shorter than this many bytes run on the calling CPU (0: none do). See "CPU fallback".
+    public let cpuCopyThreshold: Int
 
     private let pool: DescriptorPool
     private let ring: UnsafeMutablePointer<Descriptor>
@@ -64,21 +113,37 @@ public final class CopyQueue {
     private let canFill: Bool
     /// Flags of each submit's last op: a completion-word update (and the interrupt).
     private let batchEndFlags: UInt32
-    /// Per-slot outcome of ops the engine finished and the client has not retired.
+    /// Outcome of each op not yet retired, by op number (low log2(ringSize) bits). Entries of
+    /// retired ops are reset to `.successful`, so enqueue need not write them.
     private let status: UnsafeMutablePointer<CopyStatus>
+    /// `cpuCopyThreshold`; 0 when every op goes to the engine.
+    private let cpuLimit: UInt64
+    /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
+    private let cpuOps: UnsafeMutablePointer<CPUOp>
+    @exclusivity(unchecked) private var regions: DMARegionSnapshot
 
-    // Op numbers (monotonic; the ticket is the low 16 bits, the slot the low log2(ringSize) bits).
+    // Op numbers (monotonic; the ticket is the low 16 bits), ops of both kinds.
+    private var issued: UInt64 = 0
+    /// Ops retired by the client; `issued - retired ≤ capacity`.
+    private var retired: UInt64 = 0
+    // Descriptor numbers (monotonic; the ring slot is the low log2(ringSize) bits).
     private var enqueued: UInt64 = 0
     private var submitted: UInt64 = 0
-    /// Ops the engine finished (successfully or not); `retired ≤ finished ≤ submitted`.
+    /// Descriptors the engine finished (successfully or not); `finished ≤ submitted ≤ enqueued`.
     private var finished: UInt64 = 0
-    private var retired: UInt64 = 0
     private var needsStart = true
+    /// One more than the descriptor number of the last fenced engine op (0: none).
+    private var fenceEnd: UInt64 = 0
+    // CPU op numbers: recorded, and run (by submit).
+    private var cpuEnqueued: UInt64 = 0
+    private var cpuRun: UInt64 = 0
 
     /// Why the last failed op failed (the provider's decoded error).
     public private(set) var lastFault: ChannelFault?
     /// How many ops failed since the queue was made.
     public private(set) var failedCount: Int = 0
+    /// How many ops ran on the calling CPU (below ``cpuCopyThreshold``) since the queue was made.
+    public private(set) var cpuOpCount: Int = 0
 
     /// Builds a queue on a freshly allocated (or reset) channel.
     ///
@@ -86,12 +151,21 @@ public final class CopyQueue {
     ///   - ringSize: descriptors in the ring, a power of two from 2 to 65536.
     ///   - interrupts: ask for an interrupt at the end of every submit (needed by
     ///     ``waitForCompletion(timeout:)``).
-    /// - Throws: `.invalidArgument` for a bad ring size; `.invalidState` when the channel is not
-    ///   in the allocated state; `.unsupported` for interrupts on a channel without an
-    ///   interrupt vector; the DMA memory's error.
-    public init(channel: NetDMAChannel, ringSize: Int = 1024, interrupts: Bool = false) throws(DriverError) {
+    ///   - cpuCopyThreshold: ops shorter than this many bytes run on the calling CPU (see "CPU
+    ///     fallback"); 0, the default, sends every op to the engine. Take the copy threshold
+    ///     `netdma bench` prints for the engine, or ``cpuCopyThreshold(for:)`` of your own
+    ///     measurements.
+    /// - Throws: `.invalidArgument` for a bad ring size or a negative threshold; `.invalidState`
+    ///   when the channel is not in the allocated state; `.unsupported` for interrupts on a
+    ///   channel without an interrupt vector; the DMA memory's error.
+    public init(channel: NetDMAChannel, ringSize: Int = 1024, interrupts: Bool = false,
+                cpuCopyThreshold: Int = 0) throws(DriverError) {
         guard ringSize >= 2, ringSize <= 65536, ringSize & (ringSize - 1) == 0 else {
             throw DriverError(.invalidArgument, "The ring size must be a power of two from 2 to 65536, got \(ringSize).")
+        }
+        guard cpuCopyThreshold >= 0 else {
+            throw DriverError(.invalidArgument,
+                "The CPU-copy threshold must be 0 (off) or a number of bytes (ops shorter than it run on the CPU), got \(cpuCopyThreshold).")
         }
         guard channel.state == .allocated else {
             throw DriverError(.invalidState, "A CopyQueue needs a channel in state allocated (fresh or reset), not \(channel.state).")
@@ -102,6 +176,7 @@ public final class CopyQueue {
         self.channel = channel
         self.ringSize = ringSize
         self.interrupts = interrupts
+        self.cpuCopyThreshold = cpuCopyThreshold
         pool = try DescriptorPool(memory: channel.dmaMemory, count: ringSize)
         pool.linkRing()
         ring = pool.base
@@ -115,6 +190,9 @@ public final class CopyQueue {
             | (interrupts ? ControlFlags.interruptOnCompletion.rawValue : 0)
         status = .allocate(capacity: ringSize)
         status.initialize(repeating: .successful, count: ringSize)
+        cpuLimit = UInt64(cpuCopyThreshold)
+        cpuOps = .allocate(capacity: cpuCopyThreshold > 0 ? ringSize : 1)
+        regions = DMARegionSnapshot(channel.dmaMemory)
     }
 
     deinit {
@@ -134,24 +212,29 @@ public final class CopyQueue {
         }
         status.deinitialize(count: ringSize)
         status.deallocate()
+        cpuOps.deallocate()
     }
 
-    /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`.
+    /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`, engine
+    /// and CPU ops together.
     public var capacity: Int { ringSize - 1 }
 
     /// How many more ops can be enqueued now (DPDK's `rte_dma_burst_capacity`).
     @inline(__always)
-    public var freeSlots: Int { capacity - Int(enqueued &- retired) }
+    public var freeSlots: Int { capacity - Int(issued &- retired) }
 
-    /// Ops enqueued but not yet submitted.
-    public var pendingSubmission: Int { Int(enqueued &- submitted) }
+    /// Ops enqueued but not yet submitted (engine ops not handed to the engine, CPU ops not run).
+    public var pendingSubmission: Int { Int(enqueued &- submitted) + Int(cpuEnqueued &- cpuRun) }
 
     /// Ops submitted and not yet retired by ``completed(max:)`` or ``completedStatus(max:into:)``.
-    public var outstanding: Int { Int(submitted &- retired) }
+    public var outstanding: Int { Int(issued &- retired) - pendingSubmission }
 
     // MARK: - enqueue
 
     /// Enqueues a copy of `length` bytes from IOVA `source` to IOVA `destination`.
+    ///
+    /// A copy shorter than ``cpuCopyThreshold`` runs on the CPU at the next ``submit()`` (see
+    /// "CPU fallback" for when it goes to the engine anyway).
     ///
     /// - Parameter fence: finish this op's writes before the next op reads (`NET_DMA_SERIALIZE_TRANSFER`).
     /// - Returns: the op's ticket (DPDK's ring index).
@@ -163,7 +246,14 @@ public final class CopyQueue {
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length),
               source <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        let flags: UInt32 = fence ? ControlFlags.serializeTransfer.rawValue : 0
+        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+            return try putShort(.copy, length: length, source: source, destination: destination, fence: fence)
+        }
+        var flags: UInt32 = 0
+        if fence {
+            flags = ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
         return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
     }
 
@@ -176,23 +266,68 @@ public final class CopyQueue {
         guard canFill else { throw Self.noFill }
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
+        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+            return try putShort(.fill, length: length, source: pattern, destination: destination, fence: fence)
+        }
         var flags = UInt32(Operation.fill.rawValue) << 24
-        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        if fence {
+            flags |= ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
         return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: pattern, destination: destination)
     }
 
     /// Enqueues a NULL op (`NET_DMA_NULL_TRANSFER`): moves nothing; its completion proves that
-    /// every op before it finished.
+    /// every op before it finished. With a ``cpuCopyThreshold`` it never needs the engine,
+    /// unless it is fenced behind an unfinished engine op.
     @inline(__always)
     public func enqueueNull(fence: Bool = false) throws(DriverError) -> UInt16 {
+        if cpuLimit != 0 { return try putShort(.null, length: 0, source: 0, destination: 0, fence: fence) }
         var flags = ControlFlags.nullTransfer.rawValue
-        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        if fence {
+            flags |= ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
         return try put(size: 0, flags: flags, source: 0, destination: 0)
     }
 
+    /// An op shorter than the threshold: recorded to run on the CPU at the next submit, unless
+    /// a fence stands in the way (a fenced engine op before it is unfinished, or it is fenced
+    /// and an engine op before it is unfinished): then it goes to the engine, which orders it.
+    /// Before deciding so, it looks at the completion word once more. Routed to the engine, a
+    /// zero-length copy or fill becomes a NULL descriptor (CBDMA refuses a transfer size of 0):
+    /// it succeeds wherever it runs.
+    @inline(never)
+    private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
+                          fence: Bool) throws(DriverError) -> UInt16 {
+        guard issued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        var free = fenceEnd <= finished && (!fence || enqueued == finished)
+        if !free && finished != submitted {
+            refresh()
+            free = fenceEnd <= finished && (!fence || enqueued == finished)
+        }
+        guard free else {
+            let empty = kind == .null || length == 0
+            var flags: UInt32 = empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? UInt32(Operation.fill.rawValue) << 24 : 0
+            if fence {
+                flags |= ControlFlags.serializeTransfer.rawValue
+                fenceEnd = enqueued &+ 1
+            }
+            return try put(size: empty ? 0 : UInt32(truncatingIfNeeded: length), flags: flags,
+                           source: empty ? 0 : source, destination: empty ? 0 : destination)
+        }
+        cpuOps[Int(truncatingIfNeeded: cpuEnqueued & mask)] = CPUOp(op: issued, source: source, destination: destination,
+                                                                    length: UInt32(truncatingIfNeeded: length), kind: kind)
+        cpuEnqueued &+= 1
+        let ticket = UInt16(truncatingIfNeeded: issued)
+        issued &+= 1
+        return ticket
+    }
+
+    /// Writes an engine op into the next descriptor; `userContext1` records its op number.
     @inline(__always)
     private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
-        guard enqueued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        guard issued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
         let slot = Int(truncatingIfNeeded: enqueued & mask)
         let d = ring + slot
         d.pointee.transferSize = size
@@ -203,9 +338,9 @@ public final class CopyQueue {
             // 1.x: restore the ring link (a previous lap may have ended a batch here with NULL).
             d.pointee.next = ringIOVA &+ ((UInt64(truncatingIfNeeded: slot) &+ 1) & mask) &* 64
         }
-        d.pointee.userContext1 = enqueued
-        status[slot] = .successful
-        let ticket = UInt16(truncatingIfNeeded: enqueued)
+        d.pointee.userContext1 = issued
+        let ticket = UInt16(truncatingIfNeeded: issued)
+        issued &+= 1
         enqueued &+= 1
         return ticket
     }
@@ -213,12 +348,15 @@ public final class CopyQueue {
     // MARK: - submit
 
     /// Hands every enqueued op to the engine (the doorbell): one Append of the batch (the
-    /// first submit, and the first after a halt with nothing left to run, is a Start).
+    /// first submit, and the first after a halt with nothing left to run, is a Start). CPU ops
+    /// run first, in ticket order, on the calling thread.
     ///
     /// - Throws: the channel's error (e.g. `.invalidState` while the provider is powered
-    ///   down); the ops stay enqueued and a later submit retries them.
+    ///   down); the engine ops stay enqueued and a later submit retries them. The CPU ops ran
+    ///   all the same (they do not need the engine, powered down or not).
     @inline(__always)
     public func submit() throws(DriverError) {
+        if cpuRun != cpuEnqueued { runCPUOps() }
         let n = enqueued &- submitted
         guard n > 0 else { return }
         let first = Int(truncatingIfNeeded: submitted & mask)
@@ -299,6 +437,22 @@ public final class CopyQueue {
         needsStart = false
     }
 
+    /// Runs the CPU ops recorded since the last submit, in order. One that fails is marked
+    /// failed (nothing written); it is retired in ticket order like any op.
+    @inline(never)
+    private func runCPUOps() {
+        repeat {
+            let c = cpuOps[Int(truncatingIfNeeded: cpuRun & mask)]
+            if let fault = c.run(&regions) {
+                status[Int(truncatingIfNeeded: c.op & mask)] = .failed
+                failedCount += 1
+                lastFault = fault
+            }
+            cpuRun &+= 1
+            cpuOpCount &+= 1
+        } while cpuRun != cpuEnqueued
+    }
+
     // MARK: - completion
 
     /// Reads the completion word once and advances ``finished``; handles a halt (cold).
@@ -315,6 +469,15 @@ public final class CopyQueue {
         // (a stale word) maps beyond `submitted`.
         let op = finished &+ ((slot &- finished) & mask)
         if op < submitted { finished = op &+ 1 }
+    }
+
+    /// Ops below this number can be retired: every op before the first descriptor the engine
+    /// has not finished and before the first CPU op not yet run.
+    @inline(__always)
+    private var retirable: UInt64 {
+        var bound = finished == enqueued ? issued : ring[Int(truncatingIfNeeded: finished & mask)].userContext1
+        if cpuRun != cpuEnqueued { bound = Swift.min(bound, cpuOps[Int(truncatingIfNeeded: cpuRun & mask)].op) }
+        return bound
     }
 
     @inline(__always)
@@ -345,7 +508,7 @@ public final class CopyQueue {
             restartRemaining()
             return
         }
-        status[Int(truncatingIfNeeded: failing & mask)] = .failed
+        status[Int(truncatingIfNeeded: ring[Int(truncatingIfNeeded: failing & mask)].userContext1 & mask)] = .failed
         failedCount += 1
         lastFault = fault
         finished = failing &+ 1
@@ -370,9 +533,10 @@ public final class CopyQueue {
     public func completed(max: Int) -> CopyCompletion {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
+        let bound = retirable
         var n = 0
         var hadError = false
-        while n < max && retired < finished {
+        while n < max && retired < bound {
             let slot = Int(truncatingIfNeeded: retired & mask)
             if status[slot] == .failed {
                 status[slot] = .successful
@@ -395,8 +559,9 @@ public final class CopyQueue {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
         let limit = Swift.min(max, statuses.count)
+        let bound = retirable
         var n = 0
-        while n < limit && retired < finished {
+        while n < limit && retired < bound {
             let slot = Int(truncatingIfNeeded: retired & mask)
             statuses[n] = status[slot]
             status[slot] = .successful
@@ -419,7 +584,7 @@ public final class CopyQueue {
             let g = channel.interruptGeneration
             refresh()
             if needsStart && submitted != finished { restartRemaining() }
-            if finished != retired || submitted == retired { return }
+            if retirable != retired || outstanding == 0 { return }
             _ = try await channel.waitForInterrupt(after: g, timeout: timeout)
         }
     }

@@ -262,14 +262,13 @@ struct Bench: ResultCommand {
     }
 
     /// The smallest measured size from which the engine's GB/s is at least memcpy's at every
-    /// larger measured size.
+    /// larger measured size (``CopyQueue/cpuCopyThreshold(for:)``; a row whose copies were not
+    /// verified counts as an engine that does not win).
     static func copyThreshold(_ rows: [Row]) -> Int? {
-        var threshold: Int? = nil
-        for r in rows.sorted(by: { $0.size > $1.size }) {
-            guard r.gigabytesPerSecond >= r.memcpyGigabytesPerSecond, r.verified else { break }
-            threshold = r.size
-        }
-        return threshold
+        CopyQueue.cpuCopyThreshold(for: rows.map {
+            CopyThroughput(size: $0.size, engineBytesPerSecond: $0.verified ? $0.gigabytesPerSecond * 1e9 : 0,
+                           cpuBytesPerSecond: $0.memcpyGigabytesPerSecond * 1e9)
+        })
     }
 
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {

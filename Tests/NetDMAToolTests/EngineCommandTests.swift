@@ -382,6 +382,10 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(Bench.copyThreshold([row(64, 9, 5), row(4096, 4, 5), row(65536, 9, 5)]) == 65536)
         #expect(Bench.copyThreshold([row(64, 1, 5), row(65536, 4, 5)]) == nil)
         #expect(Bench.copyThreshold([]) == nil)
+        // A row whose copies were not verified counts as a loss (CopyQueue.cpuCopyThreshold(for:) makes the decision).
+        var unverified = row(65536, 9, 5)
+        unverified.verified = false
+        #expect(Bench.copyThreshold([row(4096, 6, 5), unverified]) == nil)
     }
 
     @Test func sizesParse() throws {
