@@ -11,7 +11,8 @@
 //   DeviceModels         MockIOATDevice, MockDSADevice and the in-process IOMMU they share
 //   NetDMA               the NetDMA interface: registry, provider protocol, channels, CopyQueue
 //   IOAT, DSA, Edu       providers, one engine family each, generic over RegisterIO
-//   NetDMATool           the `netdma` command-line tool
+//   NetDMAEngines        the facade clients link: open engines (VFIO or model), DMA memory, channels
+//   NetDMATool           the `netdma` command-line tool (a client of NetDMAEngines)
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -22,6 +23,7 @@ let swiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "netdma",
     products: [
+        .library(name: "NetDMAEngines", targets: ["NetDMAEngines"]),
         .library(name: "NetDMA", targets: ["NetDMA"]),
         .library(name: "IOAT", targets: ["IOAT"]),
         .library(name: "DSA", targets: ["DSA"]),
@@ -55,13 +57,20 @@ let package = Package(
         .target(name: "IOAT", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
         .target(name: "DSA", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
         .target(name: "Edu", dependencies: ["NetDMA", "Platform", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
+        .target(
+            name: "NetDMAEngines",
+            dependencies: ["NetDMA", "IOAT", "DSA", "VFIO", "Platform", "DeviceModels", "Hardware"],
+            swiftSettings: swiftSettings),
         .executableTarget(
             name: "NetDMATool",
             dependencies: [
-                "NetDMA", "IOAT", "DSA", "Edu", "VFIO", "Platform", "DeviceModels", "Hardware", "CVFIO",
+                "NetDMAEngines", "NetDMA", "IOAT", "DSA", "Edu", "VFIO", "Platform", "DeviceModels", "Hardware", "CVFIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
+        // The README's library example, compiled and run by NetDMAEnginesTests.
+        .executableTarget(name: "CopyExample", dependencies: ["NetDMAEngines"], path: "Examples/swift/Copy",
+                          swiftSettings: swiftSettings),
         // libFuzzer harness (Scripts/fuzz builds it with -sanitize=fuzzer); a corpus replayer otherwise.
         .executableTarget(
             name: "NetDMAFuzz",
@@ -77,7 +86,9 @@ let package = Package(
             name: "ProviderTests",
             dependencies: ["NetDMA", "IOAT", "DSA", "Edu", "DeviceModels", "Platform", "Hardware"],
             swiftSettings: swiftSettings),
-        .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool"], swiftSettings: swiftSettings),
+        .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool", "NetDMAEngines"], swiftSettings: swiftSettings),
+        .testTarget(name: "NetDMAEnginesTests", dependencies: ["NetDMAEngines", "DeviceModels", "Hardware", "CopyExample"],
+                    swiftSettings: swiftSettings),
         .testTarget(name: "VMTests", dependencies: ["VFIO", "Platform", "NetDMA", "Edu", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
     ]
 )

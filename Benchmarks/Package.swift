@@ -6,7 +6,7 @@
 //   CopyQueueBench   ordo-one/benchmark: enqueue+submit+poll on the device models, counting
 //                    mallocs and retains, with checked-in thresholds (Thresholds/)
 //   netdma-peer      the NetDMA side of Scripts/peer-bench (the DPDK dma_skeleton comparison)
-//   BenchRig         a model, its provider and a CopyQueue, shared by both
+//   BenchRig         a model opened through NetDMAEngines and a CopyQueue, shared by both
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -24,11 +24,8 @@ let package = Package(
             name: "BenchRig",
             dependencies: [
                 "CBenchSupport",
-                .product(name: "NetDMA", package: "netdma"),
-                .product(name: "IOAT", package: "netdma"),
+                .product(name: "NetDMAEngines", package: "netdma"),
                 .product(name: "DSA", package: "netdma"),
-                .product(name: "DeviceModels", package: "netdma"),
-                .product(name: "Platform", package: "netdma"),
             ],
             swiftSettings: swiftSettings),
         .executableTarget(name: "NetDMAPeer", dependencies: ["BenchRig", "CBenchSupport"], swiftSettings: swiftSettings),

@@ -278,12 +278,8 @@ private func ioatEngineThreadMain(_ context: UnsafeMutableRawPointer?) -> Unsafe
 
 extension IOATDeviceCore {
     /// Starts the engine thread; it holds the core until ``stopEngineThread(_:)``.
-    func startEngineThread() -> pthread_t {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let r = pthread_create(&thread, nil, { ioatEngineThreadMain($0) }, context)
-        precondition(r == 0, "MockIOATDevice: cannot start the engine thread (pthread_create: \(r))")
-        return thread
+    func startEngineThread() -> ModelEngineThread {
+        ModelEngineThread(name: "MockIOATDevice", context: Unmanaged.passRetained(self).toOpaque()) { ioatEngineThreadMain($0) }
     }
 
     func stopEngineThread(_ thread: pthread_t) {

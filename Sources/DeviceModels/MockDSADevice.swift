@@ -91,6 +91,8 @@ final class DSADeviceCore: @unchecked Sendable {
     /// be writing to one, so it is never closed earlier).
     let retiredFDs = Mutex<[Int32]>([])
     var thread: pthread_t? = nil
+    /// The engine thread's kernel thread ID (0: manual execution).
+    var threadID: Int32 = 0
 
     // Control plane.
     struct PendingCommand {
@@ -610,14 +612,12 @@ final class DSADeviceCore: @unchecked Sendable {
     }
 
     private func startThread() {
-        var t = pthread_t()
-        let arg = Unmanaged.passUnretained(self).toOpaque()
-        let r = pthread_create(&t, nil, { arg in
+        let t = ModelEngineThread(name: "MockDSADevice", context: Unmanaged.passUnretained(self).toOpaque()) { arg in
             Unmanaged<DSADeviceCore>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.engineMain() }
             return nil
-        }, arg)
-        precondition(r == 0, "MockDSADevice: pthread_create failed (\(r))")
-        thread = t
+        }
+        thread = t.thread
+        threadID = t.id
     }
 
     private func engineMain() {
@@ -744,6 +744,9 @@ public final class MockDSADevice: InterruptRouting, @unchecked Sendable {
     }
 
     deinit { core.stopEngineThread() }
+
+    /// The kernel thread ID of the engine thread (0 with manual execution).
+    public var engineThreadID: Int32 { core.threadID }
 
     /// The capability profile (VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP).
     public var profile: DSA.Profile { core.profile }

@@ -134,7 +134,7 @@ public final class MockIOATDevice: InterruptRouting, Sendable {
     /// The PCI configuration space (VFIO's config region).
     public let config: MockPCIConfig
     let core: IOATDeviceCore
-    private let thread: pthread_t?
+    private let thread: ModelEngineThread?
 
     /// Creates a function in its power-on state.
     ///
@@ -154,8 +154,11 @@ public final class MockIOATDevice: InterruptRouting, Sendable {
     }
 
     deinit {
-        if let thread { core.stopEngineThread(thread) }
+        if let thread { core.stopEngineThread(thread.thread) }
     }
+
+    /// The kernel thread ID of the engine thread (0 with manual execution).
+    public var engineThreadID: Int32 { thread?.id ?? 0 }
 
     /// Channels behind this function (CHANCNT).
     public var channelCount: Int { core.channelCount }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import CVFIO
 import Foundation
-import NetDMA
+import NetDMAEngines
 import Platform
 
 #if canImport(Glibc)
@@ -225,10 +225,10 @@ struct Bench: ResultCommand {
         for (k, size) in s.sizes.enumerated() {
             let f = Double(k) / Double(s.sizes.count)
             if size > session.identity.maximumTransferSize {
-                result.errors.append("\(byteCount(size)) is above the engine's maximum transfer size (\(byteCount(session.identity.maximumTransferSize))); skipped")
+                result.errors.append("\(ByteCount.format(size)) is above the engine's maximum transfer size (\(ByteCount.format(session.identity.maximumTransferSize))); skipped")
                 continue
             }
-            progress(f, "\(byteCount(size)): stream")
+            progress(f, "\(ByteCount.format(size)): stream")
             memset(destination.base, 0, s.workingSet)
             // Warm-up: wakes an engine (or a model's thread) from its idle state.
             _ = Bench.stream(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
@@ -236,14 +236,14 @@ struct Bench: ResultCommand {
             pendingFault?()
             pendingFault = nil
             let run = Bench.stream(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
-            if let e = run.error { result.errors.append("\(byteCount(size)): \(e)") }
+            if let e = run.error { result.errors.append("\(ByteCount.format(size)): \(e)") }
             let touched = min(run.ops, s.workingSet / size) * size
             let verified = run.error == nil && memcmp(source.base, destination.base, touched) == 0
-            if run.error == nil && !verified { result.errors.append("\(byteCount(size)): a destination differs from its source after the stream") }
-            progress(f + 0.5 / Double(s.sizes.count), "\(byteCount(size)): latency")
+            if run.error == nil && !verified { result.errors.append("\(ByteCount.format(size)): a destination differs from its source after the stream") }
+            progress(f + 0.5 / Double(s.sizes.count), "\(ByteCount.format(size)): latency")
             let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, tscHz: s.tscHz)
-            if let e = lat.error { result.errors.append("\(byteCount(size)) QD1: \(e)") }
-            progress(f + 0.8 / Double(s.sizes.count), "\(byteCount(size)): memcpy")
+            if let e = lat.error { result.errors.append("\(ByteCount.format(size)) QD1: \(e)") }
+            progress(f + 0.8 / Double(s.sizes.count), "\(ByteCount.format(size)): memcpy")
             let cpu = Bench.memcpyRun(buffers, size: size, seconds: s.secondsPerSize / 2, tscHz: s.tscHz)
             let gbps = run.seconds > 0 ? Double(run.ops * size) / run.seconds / 1e9 : 0
             result.rows.append(Row(
@@ -494,14 +494,14 @@ struct Bench: ResultCommand {
             out.append("\(e.engine): \(e.name), \(e.channels) channel\(e.channels == 1 ? "" : "s")")
             var rows = [["SIZE", "OPS/S", "GB/S", "CYC/OP", "QD1 P50", "QD1 P99", "MEMCPY GB/S", "ENGINE/CPU", "CHECK"]]
             for r in e.rows {
-                rows.append([byteCount(r.size), rate(r.opsPerSecond), String(format: "%.2f", r.gigabytesPerSecond),
+                rows.append([ByteCount.format(r.size), rate(r.opsPerSecond), String(format: "%.2f", r.gigabytesPerSecond),
                              String(format: "%.0f", r.cyclesPerOp), nanoseconds(r.latencyP50Nanoseconds), nanoseconds(r.latencyP99Nanoseconds),
                              String(format: "%.2f", r.memcpyGigabytesPerSecond), String(format: "%.2f", r.engineOverMemcpy),
                              r.verified ? "ok" : "FAILED"])
             }
             out += columns(rows, rightAligned: Set(0...7)).map { "  " + $0 }
             if let t = e.copyThreshold {
-                out.append("  copy threshold: \(byteCount(t)): from this size up the engine beats one core's memcpy (copy smaller ones with the CPU)")
+                out.append("  copy threshold: \(ByteCount.format(t)): from this size up the engine beats one core's memcpy (copy smaller ones with the CPU)")
             } else {
                 out.append("  copy threshold: none: one core's memcpy is faster at every size measured")
             }

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
-import NetDMA
+import NetDMAEngines
 import Platform
 import Synchronization
 

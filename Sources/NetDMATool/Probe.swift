@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import NetDMA
+import NetDMAEngines
 import Platform
 
 #if canImport(Glibc)
@@ -55,7 +55,7 @@ struct Probe: ResultCommand {
     struct EngineReport: Codable, Equatable {
         /// The PCI address, or "model:<family>/<profile>".
         var engine: String
-        var identity: EngineIdentityReport?
+        var identity: EngineInfo?
         var bringUp: CheckResult
         var channels: [ChannelReport]
         var passed: Bool
@@ -85,12 +85,8 @@ struct Probe: ResultCommand {
 
     /// Probes one engine. Setup problems (permissions, IOMMU, binding, busy) are thrown; engine
     /// failures are reported.
-    static func probe(_ target: EngineTargets.Target, _ targets: EngineTargets) throws(DriverError) -> EngineReport {
-        let name: String
-        switch target {
-        case .vfio(let d): name = d.address.description
-        case .model(let f, let p): name = "model:\(f.rawValue)/\(p)"
-        }
+    static func probe(_ target: EngineTarget, _ targets: EngineTargets) throws(DriverError) -> EngineReport {
+        let name = target.label
         let started = ContinuousClock.now
         let session: EngineSession
         do {
@@ -185,11 +181,11 @@ struct Probe: ResultCommand {
             var bytes = 0
             for c in copies {
                 if let m = rig.firstMismatch(destination: c.destination, source: c.source, count: c.size) {
-                    return (false, "byte \(m) of the \(byteCount(c.size)) copy is 0x\(String(rig.destinationBytes[c.destination + m], radix: 16)), expected 0x\(String(rig.sourceBytes[c.source + m], radix: 16)): the engine corrupts data")
+                    return (false, "byte \(m) of the \(ByteCount.format(c.size)) copy is 0x\(String(rig.destinationBytes[c.destination + m], radix: 16)), expected 0x\(String(rig.sourceBytes[c.source + m], radix: 16)): the engine corrupts data")
                 }
                 for g in [c.destination - 1, c.destination + c.size] where g >= 0 && g < rig.length {
                     if rig.destinationBytes[g] != 0xA5 {
-                        return (false, "the \(byteCount(c.size)) copy wrote outside its destination (byte \(g - c.destination))")
+                        return (false, "the \(ByteCount.format(c.size)) copy wrote outside its destination (byte \(g - c.destination))")
                     }
                 }
                 bytes += c.size
@@ -247,7 +243,7 @@ struct Probe: ResultCommand {
         var out = [doc.headline, ""]
         for e in doc.engines {
             if let id = e.identity {
-                out.append("\(e.engine): \(id.name), NetDMA \(id.netdmaVersion), \(id.channels) channel\(id.channels == 1 ? "" : "s"), max transfer \(byteCount(id.maximumTransferSize))")
+                out.append("\(e.engine): \(id.name), NetDMA \(id.netdmaVersion), \(id.channels) channel\(id.channels == 1 ? "" : "s"), max transfer \(ByteCount.format(id.maximumTransferSize))")
                 out += columns(id.registers.map { ["  " + $0.name, $0.value, $0.meaning] }).map { "  " + $0 }
                 if let c = id.dsaConfiguration { out.append("  configuration: \(c)") }
             } else {

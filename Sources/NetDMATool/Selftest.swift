@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import NetDMA
+import NetDMAEngines
 import Platform
 
 #if canImport(Glibc)
@@ -103,7 +103,7 @@ struct Selftest: ResultCommand {
         return CommandResult(text: json ? try encodeJSON(doc) : Selftest.text(doc), exitCode: doc.passed ? 0 : 1)
     }
 
-    static func run(_ target: EngineTargets.Target, _ targets: EngineTargets, seconds: Double, cycles: Int, seed: UInt64,
+    static func run(_ target: EngineTarget, _ targets: EngineTargets, seconds: Double, cycles: Int, seed: UInt64,
                     progress: (Double, String) -> Void) throws(DriverError) -> EngineResult {
         var result = EngineResult(engine: "", name: nil, channels: 0, randomOps: nil, errorPath: [], cycles: nil, openError: nil, passed: false)
         do throws(DriverError) {
@@ -130,20 +130,13 @@ struct Selftest: ResultCommand {
             session.close()
         } catch {
             if error.isSetupProblem { throw error }
-            result.engine = result.engine.isEmpty ? label(target) : result.engine
+            result.engine = result.engine.isEmpty ? target.label : result.engine
             result.openError = error.message
             return result
         }
         result.cycles = initRemoveCycles(target, targets, count: cycles) { f in progress(0.85 + f * 0.15, "init/remove cycles") }
         result.passed = (result.randomOps?.passed ?? false) && result.errorPath.allSatisfy(\.passed) && (result.cycles?.passed ?? false)
         return result
-    }
-
-    static func label(_ target: EngineTargets.Target) -> String {
-        switch target {
-        case .vfio(let d): d.address.description
-        case .model(let f, let p): "model:\(f.rawValue)/\(p)"
-        }
     }
 
     // MARK: - random ops
@@ -293,7 +286,7 @@ struct Selftest: ResultCommand {
 
     // MARK: - init/remove
 
-    static func initRemoveCycles(_ target: EngineTargets.Target, _ targets: EngineTargets, count: Int,
+    static func initRemoveCycles(_ target: EngineTarget, _ targets: EngineTargets, count: Int,
                                  progress: (Double) -> Void) -> Cycles {
         var errors: [String] = []
         var done = 0

@@ -2,8 +2,7 @@ import DSA
 import DeviceModels
 import Hardware
 import IOAT
-import NetDMA
-import Platform
+import NetDMAEngines
 import Synchronization
 
 #if canImport(Glibc)
@@ -16,9 +15,8 @@ let soakUnmappedIOVA: UInt64 = 0x7E00_0000_0000
 /// One engine under soak: a device model, its provider registered with the soak's registry, and
 /// the model's fault-injection knobs, behind one interface for both engine families.
 ///
-/// The soak builds its own models rather than opening an ``EngineSession``: it needs the
-/// models' fault injection, stalls and the providers' PowerDown/PowerUp, which a session does
-/// not expose. It shares the session's DMA memory policy.
+/// The soak opens each model through the library (``EngineSet``) with its own timing, and
+/// reaches the model (``EngineModel``) for fault injection and stalls.
 final class SoakEngine: @unchecked Sendable {
     // @unchecked: immutable after init except `pending`, which is behind a Mutex; the closures
     // capture thread-safe objects (models, providers).
@@ -41,7 +39,7 @@ final class SoakEngine: @unchecked Sendable {
     private let corruptCall: ((Int) -> Void)?
     private let statisticsCall: () -> (iommuFaults: UInt64, dropped: UInt64)
     private let deregisterCall: () throws(DriverError) -> [Int]
-    /// The model and provider (also captured by the closures).
+    /// The engine set (also captured by the closures).
     private let keepAlive: [AnyObject]
 
     private init(family: Family, name: String, handle: ProviderHandle, memory: DMAMemory, iommu: SoftIOMMU,
@@ -80,24 +78,17 @@ final class SoakEngine: @unchecked Sendable {
 
     /// A CBDMA model of generation `profile` with an ``IOATProvider`` on it, registered and started.
     static func ioat(profile name: String, registry: NetDMARegistry) throws(DriverError) -> SoakEngine {
-        guard let profile = IOAT.profile(named: name) else {
-            throw DriverError(.invalidArgument,
-                "Unknown CBDMA profile '\(name)'; use one of \(IOAT.profiles.map(\.name).joined(separator: ", ")).")
-        }
-        let iommu = SoftIOMMU()
-        let memory = EngineSession.modelMemory(iommu)
-        let device = MockIOATDevice(profile: profile, iommu: iommu, execution: .thread,
-                                    options: .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500))
-        let timeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
-        let version: NetDMAVersion = profile.isV1 ? .v1_1 : .v2_0
-        let provider = try IOATProvider(bar: device.bar0, config: device, interrupts: device, memory: memory,
-                                        configuration: .init(version: version, timeouts: timeouts))
-        let handle = try provider.register(with: registry)
+        var m = ModelConfiguration(.ioat, profile: name)
+        m.ioat = .init(resetReads: 3, resetMicroseconds: 0, spinIterations: 500)
+        m.ioatTimeouts = IOATTimeouts(quiesce: .seconds(5), reset: .seconds(5), selfTest: .seconds(5), recovery: .milliseconds(100))
+        let set = try EngineSet.open(.model(m), registry: registry)
+        let engine = set.engines[0]
+        guard case .ioat(let device) = engine.model else { preconditionFailure("an ioat model") }
         return SoakEngine(
-            family: .ioat, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
-            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
-            powerDown: { () throws(DriverError) in try provider.powerDown() },
-            powerUp: { () throws(DriverError) in try provider.powerUp() },
+            family: .ioat, name: engine.info.name, handle: engine.handle, memory: set.memory, iommu: device.iommu,
+            channelCount: engine.channelCount, keepAlive: [set],
+            powerDown: { () throws(DriverError) in try engine.powerDown() },
+            powerUp: { () throws(DriverError) in try engine.powerUp() },
             inject: { channel, rng in
                 let err = chanErrClasses[Int(rng.next() % UInt64(chanErrClasses.count))]
                 device.inject(.failDescriptor(index: Int(rng.next() % 4), error: err), channel: channel)
@@ -106,26 +97,23 @@ final class SoakEngine: @unchecked Sendable {
             stall: { channel, us in device.inject(.stall(microseconds: us), channel: channel) },
             corrupt: { channel in device.inject(.corruptRead(index: 0, byteOffset: 0, mask: 0xFF), channel: channel) },
             statistics: { (device.statistics.iommuFaults, 0) },
-            deregister: { () throws(DriverError) in try provider.deregister() })
+            deregister: { () throws(DriverError) in try set.stop().values.flatMap { $0 } })
     }
 
     /// A DSA model with a ``DSAProvider`` on it (`workQueues` dedicated WQs), registered and started.
     static func dsa(workQueues: Int, registry: NetDMARegistry) throws(DriverError) -> SoakEngine {
-        let iommu = SoftIOMMU()
-        let memory = EngineSession.modelMemory(iommu)
-        let device = MockDSADevice(profile: DSA.sapphireRapids, iommu: iommu, execution: .thread,
-                                   options: .init(spinIterations: 200))
-        var c = DSAConfiguration(version: .v2_0, workQueues: workQueues)
-        c.timeouts = DSATimeouts(command: .seconds(5), enable: .seconds(5))
-        c.pollerSpins = 200
-        let provider = try DSAProvider(bar: device.bar0, portals: device.bar2, config: device, interrupts: device,
-                                       memory: memory, configuration: c)
-        let handle = try provider.register(with: registry)
+        var m = ModelConfiguration(.dsa)
+        m.dsaModel = .init(spinIterations: 200)
+        m.dsa = DSAConfiguration(version: .v2_0, workQueues: workQueues,
+                                 timeouts: DSATimeouts(command: .seconds(5), enable: .seconds(5)), pollerSpins: 200)
+        let set = try EngineSet.open(.model(m), registry: registry)
+        let engine = set.engines[0]
+        guard case .dsa(let device) = engine.model else { preconditionFailure("a dsa model") }
         return SoakEngine(
-            family: .dsa, name: provider.characteristics.friendlyName, handle: handle, memory: memory, iommu: iommu,
-            channelCount: provider.attributes.channelCount, keepAlive: [device, provider],
-            powerDown: { () throws(DriverError) in try provider.powerDown() },
-            powerUp: { () throws(DriverError) in try provider.powerUp() },
+            family: .dsa, name: engine.info.name, handle: engine.handle, memory: set.memory, iommu: device.iommu,
+            channelCount: engine.channelCount, keepAlive: [set],
+            powerDown: { () throws(DriverError) in try engine.powerDown() },
+            powerUp: { () throws(DriverError) in try engine.powerUp() },
             inject: { _, rng in
                 let status = dsaStatuses[Int(rng.next() % UInt64(dsaStatuses.count))]
                 device.inject(.failDescriptor(index: Int(rng.next() % 4), status: status))
@@ -138,7 +126,7 @@ final class SoakEngine: @unchecked Sendable {
                 device.resume()
             },
             statistics: { (device.statistics.iommuFaults, device.statistics.droppedDescriptors) },
-            deregister: { () throws(DriverError) in try provider.deregister() })
+            deregister: { () throws(DriverError) in try set.stop().values.flatMap { $0 } })
     }
 
     /// Injects a device fault on `channel` and records it as pending; returns its name.

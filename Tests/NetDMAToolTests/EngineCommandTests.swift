@@ -1,5 +1,6 @@
 import Foundation
 import Hardware
+import NetDMAEngines
 import Platform
 import Testing
 @testable import NetDMATool
@@ -395,7 +396,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(parseByteCount("0") == nil && parseByteCount("x") == nil && parseByteCount("-4") == nil)
         let b = try #require(try NetDMATool.parseAsRoot(["bench", "--sizes", "1M,64,4K"]) as? Bench)
         #expect(b.sizes == [1 << 20, 64, 4096])
-        #expect(byteCount(65536) == "64 KiB" && byteCount(100) == "100 B")
+        #expect(ByteCount.format(65536) == "64 KiB" && ByteCount.format(100) == "100 B")
     }
 
     @Test func badArgumentsAreRejected() {
