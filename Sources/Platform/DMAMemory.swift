@@ -87,7 +87,7 @@ public final class DMAMemory: Sendable {
     /// Bumped whenever a region goes away; ``DMARegionCache`` checks it on every hit.
     private let removals = Atomic<UInt64>(0)
     /// Bumped whenever a region is added or goes away; ``DMARegionSnapshot`` checks it.
-    private let changes = Atomic<UInt64>(0)
+    @usableFromInline let changes = Atomic<UInt64>(0)
 
     /// How many regions have been removed since creation: a cache of a region's translation is
     /// valid only while this has not changed. One acquire load (a plain load on x86-64).
@@ -95,8 +95,9 @@ public final class DMAMemory: Sendable {
     public var generation: UInt64 { removals.load(ordering: .acquiring) }
 
     /// How many times a region was added or removed since creation: a copy of the region table
-    /// is complete and valid only while this has not changed. One acquire load.
-    @inline(__always)
+    /// is complete and valid only while this has not changed. One acquire load (inlined into
+    /// callers in other modules).
+    @inlinable @inline(__always)
     public var layoutVersion: UInt64 { changes.load(ordering: .acquiring) }
 
     /// Creates DMA memory mapped into `spaces`.

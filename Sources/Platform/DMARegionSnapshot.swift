@@ -11,26 +11,35 @@
 /// while someone still copies through an address of it is the caller's error (as it is for a
 /// DMA engine, which would hit an IOMMU fault instead).
 ///
+/// The lookups are `@inlinable`, so that a caller in another module (the `CopyQueue` of
+/// `NetDMA`) does not pay a call per address.
+///
 /// Not thread-safe: one owner (for example a `CopyQueue` with a CPU-copy threshold) looks up
 /// through it.
 public struct DMARegionSnapshot: ~Copyable {
     /// The memory whose regions the snapshot copies.
     public let memory: DMAMemory
 
-    private struct Entry {
-        var iova: UInt64
+    @usableFromInline
+    struct Entry {
+        @usableFromInline var iova: UInt64
         /// The last IOVA of the region (its length is never 0).
-        var last: UInt64
-        var address: UInt
+        @usableFromInline var last: UInt64
+        @usableFromInline var address: UInt
+        @usableFromInline init(iova: UInt64, last: UInt64, address: UInt) {
+            self.iova = iova
+            self.last = last
+            self.address = address
+        }
     }
 
-    private var entries: UnsafeMutablePointer<Entry>
-    private var capacity: Int
-    private var count = 0
-    private var version: UInt64 = .max
+    @usableFromInline var entries: UnsafeMutablePointer<Entry>
+    @usableFromInline var capacity: Int
+    @usableFromInline var count = 0
+    @usableFromInline var version: UInt64 = .max
     /// The entries that answered the last two lookups that had to search.
-    private var recent0 = 0
-    private var recent1 = 0
+    @usableFromInline var recent0 = 0
+    @usableFromInline var recent1 = 0
 
     /// Makes an empty snapshot; the first lookup fills it.
     public init(_ memory: DMAMemory) {
@@ -42,7 +51,7 @@ public struct DMARegionSnapshot: ~Copyable {
     deinit { entries.deallocate() }
 
     /// The CPU address of `length` bytes at `iova`, or nil unless one region holds all of them.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func address(ofIOVA iova: UInt64, length: Int) -> UnsafeMutableRawPointer? {
         guard let (address, contiguous) = translate(iova), contiguous >= UInt64(truncatingIfNeeded: length) else { return nil }
         return address
@@ -50,7 +59,7 @@ public struct DMARegionSnapshot: ~Copyable {
 
     /// The CPU address of `iova` and how many bytes of its region start there, or nil when the
     /// IOVA is in no region.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func translate(_ iova: UInt64) -> (address: UnsafeMutableRawPointer, contiguous: UInt64)? {
         if memory.layoutVersion != version { refresh() }
         var i = recent0
@@ -68,13 +77,14 @@ public struct DMARegionSnapshot: ~Copyable {
         return (UnsafeMutableRawPointer(bitPattern: e.address &+ UInt(truncatingIfNeeded: offset))!, e.last &- iova &+ 1)
     }
 
-    @inline(__always)
-    private func contains(_ i: Int, _ iova: UInt64) -> Bool {
+    @inlinable @inline(__always)
+    func contains(_ i: Int, _ iova: UInt64) -> Bool {
         i < count && iova >= entries[i].iova && iova <= entries[i].last
     }
 
     /// The entry that holds `iova` (entries are sorted by IOVA and do not overlap).
-    private func search(_ iova: UInt64) -> Int? {
+    @inlinable
+    func search(_ iova: UInt64) -> Int? {
         var lo = 0, hi = count
         while lo < hi {
             let mid = (lo &+ hi) >> 1
@@ -84,8 +94,8 @@ public struct DMARegionSnapshot: ~Copyable {
     }
 
     /// Copies the region table again (cold: takes the memory's lock, may allocate).
-    @inline(never)
-    private mutating func refresh() {
+    @usableFromInline @inline(never)
+    mutating func refresh() {
         let (regions, v) = memory.regionTable()
         if regions.count > capacity {
             entries.deallocate()
