@@ -56,6 +56,7 @@ func run(_ args: [String]) {
     var engineCPU: Int? = 1
     var doMemcpy = true
     var warmup = 20_000
+    var cpuCopyThreshold = 0
     var i = 0
     func value() -> String {
         i += 1
@@ -75,6 +76,7 @@ func run(_ args: [String]) {
         case "--engine-cpu": engineCPU = Int(value())
         case "--no-memcpy": doMemcpy = false
         case "--warmup": warmup = need(Int(value()), "bad --warmup")
+        case "--cpu-copy-threshold": cpuCopyThreshold = need(Int(value()).flatMap { $0 >= 0 ? $0 : nil }, "bad --cpu-copy-threshold")
         default: fail("unknown option \(args[i])")
         }
         i += 1
@@ -84,8 +86,8 @@ func run(_ args: [String]) {
     let rig: any ModelRig
     do {
         let pin = engineCPU.flatMap { $0 < cpus ? $0 : nil }
-        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin)
-                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin)
+        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
+                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
     } catch {
         fail("cannot bring up the \(profile) model: \(error)")
     }
@@ -255,6 +257,6 @@ switch arguments.first {
 case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--cpu-copy-threshold BYTES] | netdma-peer report FILE...")
     exit(2)
 }
