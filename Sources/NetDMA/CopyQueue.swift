@@ -116,6 +116,8 @@ public final class CopyQueue {
     /// Outcome of each op not yet retired, by op number (low log2(ringSize) bits). Entries of
     /// retired ops are reset to `.successful`, so enqueue need not write them.
     private let status: UnsafeMutablePointer<CopyStatus>
+    /// ``capacity`` as an op count.
+    private let opCapacity: UInt64
     /// `cpuCopyThreshold`; 0 when every op goes to the engine.
     private let cpuLimit: UInt64
     /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
@@ -124,8 +126,13 @@ public final class CopyQueue {
 
     // Op numbers (monotonic; the ticket is the low 16 bits), ops of both kinds.
     private var issued: UInt64 = 0
-    /// Ops retired by the client; `issued - retired ≤ capacity`.
+    /// Ops retired by the client; `retired ≤ retirable ≤ issued`, `issued - retired ≤ capacity`.
     private var retired: UInt64 = 0
+    /// Ops below this number can be retired: every op before the first descriptor the engine
+    /// has not finished and before the first CPU op not yet run. Kept up to date where either
+    /// moves (``refresh()`` seeing progress, a halt, ``submit()`` running CPU ops), so a poll
+    /// reads one number; an enqueue never moves it (the new op is unfinished).
+    private var retirable: UInt64 = 0
     // Descriptor numbers (monotonic; the ring slot is the low log2(ringSize) bits).
     private var enqueued: UInt64 = 0
     private var submitted: UInt64 = 0
@@ -138,12 +145,15 @@ public final class CopyQueue {
     private var cpuEnqueued: UInt64 = 0
     private var cpuRun: UInt64 = 0
 
-    /// Why the last failed op failed (the provider's decoded error).
-    public private(set) var lastFault: ChannelFault?
+    // @exclusivity(unchecked): the queue is used by one thread; without it, each submit that
+    // runs CPU ops made three dynamic exclusivity checks (swift_beginAccess) for these.
+
+    /// Why the last failed op failed (the provider's decoded error, or the CPU fallback's).
+    @exclusivity(unchecked) public private(set) var lastFault: ChannelFault?
     /// How many ops failed since the queue was made.
-    public private(set) var failedCount: Int = 0
+    @exclusivity(unchecked) public private(set) var failedCount: Int = 0
     /// How many ops ran on the calling CPU (below ``cpuCopyThreshold``) since the queue was made.
-    public private(set) var cpuOpCount: Int = 0
+    @exclusivity(unchecked) public private(set) var cpuOpCount: Int = 0
 
     /// Builds a queue on a freshly allocated (or reset) channel.
     ///
@@ -190,6 +200,7 @@ public final class CopyQueue {
             | (interrupts ? ControlFlags.interruptOnCompletion.rawValue : 0)
         status = .allocate(capacity: ringSize)
         status.initialize(repeating: .successful, count: ringSize)
+        opCapacity = UInt64(ringSize - 1)
         cpuLimit = UInt64(cpuCopyThreshold)
         cpuOps = .allocate(capacity: cpuCopyThreshold > 0 ? ringSize : 1)
         regions = DMARegionSnapshot(channel.dmaMemory)
@@ -300,7 +311,7 @@ public final class CopyQueue {
     @inline(never)
     private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
                           fence: Bool) throws(DriverError) -> UInt16 {
-        guard issued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        guard issued &- retired < opCapacity else { throw Self.full }
         var free = fenceEnd <= finished && (!fence || enqueued == finished)
         if !free && finished != submitted {
             refresh()
@@ -327,7 +338,7 @@ public final class CopyQueue {
     /// Writes an engine op into the next descriptor; `userContext1` records its op number.
     @inline(__always)
     private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
-        guard issued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        guard issued &- retired < opCapacity else { throw Self.full }
         let slot = Int(truncatingIfNeeded: enqueued & mask)
         let d = ring + slot
         d.pointee.transferSize = size
@@ -451,6 +462,7 @@ public final class CopyQueue {
             cpuRun &+= 1
             cpuOpCount &+= 1
         } while cpuRun != cpuEnqueued
+        updateRetirable()
     }
 
     // MARK: - completion
@@ -468,16 +480,18 @@ public final class CopyQueue {
         // The op with this slot among the outstanding ones; a slot of an op already finished
         // (a stale word) maps beyond `submitted`.
         let op = finished &+ ((slot &- finished) & mask)
-        if op < submitted { finished = op &+ 1 }
+        if op < submitted {
+            finished = op &+ 1
+            updateRetirable()
+        }
     }
 
-    /// Ops below this number can be retired: every op before the first descriptor the engine
-    /// has not finished and before the first CPU op not yet run.
+    /// Recomputes ``retirable`` after ``finished`` or ``cpuRun`` moved.
     @inline(__always)
-    private var retirable: UInt64 {
+    private func updateRetirable() {
         var bound = finished == enqueued ? issued : ring[Int(truncatingIfNeeded: finished & mask)].userContext1
         if cpuRun != cpuEnqueued { bound = Swift.min(bound, cpuOps[Int(truncatingIfNeeded: cpuRun & mask)].op) }
-        return bound
+        retirable = bound
     }
 
     @inline(__always)
@@ -512,6 +526,7 @@ public final class CopyQueue {
         failedCount += 1
         lastFault = fault
         finished = failing &+ 1
+        updateRetirable()
         needsStart = true
         restartRemaining()
     }
