@@ -56,10 +56,11 @@ public enum CopyStatus: UInt8, Sendable, Hashable {
 /// - Op numbers (tickets) and descriptor numbers are counted apart. Each descriptor carries its
 ///   op number in `userContext1`, the record the ring keeps anyway; CPU ops wait in a ring of
 ///   32-byte records until submit. All ops up to the first descriptor the engine has not
-///   finished, and before the first CPU op not yet run, can be retired: two loads per poll,
-///   nothing per op. The engine's chain stays contiguous (2.0) or linked (1.x) with no hole
-///   and no NULL descriptor in place of a CPU op, and halts, restarts, Abort, Reset and power
-///   events work on descriptors exactly as without the fallback.
+///   finished, and before the first CPU op not yet run, can be retired: the queue keeps that
+///   number up to date where it moves, so a poll reads one number and an op costs nothing
+///   more. The engine's chain stays contiguous (2.0) or linked (1.x) with no hole and no NULL
+///   descriptor in place of a CPU op, and halts, restarts, Abort, Reset and power events work
+///   on descriptors exactly as without the fallback.
 /// - Capacity is shared: ``freeSlots`` counts ops of both kinds, at most ``capacity``
 ///   outstanding, so neither ring can overflow.
 /// - CPU ops run in ``submit()``, not at enqueue: DPDK's contract is that an enqueued op does
