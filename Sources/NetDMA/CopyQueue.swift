@@ -127,8 +127,8 @@ public final class CopyQueue {
 
     // Op numbers (monotonic; the ticket is the low 16 bits), ops of both kinds.
     private var issued: UInt64 = 0
-    /// Ops retired by the client; `retired ≤ retirable ≤ issued`, `issued - retired ≤ capacity`.
-    private var retired: UInt64 = 0
+    /// Ops retired by the client; `retiredOps ≤ retirable ≤ issued`, `issued - retiredOps ≤ capacity`.
+    private var retiredOps: UInt64 = 0
     /// Ops below this number can be retired: every op before the first descriptor the engine
     /// has not finished and before the first CPU op not yet run. Kept up to date where either
     /// moves (``refresh()`` seeing progress, a halt, ``submit()`` running CPU ops), so a poll
@@ -233,13 +233,13 @@ public final class CopyQueue {
 
     /// How many more ops can be enqueued now (DPDK's `rte_dma_burst_capacity`).
     @inline(__always)
-    public var freeSlots: Int { capacity - Int(issued &- retired) }
+    public var freeSlots: Int { capacity - Int(issued &- retiredOps) }
 
     /// Ops enqueued but not yet submitted (engine ops not handed to the engine, CPU ops not run).
     public var pendingSubmission: Int { Int(enqueued &- submitted) + Int(cpuEnqueued &- cpuRun) }
 
     /// Ops submitted and not yet retired by ``completed(max:)`` or ``completedStatus(max:into:)``.
-    public var outstanding: Int { Int(issued &- retired) - pendingSubmission }
+    public var outstanding: Int { Int(issued &- retiredOps) - pendingSubmission }
 
     // MARK: - enqueue
 
@@ -312,7 +312,7 @@ public final class CopyQueue {
     @inline(never)
     private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
                           fence: Bool) throws(DriverError) -> UInt16 {
-        guard issued &- retired < opCapacity else { throw Self.full }
+        guard issued &- retiredOps < opCapacity else { throw Self.full }
         var free = fenceEnd <= finished && (!fence || enqueued == finished)
         if !free && finished != submitted {
             refresh()
@@ -339,7 +339,7 @@ public final class CopyQueue {
     /// Writes an engine op into the next descriptor; `userContext1` records its op number.
     @inline(__always)
     private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
-        guard issued &- retired < opCapacity else { throw Self.full }
+        guard issued &- retiredOps < opCapacity else { throw Self.full }
         let slot = Int(truncatingIfNeeded: enqueued & mask)
         let d = ring + slot
         d.pointee.transferSize = size
@@ -552,18 +552,18 @@ public final class CopyQueue {
         let bound = retirable
         var n = 0
         var hadError = false
-        while n < max && retired < bound {
-            let slot = Int(truncatingIfNeeded: retired & mask)
+        while n < max && retiredOps < bound {
+            let slot = Int(truncatingIfNeeded: retiredOps & mask)
             if status[slot] == .failed {
                 status[slot] = .successful
-                retired &+= 1
+                retiredOps &+= 1
                 hadError = true
-                return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 2), hadError: true)
+                return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 2), hadError: true)
             }
-            retired &+= 1
+            retiredOps &+= 1
             n += 1
         }
-        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 1), hadError: hadError)
+        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: hadError)
     }
 
     /// Retires up to `min(max, statuses.count)` ops, failed ones included, writing each op's
@@ -577,14 +577,14 @@ public final class CopyQueue {
         let limit = Swift.min(max, statuses.count)
         let bound = retirable
         var n = 0
-        while n < limit && retired < bound {
-            let slot = Int(truncatingIfNeeded: retired & mask)
+        while n < limit && retiredOps < bound {
+            let slot = Int(truncatingIfNeeded: retiredOps & mask)
             statuses[n] = status[slot]
             status[slot] = .successful
-            retired &+= 1
+            retiredOps &+= 1
             n += 1
         }
-        return (n, UInt16(truncatingIfNeeded: retired &- 1))
+        return (n, UInt16(truncatingIfNeeded: retiredOps &- 1))
     }
 
     /// Waits for the channel's interrupt until at least one submitted op can be retired (or
@@ -600,10 +600,14 @@ public final class CopyQueue {
             let g = channel.interruptGeneration
             refresh()
             if needsStart && submitted != finished { restartRemaining() }
-            if retirable != retired || outstanding == 0 { return }
+            if waitIsOver { return }
             _ = try await channel.waitForInterrupt(after: g, timeout: timeout)
         }
     }
+
+    /// Whether a wait for completions can end: an op can be retired, or none is outstanding.
+    /// (Op numbers and descriptor numbers differ once CPU ops exist: compare op numbers only.)
+    private var waitIsOver: Bool { retirable != retiredOps || outstanding == 0 }
 
     // Constant errors: throwing them does not allocate.
     private static let tooLarge = DriverError(.descriptorTooLarge,
