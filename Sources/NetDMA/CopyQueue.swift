@@ -300,7 +300,7 @@ public final class CopyQueue {
             flags |= ControlFlags.serializeTransfer.rawValue
             fenceEnd = enqueued &+ 1
         }
-        return try put(size: 0, flags: flags, source: 0, destination: 0)
+        return try put(size: Self.nullSize, flags: flags, source: 0, destination: 0)
     }
 
     /// An op shorter than the threshold: recorded to run on the CPU at the next submit, unless
@@ -325,7 +325,7 @@ public final class CopyQueue {
                 flags |= ControlFlags.serializeTransfer.rawValue
                 fenceEnd = enqueued &+ 1
             }
-            return try put(size: empty ? 0 : UInt32(truncatingIfNeeded: length), flags: flags,
+            return try put(size: empty ? Self.nullSize : UInt32(truncatingIfNeeded: length), flags: flags,
                            source: empty ? 0 : source, destination: empty ? 0 : destination)
         }
         cpuOps[Int(truncatingIfNeeded: cpuEnqueued & mask)] = CPUOp(op: issued, source: source, destination: destination,
@@ -608,6 +608,12 @@ public final class CopyQueue {
     /// Whether a wait for completions can end: an op can be retired, or none is outstanding.
     /// (Op numbers and descriptor numbers differ once CPU ops exist: compare op numbers only.)
     private var waitIsOver: Bool { retirable != retiredOps || outstanding == 0 }
+
+    /// The TransferSize of a NULL descriptor. NetDMA lets the engine ignore it, but some CBDMA
+    /// generations fail a NULL of size 0 with DXSERR (the CB 3.0 erratum), and on a 1.x chain a
+    /// running engine may fetch a descriptor as soon as the old tail links to it, before the
+    /// provider's Append could conform it: so the queue writes 1 itself and depends on no fix-up.
+    private static let nullSize: UInt32 = 1
 
     // Constant errors: throwing them does not allocate.
     private static let tooLarge = DriverError(.descriptorTooLarge,
