@@ -173,13 +173,24 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     // MARK: - The try-lock
 
-    /// Takes the channel, waiting (spinning, then yielding) for the poller or the interrupt
-    /// thread to let go. Control paths only.
+    /// Takes the channel, waiting (spinning, then yielding, then sleeping) for the poller, the
+    /// client or the interrupt thread to let go. Control paths and the ISR.
+    ///
+    /// The ISR runs on a real-time interrupt thread pinned to its CPU, which a holder preempted
+    /// on that CPU cannot get back while the ISR spins or yields (`sched_yield` passes the CPU
+    /// only to real-time threads): after the yields it sleeps a microsecond at a time.
     private func acquire() {
         var n = 0
         while !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             n += 1
-            if n < 100 { cvfio_pause() } else { sched_yield() }
+            if n < 100 {
+                cvfio_pause()
+            } else if n < 200 {
+                sched_yield()
+            } else {
+                var ts = timespec(tv_sec: 0, tv_nsec: 1000)
+                nanosleep(&ts, nil)
+            }
         }
     }
 
