@@ -224,6 +224,10 @@ CVFIO_INLINE int cvfio_gettid(void) { return (int)syscall(SYS_gettid); }
 CVFIO_INLINE int cvfio_set_thread_affinity(const uint64_t *_Nonnull mask, size_t words) {
     return cvfio_result((int)syscall(SYS_sched_setaffinity, 0, words * 8, mask));
 }
+/** sched_setaffinity(2) of thread `tid` (0: the caller) from a bit mask of `words` 64-bit words. */
+CVFIO_INLINE int cvfio_set_affinity_of(int tid, const uint64_t *_Nonnull mask, size_t words) {
+    return cvfio_result((int)syscall(SYS_sched_setaffinity, tid, words * 8, mask));
+}
 /** sched_getaffinity(2) of the calling thread; returns bytes written or -errno. */
 CVFIO_INLINE int cvfio_get_thread_affinity(uint64_t *_Nonnull mask, size_t words) {
     return cvfio_result((int)syscall(SYS_sched_getaffinity, 0, words * 8, mask));
