@@ -49,6 +49,10 @@ struct Bench: ResultCommand {
     @Option(help: "poll (spin on the completion word) or interrupt (sleep on the channel's interrupt).")
     var mode: BenchMode = .poll
 
+    @Option(name: .customLong("wait-spin"),
+            help: "Interrupt mode: microseconds a waiting thread spins on the interrupt before it sleeps (0: sleep at once).")
+    var waitSpin: Double = 50
+
     @Option(help: "Seconds of streaming per size (default 0.25; --quick 0.03).")
     var seconds: Double?
 
@@ -88,6 +92,7 @@ struct Bench: ResultCommand {
         if let s = sizes, s.isEmpty { throw ValidationError("--sizes needs at least one size.") }
         if let s = seconds, s <= 0 || s > 3600 { throw ValidationError("--seconds must be between 0 and 3600.") }
         if let n = latencySamples, n < 1 { throw ValidationError("--latency-samples must be at least 1.") }
+        guard waitSpin >= 0, waitSpin <= 1_000_000 else { throw ValidationError("--wait-spin must be from 0 to 1000000 µs.") }
     }
 
     /// The settings a run used (part of the JSON).
@@ -98,10 +103,14 @@ struct Bench: ResultCommand {
         var queueDepth: Int
         var channels: Int
         var mode: BenchMode
+        /// Interrupt mode: how long a waiting thread spins before it sleeps, in microseconds.
+        var waitSpinMicroseconds: Double
         var secondsPerSize: Double
         var latencySamples: Int
         var workingSet: Int
         var tscHz: Double
+
+        var waitSpin: Duration { .nanoseconds(Int64(waitSpinMicroseconds * 1000)) }
     }
 
     /// One size's results (also a CSV row).
@@ -138,6 +147,8 @@ struct Bench: ResultCommand {
         /// (CopyQueue's CPU-copy threshold); nil when memcpy wins at the largest size.
         var copyThreshold: Int?
         var errors: [String]
+        /// Where the threads ran, when the bench placed them (on a device model).
+        var placement: String?
     }
 
     /// The JSON document.
@@ -159,7 +170,7 @@ struct Bench: ResultCommand {
         }
         ws = max(ws, sz.last ?? 0)
         return (Settings(sizes: sz, batch: batch, ring: ring, queueDepth: queueDepth ?? ring - 1, channels: channels, mode: mode,
-                         secondsPerSize: seconds ?? (quick ? 0.03 : 0.25), latencySamples: latencySamples ?? (quick ? 100 : 2000),
+                         waitSpinMicroseconds: waitSpin, secondsPerSize: seconds ?? (quick ? 0.03 : 0.25), latencySamples: latencySamples ?? (quick ? 100 : 2000),
                          workingSet: ws, tscHz: tscHz), note)
     }
 
@@ -219,7 +230,10 @@ struct Bench: ResultCommand {
         while i + 8 <= s.workingSet { source.base.storeBytes(of: g.next(), toByteOffset: i, as: UInt64.self); i += 8 }
 
         var pendingFault = session.injectCopyFault
-        var result = EngineResult(engine: session.label, name: session.identity.name, channels: n, rows: [], copyThreshold: nil, errors: [])
+        let placement = Placement(session, dpcCPU: rigs[0].channel.cpu)
+        defer { placement.restore() }
+        var result = EngineResult(engine: session.label, name: session.identity.name, channels: n, rows: [], copyThreshold: nil,
+                                  errors: [], placement: placement.description)
         let buffers = BenchBuffers(source: source.base, sourceIOVA: source.iova, destination: destination.base,
                                    destinationIOVA: destination.iova, length: s.workingSet)
         for (k, size) in s.sizes.enumerated() {
@@ -241,7 +255,7 @@ struct Bench: ResultCommand {
             let verified = run.error == nil && memcmp(source.base, destination.base, touched) == 0
             if run.error == nil && !verified { result.errors.append("\(ByteCount.format(size)): a destination differs from its source after the stream") }
             progress(f + 0.5 / Double(s.sizes.count), "\(ByteCount.format(size)): latency")
-            let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, tscHz: s.tscHz)
+            let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, spin: s.waitSpin, tscHz: s.tscHz)
             if let e = lat.error { result.errors.append("\(ByteCount.format(size)) QD1: \(e)") }
             progress(f + 0.8 / Double(s.sizes.count), "\(ByteCount.format(size)): memcpy")
             let cpu = Bench.memcpyRun(buffers, size: size, seconds: s.secondsPerSize / 2, tscHz: s.tscHz)
@@ -259,6 +273,38 @@ struct Bench: ResultCommand {
         _ = consume source
         _ = consume destination
         return result
+    }
+
+    /// Thread placement on a device model: the model's engine thread (the device) on the first
+    /// channel's DPC CPU, where a real engine's MSI-X interrupt would arrive, and the submitting
+    /// thread on the other CPUs. Then no wake-up crosses CPUs: the engine's interrupt wakes the
+    /// interrupt thread on its own CPU, and the submitter sees the DPC's work by spinning or is
+    /// woken once. Left to the scheduler, the two busy threads sometimes share a CPU, and each
+    /// op then waits for a time slice. On hardware nothing is placed.
+    struct Placement {
+        /// "model engine thread on CPU 1 (the DPC CPU), submitter on CPUs {0}"; nil when nothing was placed.
+        let description: String?
+        private let saved: CPUSet?
+
+        init(_ session: EngineSession, dpcCPU: Int) {
+            let allowed = CPUSet.allowed
+            var others = allowed
+            others.remove(dpcCPU)
+            guard let tid = session.engine.model?.engineThreadID, tid != 0, !others.isEmpty,
+                  (try? CPUAffinity.pinThread(tid, to: [dpcCPU])) != nil,
+                  (try? CPUAffinity.pinCurrentThread(to: others)) != nil else {
+                description = nil
+                saved = nil
+                return
+            }
+            description = "model engine thread on CPU \(dpcCPU) (the DPC CPU), submitter on CPUs \(others)"
+            saved = allowed
+        }
+
+        /// Gives the submitting thread back the CPUs it had.
+        func restore() {
+            if let saved { try? CPUAffinity.pinCurrentThread(to: saved) }
+        }
     }
 
     /// The smallest measured size from which the engine's GB/s is at least memcpy's at every
@@ -397,7 +443,7 @@ struct Bench: ResultCommand {
                         r.error = r.error ?? "a copy failed: \(queues[i].lastFault.map { "\($0)" } ?? "device error")"
                         stop = true
                     } else if c.count == 0 {
-                        do throws(DriverError) { try rigs[i].waitForInterrupt(after: g, timeout: .seconds(5)) } catch {
+                        do throws(DriverError) { try rigs[i].waitForInterrupt(after: g, timeout: .seconds(5), spin: s.waitSpin) } catch {
                             r.error = r.error ?? error.message
                             stop = true
                         }
@@ -416,7 +462,8 @@ struct Bench: ResultCommand {
     }
 
     /// Queue depth 1: enqueue one copy with a submit, then wait for it (spin or interrupt).
-    static func latency(_ rig: ChannelRig, _ b: BenchBuffers, size: Int, samples: Int, mode: BenchMode, tscHz: Double) -> LatencyResult {
+    static func latency(_ rig: ChannelRig, _ b: BenchBuffers, size: Int, samples: Int, mode: BenchMode, spin: Duration,
+                        tscHz: Double) -> LatencyResult {
         var out: [Double] = []
         out.reserveCapacity(samples)
         let q = rig.queue
@@ -431,7 +478,7 @@ struct Bench: ResultCommand {
             do throws(DriverError) {
                 _ = try q.enqueueCopy(source: b.sourceIOVA &+ off, destination: b.destinationIOVA &+ off, length: size)
                 try q.submit()
-                if mode == .interrupt { try rig.waitForInterrupt(after: g, timeout: .seconds(5)) }
+                if mode == .interrupt { try rig.waitForInterrupt(after: g, timeout: .seconds(5), spin: spin) }
             } catch {
                 return LatencyResult(samples: out.sorted(), error: error.message)
             }
@@ -488,11 +535,12 @@ struct Bench: ResultCommand {
     static func table(_ doc: Document, note: String?) -> String {
         let s = doc.settings
         var out = [doc.headline]
-        out.append("batch \(s.batch), ring \(s.ring), queue depth \(s.queueDepth), \(s.mode.rawValue) mode, working set \(approximateBytes(s.workingSet)), \(String(format: "%.2f", s.secondsPerSize)) s per size, TSC \(String(format: "%.2f", s.tscHz / 1e9)) GHz")
+        out.append("batch \(s.batch), ring \(s.ring), queue depth \(s.queueDepth), \(s.mode.rawValue) mode\(s.mode == .interrupt ? " (spin \(String(format: "%.0f", s.waitSpinMicroseconds)) µs)" : ""), working set \(approximateBytes(s.workingSet)), \(String(format: "%.2f", s.secondsPerSize)) s per size, TSC \(String(format: "%.2f", s.tscHz / 1e9)) GHz")
         if let note { out.append("note: \(note)") }
         for e in doc.engines {
             out.append("")
             out.append("\(e.engine): \(e.name), \(e.channels) channel\(e.channels == 1 ? "" : "s")")
+            if let p = e.placement { out.append("  \(p)") }
             var rows = [["SIZE", "OPS/S", "GB/S", "CYC/OP", "QD1 P50", "QD1 P99", "MEMCPY GB/S", "ENGINE/CPU", "CHECK"]]
             for r in e.rows {
                 rows.append([ByteCount.format(r.size), rate(r.opsPerSecond), String(format: "%.2f", r.gigabytesPerSecond),
