@@ -3,6 +3,7 @@ import CVFIO
 import Foundation
 import NetDMAEngines
 import Platform
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -43,7 +44,7 @@ struct Bench: ResultCommand {
     @Option(name: .customLong("queue-depth"), help: "Most copies in flight per channel (default: ring size - 1).")
     var queueDepth: Int?
 
-    @Option(help: "Channels to use (at most the engine's).")
+    @Option(help: "Channels to use, one submitting thread each (at most the engine's; more is an error).")
     var channels: Int = 1
 
     @Option(help: "poll (spin on the completion word) or interrupt (sleep on the channel's interrupt).")
@@ -117,6 +118,8 @@ struct Bench: ResultCommand {
     struct Row: Codable, Equatable {
         var size: Int
         var ops: Int
+        /// Ops per channel (each channel's own submitting thread), in channel order.
+        var channelOps: [Int] = []
         var opsPerSecond: Double
         var gigabytesPerSecond: Double
         /// Submitter TSC cycles per op: its share of a batch's enqueues and submit, plus its
@@ -168,7 +171,8 @@ struct Bench: ResultCommand {
             ws = max(sz.last ?? 0, limit & ~4095)
             note = "working set reduced to \(approximateBytes(ws)) to fit RLIMIT_MEMLOCK (run as root or raise `ulimit -l` for more)"
         }
-        ws = max(ws, sz.last ?? 0)
+        // Each channel's stream gets its own slice (page-aligned) of at least the largest size.
+        ws = max(ws, max(1, channels) * (((sz.last ?? 0) + 4095) & ~4095))
         return (Settings(sizes: sz, batch: batch, ring: ring, queueDepth: queueDepth ?? ring - 1, channels: channels, mode: mode,
                          waitSpinMicroseconds: waitSpin, secondsPerSize: seconds ?? (quick ? 0.03 : 0.25), latencySamples: latencySamples ?? (quick ? 100 : 2000),
                          workingSet: ws, tscHz: tscHz), note)
@@ -212,7 +216,12 @@ struct Bench: ResultCommand {
     }
 
     static func run(_ session: EngineSession, _ s: Settings, progress: (Double, String) -> Void) throws(DriverError) -> EngineResult {
-        let n = min(s.channels, session.channelCount)
+        guard s.channels <= session.channelCount else {
+            let has = session.channelCount
+            throw DriverError(.invalidArgument,
+                "--channels \(s.channels): \(session.label) has \(has) channel\(has == 1 ? "" : "s"); ask for 1 to \(has)\(session.engine.isModel ? " (the model's profile sets how many: e.g. --generation cb1 has 4 channels, --model dsa 4 work queues)" : "").")
+        }
+        let n = s.channels
         var rigs: [ChannelRig] = []
         defer { for r in rigs { r.free() } }
         let memory = session.memory
@@ -245,14 +254,13 @@ struct Bench: ResultCommand {
             progress(f, "\(ByteCount.format(size)): stream")
             memset(destination.base, 0, s.workingSet)
             // Warm-up: wakes an engine (or a model's thread) from its idle state.
-            _ = Bench.stream(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
+            _ = Bench.streams(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
             memset(destination.base, 0, s.workingSet)
             pendingFault?()
             pendingFault = nil
-            let run = Bench.stream(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
+            let (run, slices) = Bench.streams(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
             if let e = run.error { result.errors.append("\(ByteCount.format(size)): \(e)") }
-            let touched = min(run.ops, s.workingSet / size) * size
-            let verified = run.error == nil && memcmp(source.base, destination.base, touched) == 0
+            let verified = run.error == nil && slices.allSatisfy { memcmp(source.base + $0.offset, destination.base + $0.offset, $0.bytes) == 0 }
             if run.error == nil && !verified { result.errors.append("\(ByteCount.format(size)): a destination differs from its source after the stream") }
             progress(f + 0.5 / Double(s.sizes.count), "\(ByteCount.format(size)): latency")
             let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, spin: s.waitSpin, tscHz: s.tscHz)
@@ -261,7 +269,7 @@ struct Bench: ResultCommand {
             let cpu = Bench.memcpyRun(buffers, size: size, seconds: s.secondsPerSize / 2, tscHz: s.tscHz)
             let gbps = run.seconds > 0 ? Double(run.ops * size) / run.seconds / 1e9 : 0
             result.rows.append(Row(
-                size: size, ops: run.ops, opsPerSecond: run.seconds > 0 ? Double(run.ops) / run.seconds : 0,
+                size: size, ops: run.ops, channelOps: slices.map(\.ops), opsPerSecond: run.seconds > 0 ? Double(run.ops) / run.seconds : 0,
                 gigabytesPerSecond: gbps, cyclesPerOp: run.cyclesPerOp,
                 emptyPolls: run.emptyPolls, preemptedIntervals: run.preempted, latencySamples: lat.samples.count,
                 latencyP50Nanoseconds: percentile(lat.samples, 0.50), latencyP99Nanoseconds: percentile(lat.samples, 0.99),
@@ -364,6 +372,22 @@ struct Bench: ResultCommand {
             }
         }
 
+        /// Adds another channel's stream (run at the same time): counts add up, the seconds
+        /// are the longer ones, the first error is kept.
+        mutating func merge(_ o: StreamResult) {
+            ops += o.ops
+            seconds = max(seconds, o.seconds)
+            submitCycles &+= o.submitCycles
+            submitOps += o.submitOps
+            pollCycles &+= o.pollCycles
+            pollOps += o.pollOps
+            emptyPolls += o.emptyPolls
+            preempted += o.preempted
+            allCycles &+= o.allCycles
+            allOps += o.allOps
+            error = error ?? o.error
+        }
+
         /// Enqueue+submit cycles per op plus completed cycles per op. When every interval
         /// looked preempted (a build instrumented by a sanitizer runs that slowly), the mean
         /// over all intervals instead: a figure, not 0.
@@ -371,6 +395,62 @@ struct Bench: ResultCommand {
             if submitOps == 0 && pollOps == 0 { return allOps > 0 ? Double(allCycles) / Double(allOps) : 0 }
             return (submitOps > 0 ? Double(submitCycles) / Double(submitOps) : 0) + (pollOps > 0 ? Double(pollCycles) / Double(pollOps) : 0)
         }
+    }
+
+    /// The steady stream on every channel at once: one submitting thread per channel (this
+    /// thread drives the first), each on its own slice of the working set, all started together.
+    /// Returns the sum over the channels (the longest thread's seconds) and, per channel, its
+    /// slice's offset, the bytes written there and its ops.
+    static func streams(_ rigs: [ChannelRig], _ b: BenchBuffers, size: Int, _ s: Settings,
+                        seconds: Double) -> (StreamResult, slices: [(offset: Int, bytes: Int, ops: Int)]) {
+        let n = rigs.count
+        let sliceLength = n == 1 ? b.length : max(size, (b.length / n) & ~4095)
+        let parts = (0..<n).map { k in
+            BenchBuffers(source: b.source + k * sliceLength, sourceIOVA: b.sourceIOVA + UInt64(k * sliceLength),
+                         destination: b.destination + k * sliceLength, destinationIOVA: b.destinationIOVA + UInt64(k * sliceLength),
+                         length: sliceLength)
+        }
+        let jobs = (0..<n).map { StreamJob(rig: rigs[$0], buffers: parts[$0]) }
+        let go = StartSignal()
+        let done = DispatchSemaphore(value: 0)
+        for job in jobs.dropFirst() {
+            let t = Thread {
+                go.wait()
+                job.result = Bench.stream([job.rig], job.buffers, size: size, s, seconds: seconds)
+                done.signal()
+            }
+            t.start()
+        }
+        go.release()
+        jobs[0].result = Bench.stream([jobs[0].rig], jobs[0].buffers, size: size, s, seconds: seconds)
+        for _ in 1..<n { done.wait() }
+        var total = StreamResult()
+        var slices: [(offset: Int, bytes: Int, ops: Int)] = []
+        for (k, job) in jobs.enumerated() {
+            total.merge(job.result)
+            slices.append((k * sliceLength, min(job.result.ops, max(1, sliceLength / size)) * size, job.result.ops))
+        }
+        return (total, slices)
+    }
+
+    /// One channel's stream on its own thread.
+    final class StreamJob: @unchecked Sendable {
+        // @unchecked: `rig` and `buffers` are used by one thread at a time (handed over when
+        // the thread starts); `result` is written by that thread before it signals.
+        let rig: ChannelRig
+        let buffers: BenchBuffers
+        var result = StreamResult()
+        init(rig: ChannelRig, buffers: BenchBuffers) {
+            self.rig = rig
+            self.buffers = buffers
+        }
+    }
+
+    /// Lets the streams' threads start at once.
+    final class StartSignal: Sendable {
+        private let started = Atomic<Bool>(false)
+        func release() { started.store(true, ordering: .releasing) }
+        func wait() { while !started.load(ordering: .acquiring) { sched_yield() } }
     }
 
     /// The steady stream: batches while there is room, one `completed` per channel per pass.

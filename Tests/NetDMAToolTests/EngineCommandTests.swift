@@ -376,6 +376,22 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         }
     }
 
+    @Test("--channels N: N submitting threads, one per channel, each retires ops; the row is their sum",
+          arguments: [(["--generation", "cb1"], 4), (["--model", "dsa"], 3)])
+    func channelsEachDoWork(_ engine: [String], _ n: Int) throws {
+        let tree = try emptyMachine()
+        let r = try execute(["bench", "--quick", "--channels", "\(n)", "--json"] + engine + roots(tree))
+        #expect(r.exitCode == 0, "\(r.text)")
+        let doc = try decode(Bench.Document.self, r.text)
+        let e = try #require(doc.engines.first)
+        #expect(e.channels == n)
+        for row in e.rows {
+            #expect(row.verified)
+            #expect(row.channelOps.count == n && row.channelOps.allSatisfy { $0 > 0 }, "\(row.channelOps)")
+            #expect(row.channelOps.reduce(0, +) == row.ops)
+        }
+    }
+
     @Test func queueDepthOneAndSmallRingsWork() throws {
         let tree = try emptyMachine()
         let r = try execute(["bench", "--quick", "--sizes", "256", "--batch", "1", "--queue-depth", "1", "--ring", "2", "--json"] + roots(tree))
