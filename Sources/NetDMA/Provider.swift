@@ -40,6 +40,12 @@ public struct ProviderFlags: OptionSet, Sendable, Hashable {
     public static let fill = ProviderFlags(rawValue: 0x1_0000)
     /// Honours source/destination page-break descriptors.
     public static let pageBreak = ProviderFlags(rawValue: 0x2_0000)
+
+    /// The bits of NetDMA's own `Flags` field (the low 16); the bits above are this library's
+    /// capability bits. NetDMA 1.0 and 1.1 define no flags: these bits must be 0 there.
+    public static let netDMAMask: UInt32 = 0x0000_FFFF
+    /// Every flag this library knows; a provider declaring another bit is refused.
+    public static let known: ProviderFlags = [.dcaSupported, .supportsProcessorGroups, .fill, .pageBreak]
 }
 
 /// Which optional provider callbacks exist (NetDMA's NULL function pointers).
@@ -122,7 +128,8 @@ public struct ChannelParameters: @unchecked Sendable {
     public var completionAddress: UnsafeMutablePointer<UInt64>
     /// The IOVA of the completion word.
     public var completionIOVA: UInt64
-    /// CPUs acceptable for the channel's interrupt and DPC.
+    /// CPUs acceptable for the channel's interrupt and DPC: never empty, and only CPUs this
+    /// process may use (the interface checks both before it calls the provider).
     public var affinity: CPUSet
     /// Priority among channels of the same engine; higher is more important.
     public var priority: Int
