@@ -87,6 +87,9 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// release build's disassembly). An `unowned(unsafe)` copy was tried and is worse: the
     /// compiler retains an unmanaged existential around each call to keep it alive.
     let engine: any ProviderChannel
+    /// ``ProviderChannel/completesByPolling``: a polling client runs the provider's completion
+    /// processing first (``pollProvider()``).
+    let providerPolls: Bool
     /// The provider's record (strong: a channel keeps it alive; the record drops its channels
     /// when they are freed, so there is no lasting cycle).
     let record: ProviderRecord
@@ -140,6 +143,7 @@ public final class NetDMAChannel: @unchecked Sendable {
         self.record = record
         self.provider = provider
         self.engine = providerChannel
+        providerPolls = providerChannel.completesByPolling
         self.index = providerChannel.index
         self.cpu = cpu
         self.priority = priority
@@ -187,6 +191,14 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     @usableFromInline
     func loadCompletionWord() -> UInt64 { word.pointee.load(ordering: .acquiring) }
+
+    /// On a provider whose engine does not write the completion word (DSA), turns what the
+    /// engine reported into the word on this thread (``ProviderChannel/pollCompletions()``);
+    /// nothing otherwise. Hot path: one branch on a constant when there is nothing to do.
+    @inline(__always)
+    func pollProvider() {
+        if providerPolls { engine.pollCompletions() }
+    }
 
     /// Whether chains are counted (2.0 provider) rather than NULL-terminated (1.x).
     public var countedChains: Bool { providerVersion.countedChains }
