@@ -301,9 +301,11 @@ public final class CopyQueue {
 
     // MARK: - completion
 
-    /// Reads the completion word once and advances ``finished``; handles a halt (cold).
+    /// Reads the completion word once (after the provider's completion processing, on DSA) and
+    /// advances ``finished``; handles a halt (cold).
     @inline(__always)
     private func refresh() {
+        channel.pollProvider()
         let w = channel.loadCompletionWord()
         let st = w & CompletionWord.statusMask
         if st == UInt64(TransferStatus.halted.rawValue) || channel.faultPending.load(ordering: .relaxed) {
