@@ -468,9 +468,11 @@ public final class CopyQueue {
 
     // MARK: - completion
 
-    /// Reads the completion word once and advances ``finished``; handles a halt (cold).
+    /// Reads the completion word once (after the provider's completion processing, on DSA) and
+    /// advances ``finished``; handles a halt (cold).
     @inline(__always)
     private func refresh() {
+        channel.pollProvider()
         let w = channel.loadCompletionWord()
         let st = w & CompletionWord.statusMask
         if st == UInt64(TransferStatus.halted.rawValue) || channel.faultPending.load(ordering: .relaxed) {
@@ -593,15 +595,33 @@ public final class CopyQueue {
     /// - Throws: `.unsupported` without interrupts; `.timeout` when no interrupt came within
     ///   `timeout`.
     public func waitForCompletion(timeout: Duration = .seconds(5)) async throws(DriverError) {
-        guard interrupts else {
-            throw DriverError(.unsupported, "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
-        }
+        guard interrupts else { throw Self.noInterrupts }
         while true {
             let g = channel.interruptGeneration
             refresh()
             if needsStart && submitted != finished { restartRemaining() }
             if waitIsOver { return }
             _ = try await channel.waitForInterrupt(after: g, timeout: timeout)
+        }
+    }
+
+    /// Blocks the calling thread until at least one submitted op can be retired (or nothing is
+    /// outstanding): the wait of DPDK- or SPDK-style code that polls on its own thread. The
+    /// thread spins on the channel's interrupt for up to `spin` (about twice as long as recent
+    /// waits took), then sleeps until the DPC wakes it
+    /// (``NetDMAChannel/blockUntilInterrupt(after:timeout:spin:)``). Unlike
+    /// ``waitForCompletion(timeout:)``, no executor hop follows the DPC. Needs `interrupts: true`.
+    ///
+    /// - Throws: `.unsupported` without interrupts; `.timeout` when no interrupt came within
+    ///   `timeout`; `.invalidState` when the channel is freed meanwhile.
+    public func blockUntilCompletion(timeout: Duration = .seconds(5), spin: Duration = .microseconds(50)) throws(DriverError) {
+        guard interrupts else { throw Self.noInterrupts }
+        while true {
+            let g = channel.interruptGeneration
+            refresh()
+            if needsStart && submitted != finished { restartRemaining() }
+            if waitIsOver { return }
+            _ = try channel.blockUntilInterrupt(after: g, timeout: timeout, spin: spin)
         }
     }
 
@@ -622,6 +642,8 @@ public final class CopyQueue {
         "The op's addresses reach beyond the engine's maximum address; use DMA memory the engine can reach.")
     private static let full = DriverError(.queueFull,
         "The copy queue is full; retire finished ops with completed(max:) before enqueueing more.")
+    private static let noInterrupts = DriverError(.unsupported,
+        "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
     private static let noFill = DriverError(.unsupported,
         "This provider does not execute fill descriptors; use a copy from a pattern buffer.")
 }

@@ -2,7 +2,7 @@ import NetDMA
 import Platform
 import Testing
 
-// One test per row of the README's "Bad input" table that concerns the NetDMA API (rows A1–A14): the bad
+// One test per row of the README's "Bad input" table that concerns the NetDMA API (rows A1–A15): the bad
 // input, the error code, and that the message says what to do.
 
 /// A started fixture provider on its own registry, with one channel allocated.
@@ -84,10 +84,13 @@ struct NetDMABadInputTests {
         try registry.deregister(h)
     }
 
-    @Test("A5 an affinity with no CPU this process may use")
+    @Test("A5 an empty affinity, or one with no CPU this process may use")
     func unusableAffinity() throws {
         let s = try Started()
-        expectError(.invalidArgument, mentioning: ["usable"]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [4095]) }
+        let allowed = CPUSet.allowed.description
+        expectError(.invalidArgument, mentioning: ["usable", allowed]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [4095]) }
+        expectError(.invalidArgument, mentioning: ["empty", allowed]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [] as CPUSet) }
+        #expect(s.registry.info(s.handle)?.allocatedChannels == 0, "a refused allocation holds no channel")
     }
 
     @Test("A6 a handle the registry does not know, and Deregister before Stop")
@@ -195,5 +198,27 @@ struct NetDMABadInputTests {
         expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueNull() }
         expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 64) }
         expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 4096) }
+    }
+
+    @Test("A15 a NetDMA 1.0 or 1.1 provider declaring characteristic flags; unknown flag bits")
+    func flagsBelow20() throws {
+        for version in [NetDMAVersion.v1_0, .v1_1] {
+            // Defined NetDMA flags and bits NetDMA never defined: 1.x Flags must be 0.
+            for raw: UInt32 in [ProviderFlags.dcaSupported.rawValue, ProviderFlags.supportsProcessorGroups.rawValue, 0x4, 0x8000] {
+                let p = try FixtureMemcpyProvider(version: version, flags: [.fill, ProviderFlags(rawValue: raw)])
+                defer { p.shutdown() }
+                let r = NetDMARegistry()
+                expectError(.invalidArgument, mentioning: ["Flags 0x\(String(raw, radix: 16))", "define no flags"]) { _ = try r.register(p) }
+                #expect(r.providers.isEmpty, "\(version) with flags 0x\(String(raw, radix: 16)) was registered")
+            }
+            // The library's capability bits are not NetDMA flags.
+            let fill = try FixtureMemcpyProvider(version: version, flags: [.fill])
+            defer { fill.shutdown() }
+            let r = NetDMARegistry()
+            try r.deregister(try r.register(fill))
+        }
+        let unknown = try FixtureMemcpyProvider(version: .v2_0, flags: ProviderFlags(rawValue: 0x4))
+        defer { unknown.shutdown() }
+        expectError(.invalidArgument, mentioning: ["Unknown provider flag bits 0x4"]) { _ = try NetDMARegistry().register(unknown) }
     }
 }

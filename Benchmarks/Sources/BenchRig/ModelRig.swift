@@ -76,8 +76,8 @@ public final class IOATModelRig: EngineRig {
 }
 
 /// The DSA model (Sapphire Rapids profile) with a ``DSAProvider`` on it: one dedicated work
-/// queue; the provider's completion poller turns completion records into the NetDMA completion
-/// word (a third busy thread, not counted in ``engineThread``).
+/// queue. The queue's polls turn completion records into the NetDMA completion word on the
+/// submitter's thread; the provider's completion poller then only looks every millisecond.
 public final class DSAModelRig: EngineRig {
     /// - Parameters:
     ///   - version: the NetDMA version the provider declares.
