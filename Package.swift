@@ -108,6 +108,8 @@ let package = Package(
         .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool", "NetDMAEngines"], swiftSettings: swiftSettings),
         .testTarget(name: "NetDMAEnginesTests", dependencies: ["NetDMAEngines", "DeviceModels", "Hardware", "CopyExample"],
                     swiftSettings: swiftSettings),
+        // Drives libnetdma-c.so from C programs (C/) and checks the header against NetDMA.
+        .testTarget(name: "NetDMACTests", dependencies: ["CNetDMA", "NetDMA"], exclude: ["C"], swiftSettings: swiftSettings),
         .testTarget(name: "VMTests", dependencies: ["VFIO", "Platform", "NetDMA", "Edu", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
     ]
 )

@@ -221,7 +221,8 @@ typedef struct netdma_buffer {
 } netdma_buffer;
 
 /** Allocates a zeroed, pinned buffer of length bytes (2 MiB pages when available) on NUMA node
- *  numa_node (-1: the calling thread's policy) and maps it into every engine.
+ *  numa_node (-1: the calling thread's policy) and maps it into every engine (*out is zeroed
+ *  on failure).
  *  [thread: any; owns: the set owns the memory; free with netdma_mem_free or netdma_close] */
 int netdma_mem_alloc(netdma_engines *engines, size_t length, int numa_node, netdma_buffer *out);
 
