@@ -81,7 +81,9 @@ let package = Package(
             name: "NetDMAC",
             dependencies: ["CNetDMA", "NetDMAEngines"],
             exclude: ["netdma.map"],
-            swiftSettings: swiftSettings,
+            // LLVM would merge the enqueue entry points (same shape) into one that calls
+            // CopyQueue through a function pointer: a call and an indirect call more per op.
+            swiftSettings: swiftSettings + [.unsafeFlags(["-Xfrontend", "-disable-llvm-merge-functions-pass"])],
             linkerSettings: [.unsafeFlags([
                 "-static-stdlib",
                 "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/NetDMAC/netdma.map",

@@ -60,14 +60,14 @@ extension netdma_open_params {
     static var defaults: netdma_open_params {
         netdma_open_params(size: UInt32(MemoryLayout<netdma_open_params>.size), source: NETDMA_SOURCE_AUTO,
                            addresses: nil, address_count: 0, model: nil, profile: nil, flags: 0,
-                           netdma_version: 0, dsa_work_queues: 0, reserved: 0)
+                           netdma_version: 0, dsa_work_queues: 0, model_idle_spins: 0)
     }
 
     /// What to open, as ``EngineSelection`` says it.
     func selection() throws(DriverError) -> EngineSelection {
-        guard flags & ~(NETDMA_OPEN_IOVA_VA | NETDMA_OPEN_NO_INTERRUPTS) == 0, reserved == 0 else {
+        guard flags & ~(NETDMA_OPEN_IOVA_VA | NETDMA_OPEN_NO_INTERRUPTS) == 0 else {
             throw DriverError(.invalidArgument,
-                "netdma_open: flags 0x\(String(flags, radix: 16)) has bits netdma.h does not define (or reserved is not 0); use NETDMA_OPEN_* flags.")
+                "netdma_open: flags 0x\(String(flags, radix: 16)) has bits netdma.h does not define; use NETDMA_OPEN_* flags.")
         }
         var parsed: [PCIAddress] = []
         if address_count > 0 {
@@ -132,6 +132,11 @@ extension netdma_open_params {
                 throw DriverError(.invalidArgument, "netdma_open: dsa_work_queues is for the DSA model; leave it 0 for \(family.rawValue).")
             }
             m.dsa.workQueues = Int(dsa_work_queues)
+        }
+        if model_idle_spins != 0 {
+            m.ioat.spinIterations = Int(model_idle_spins)
+            m.dsaModel.spinIterations = Int(model_idle_spins)
+            m.dsa.pollerSpins = Int(model_idle_spins)
         }
         return m
     }

@@ -35,7 +35,7 @@ extension DriverError.Code {
 /// Records `error` as the calling thread's last error and returns its code. Copies the message
 /// into thread-local storage (a Swift string's contiguous UTF-8: no allocation).
 @inline(never)
-func fail(_ error: DriverError) -> Int32 {
+func fail(_ error: consuming DriverError) -> Int32 {
     let code = error.code.netdmaCode.rawValue
     if error.code == .queueFull {
         // The C wording: netdma_strerror(NETDMA_EFULL) names the C calls to make.

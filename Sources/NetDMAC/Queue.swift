@@ -80,16 +80,21 @@ public func netdma_queue_destroy(_ queue: OpaquePointer?) -> Int32 {
 
 // MARK: - hot path
 
+// The enqueue entry points handle the common case (a queue, flags 0 or NETDMA_OP_FENCE) with
+// nothing live across the call into CopyQueue; unknown flags and NETDMA_OP_SUBMIT take the
+// out-of-line path (still without allocating).
+
 @c @implementation
 public func netdma_enqueue_copy(_ queue: OpaquePointer?, _ src: UInt64, _ dst: UInt64, _ length: UInt32, _ flags: UInt64) -> Int32 {
     guard let queue else { return null("netdma_enqueue_copy", "queue") }
-    guard flags & ~knownOpFlags == 0 else { return unknownOpFlags("netdma_enqueue_copy", flags) }
+    guard flags & ~NETDMA_OP_FENCE == 0 else {
+        return enqueueSlowly("netdma_enqueue_copy", queue, flags) { q, fence throws(DriverError) in
+            try q.enqueueCopy(source: src, destination: dst, length: Int(length), fence: fence)
+        }
+    }
     return CQueue.with(queue) { q in
         do throws(DriverError) {
-            let ticket = try q.queue.enqueueCopy(source: src, destination: dst, length: Int(length),
-                                                 fence: flags & NETDMA_OP_FENCE != 0)
-            if flags & NETDMA_OP_SUBMIT != 0 { submitAfterEnqueue(q.queue) }
-            return Int32(ticket)
+            return Int32(try q.queue.enqueueCopy(source: src, destination: dst, length: Int(length), fence: flags != 0))
         } catch {
             return fail(error)
         }
@@ -99,13 +104,14 @@ public func netdma_enqueue_copy(_ queue: OpaquePointer?, _ src: UInt64, _ dst: U
 @c @implementation
 public func netdma_enqueue_fill(_ queue: OpaquePointer?, _ pattern: UInt64, _ dst: UInt64, _ length: UInt32, _ flags: UInt64) -> Int32 {
     guard let queue else { return null("netdma_enqueue_fill", "queue") }
-    guard flags & ~knownOpFlags == 0 else { return unknownOpFlags("netdma_enqueue_fill", flags) }
+    guard flags & ~NETDMA_OP_FENCE == 0 else {
+        return enqueueSlowly("netdma_enqueue_fill", queue, flags) { q, fence throws(DriverError) in
+            try q.enqueueFill(pattern: pattern, destination: dst, length: Int(length), fence: fence)
+        }
+    }
     return CQueue.with(queue) { q in
         do throws(DriverError) {
-            let ticket = try q.queue.enqueueFill(pattern: pattern, destination: dst, length: Int(length),
-                                                 fence: flags & NETDMA_OP_FENCE != 0)
-            if flags & NETDMA_OP_SUBMIT != 0 { submitAfterEnqueue(q.queue) }
-            return Int32(ticket)
+            return Int32(try q.queue.enqueueFill(pattern: pattern, destination: dst, length: Int(length), fence: flags != 0))
         } catch {
             return fail(error)
         }
@@ -115,23 +121,37 @@ public func netdma_enqueue_fill(_ queue: OpaquePointer?, _ pattern: UInt64, _ ds
 @c @implementation
 public func netdma_enqueue_null(_ queue: OpaquePointer?, _ flags: UInt64) -> Int32 {
     guard let queue else { return null("netdma_enqueue_null", "queue") }
-    guard flags & ~knownOpFlags == 0 else { return unknownOpFlags("netdma_enqueue_null", flags) }
+    guard flags & ~NETDMA_OP_FENCE == 0 else {
+        return enqueueSlowly("netdma_enqueue_null", queue, flags) { q, fence throws(DriverError) in try q.enqueueNull(fence: fence) }
+    }
     return CQueue.with(queue) { q in
         do throws(DriverError) {
-            let ticket = try q.queue.enqueueNull(fence: flags & NETDMA_OP_FENCE != 0)
-            if flags & NETDMA_OP_SUBMIT != 0 { submitAfterEnqueue(q.queue) }
-            return Int32(ticket)
+            return Int32(try q.queue.enqueueNull(fence: flags != 0))
         } catch {
             return fail(error)
         }
     }
 }
 
-/// NETDMA_OP_SUBMIT: a failed submit leaves the ops enqueued (netdma_submit retries) and
-/// records why as the thread's last error; the enqueue still returns its ticket.
-@inline(__always)
-func submitAfterEnqueue(_ queue: CopyQueue) {
-    do throws(DriverError) { try queue.submit() } catch { _ = fail(error) }
+/// An enqueue with unknown flags or NETDMA_OP_SUBMIT. After the enqueue,
+/// NETDMA_OP_SUBMIT submits: a failed submit leaves the ops enqueued (netdma_submit retries)
+/// and records why as the thread's last error; the enqueue still returns its ticket.
+@inline(never)
+func enqueueSlowly(_ function: StaticString, _ queue: OpaquePointer, _ flags: UInt64,
+                   _ enqueue: (CopyQueue, Bool) throws(DriverError) -> UInt16) -> Int32 {
+    guard flags & ~knownOpFlags == 0 else { return unknownOpFlags(function, flags) }
+    return CQueue.with(queue) { q in
+        let ticket: UInt16
+        do throws(DriverError) {
+            ticket = try enqueue(q.queue, flags & NETDMA_OP_FENCE != 0)
+        } catch {
+            return fail(error)
+        }
+        if flags & NETDMA_OP_SUBMIT != 0 {
+            do throws(DriverError) { try q.queue.submit() } catch { _ = fail(error) }
+        }
+        return Int32(ticket)
+    }
 }
 
 @c @implementation

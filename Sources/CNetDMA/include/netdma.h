@@ -125,7 +125,8 @@ typedef struct netdma_open_params {
     uint32_t flags;                /* NETDMA_OPEN_* */
     uint32_t netdma_version;       /* model: the provider's NetDMA version, major << 16 | minor (0: 2.0; 1.1 on cb1) */
     uint32_t dsa_work_queues;      /* DSA model: dedicated work queues, 1-8 (0: 4), one channel each */
-    uint32_t reserved;             /* 0 */
+    uint32_t model_idle_spins;     /* model: idle passes its engine thread (and the DSA provider's completion
+                                      poller) spin before sleeping (0: 2000); benchmarks raise it */
 } netdma_open_params;
 
 #define NETDMA_OPEN_PARAMS_INIT \
