@@ -40,6 +40,12 @@ public struct ProviderFlags: OptionSet, Sendable, Hashable {
     public static let fill = ProviderFlags(rawValue: 0x1_0000)
     /// Honours source/destination page-break descriptors.
     public static let pageBreak = ProviderFlags(rawValue: 0x2_0000)
+
+    /// The bits of NetDMA's own `Flags` field (the low 16); the bits above are this library's
+    /// capability bits. NetDMA 1.0 and 1.1 define no flags: these bits must be 0 there.
+    public static let netDMAMask: UInt32 = 0x0000_FFFF
+    /// Every flag this library knows; a provider declaring another bit is refused.
+    public static let known: ProviderFlags = [.dcaSupported, .supportsProcessorGroups, .fill, .pageBreak]
 }
 
 /// Which optional provider callbacks exist (NetDMA's NULL function pointers).
@@ -122,7 +128,8 @@ public struct ChannelParameters: @unchecked Sendable {
     public var completionAddress: UnsafeMutablePointer<UInt64>
     /// The IOVA of the completion word.
     public var completionIOVA: UInt64
-    /// CPUs acceptable for the channel's interrupt and DPC.
+    /// CPUs acceptable for the channel's interrupt and DPC: never empty, and only CPUs this
+    /// process may use (the interface checks both before it calls the provider).
     public var affinity: CPUSet
     /// Priority among channels of the same engine; higher is more important.
     public var priority: Int
@@ -261,6 +268,18 @@ public protocol ProviderChannel: AnyObject, Sendable {
     /// interrupt (CBDMA INT_REARM) so the next completion can interrupt again.
     func rearmInterrupt()
 
+    /// Whether a polling client must call ``pollCompletions()`` before it reads the completion
+    /// word: true for an engine that does not write the word itself (DSA writes completion
+    /// records, which the provider turns into the word). Constant for the channel's life.
+    var completesByPolling: Bool { get }
+
+    /// Turns what the engine has reported since the last call into the completion word (and
+    /// hands the engine more of the chain if it waited for room), on the client's thread: what
+    /// DPDK's idxd driver does in `rte_dma_completed`. ``CopyQueue`` calls it on each poll
+    /// when ``completesByPolling`` is true. Hot path: no lock, allocation, retain/release or
+    /// system call; never blocks (another thread doing the same work is left to finish it).
+    func pollCompletions()
+
     /// Why the channel halted, if it did (decoded error registers). Cleared by Start/Reset.
     ///
     /// Contract on an error halt: the completion word (when the engine writes it) holds the
@@ -271,6 +290,9 @@ public protocol ProviderChannel: AnyObject, Sendable {
 }
 
 extension ProviderChannel {
+    /// The engine writes the completion word itself (CBDMA).
+    public var completesByPolling: Bool { false }
+    public func pollCompletions() {}
     public func suspend() throws(DriverError) -> UInt64 {
         throw DriverError(.unsupported, "This provider does not implement SuspendDma.")
     }

@@ -181,7 +181,8 @@ public final class NetDMARegistry: Sendable {
     /// the CPUs this process may use), and tells clients.
     ///
     /// - Throws: `.unsupported` for a version above 2.1 or below 1.0; `.invalidArgument` for a
-    ///   missing 2.0 friendly name, flags not allowed for the version, or no channels;
+    ///   missing 2.0 friendly name, unknown flag bits, characteristic flags on a 1.0 or 1.1
+    ///   provider (those versions define none), page break below 2.0, or no channels;
     ///   `.busy` when the provider is already registered; the provider's affinity error.
     public func register(_ provider: any NetDMAProvider) throws(DriverError) -> ProviderHandle {
         let c = provider.characteristics
@@ -216,10 +217,20 @@ public final class NetDMARegistry: Sendable {
             throw DriverError(.invalidArgument, "A NetDMA \(c.version) provider must have a friendly name.")
         }
         if c.version < .v2_0 {
-            let v2only: ProviderFlags = [.dcaSupported, .supportsProcessorGroups, .pageBreak]
-            guard c.flags.intersection(v2only).isEmpty else {
-                throw DriverError(.invalidArgument, "Flags \(String(c.flags.rawValue, radix: 16)) need NetDMA 2.0; a \(c.version) provider's NetDMA flags must be 0.")
+            // NetDMA 1.0 and 1.1 define no characteristic flags (netdma.md §2, §4.4): Flags is 0.
+            let netDMA = c.flags.rawValue & ProviderFlags.netDMAMask
+            guard netDMA == 0 else {
+                throw DriverError(.invalidArgument,
+                    "A NetDMA \(c.version) provider declared characteristic Flags 0x\(String(netDMA, radix: 16)); NetDMA 1.0 and 1.1 define no flags (Flags must be 0). Declare NetDMA 2.0 or later for DCA or processor groups.")
             }
+            guard !c.flags.contains(.pageBreak) else {
+                throw DriverError(.invalidArgument,
+                    "A NetDMA \(c.version) provider declared page break, a NetDMA 2.0 feature; declare NetDMA 2.0 or later, or drop the flag.")
+            }
+        }
+        guard c.flags.subtracting(ProviderFlags.known).isEmpty else {
+            throw DriverError(.invalidArgument,
+                "Unknown provider flag bits 0x\(String(c.flags.subtracting(ProviderFlags.known).rawValue, radix: 16)); declare only the ProviderFlags this interface defines.")
         }
         guard c.maxChannelCount >= 1 else {
             throw DriverError(.invalidArgument, "A provider must have at least one channel, declared \(c.maxChannelCount).")
@@ -229,8 +240,9 @@ public final class NetDMARegistry: Sendable {
         }
     }
 
-    /// `NetDmaProviderStart`: the hardware is ready. Validates the attributes, starts the
-    /// provider's interrupt thread, and tells clients the provider arrived.
+    /// `NetDmaProviderStart`: the hardware is ready. Validates the attributes, sets up the
+    /// provider's interrupt machinery (a thread per DPC CPU, made with the first channel whose
+    /// interrupt goes there), and tells clients the provider arrived.
     ///
     /// - Throws: `.invalidState` unless registered (not started); `.invalidArgument` when the
     ///   maximum transfer is below 4096, or the channel count is 0 or above the maximum.
@@ -247,19 +259,15 @@ public final class NetDMARegistry: Sendable {
             throw DriverError(.invalidArgument, "MaximumAddressSpace must be non-zero.")
         }
         try transition(handle, "Start", from: [.registered])
-        do {
-            let dispatcher = try InterruptDispatcher(name: c.friendlyName) { [unowned self] channel, report in
-                self.dpcCPU(for: channel, lastCompleted: report.lastCompleted)
-            }
-            state.withLock { s in
-                s.providers[handle.id]?.record.dispatcher = dispatcher
-                s.providers[handle.id]?.attributes = attributes
-                s.providers[handle.id]?.state = .started
-                s.providers[handle.id]?.busy = false
-            }
-        } catch {
-            state.withLock { s in s.providers[handle.id]?.busy = false }
-            throw error
+        // Its threads (one per DPC CPU) start with the first channel that has a vector.
+        let dispatcher = InterruptDispatcher { [unowned self] channel, report in
+            self.dpcCPU(for: channel, lastCompleted: report.lastCompleted)
+        }
+        state.withLock { s in
+            s.providers[handle.id]?.record.dispatcher = dispatcher
+            s.providers[handle.id]?.attributes = attributes
+            s.providers[handle.id]?.state = .started
+            s.providers[handle.id]?.busy = false
         }
         record.poweredDown.store(false, ordering: .releasing)
         record.deviceOff.store(false, ordering: .releasing)
@@ -268,7 +276,7 @@ public final class NetDMARegistry: Sendable {
 
     /// `NetDmaProviderStop`: tells clients the provider is going, waits (up to
     /// ``drainTimeout`` per channel) for outstanding descriptors, aborts or resets a channel that
-    /// does not drain, frees every channel and stops the interrupt thread. Blocks.
+    /// does not drain, frees every channel and stops the interrupt threads. Blocks.
     ///
     /// - Returns: the channels that had to be aborted (empty when all drained).
     /// - Throws: `.invalidState` unless started.
@@ -430,14 +438,17 @@ public final class NetDMARegistry: Sendable {
     /// completion word in the provider's DMA memory.
     ///
     /// - Parameters:
-    ///   - affinity: CPUs acceptable for the channel's interrupt and DPC; empty means any CPU
-    ///     this process may use. CPUs the process may not use are ignored.
+    ///   - affinity: CPUs acceptable for the channel's interrupt and DPC (NetDMA's
+    ///     `ProcessorAffinityMask`, which must not be empty); by default every CPU this process
+    ///     may use. CPUs that do not exist or that the process may not use are ignored.
     ///   - priority: priority among the engine's channels.
     /// - Returns: the channel; ``NetDMAChannel/cpu`` is the CPU chosen (always in `affinity`).
     /// - Throws: `.invalidState` when the provider is not started or is powered down; `.busy`
-    ///   when every usable channel is allocated; `.invalidArgument` when no CPU of `affinity`
-    ///   is usable; the provider's error.
-    public func allocateChannel(provider handle: ProviderHandle, affinity: CPUSet = [], priority: Int = 0) throws(DriverError) -> NetDMAChannel {
+    ///   when every usable channel is allocated; `.invalidArgument` when `affinity` is empty or
+    ///   holds no CPU this process may use (the message names the CPUs allowed); the
+    ///   provider's error.
+    public func allocateChannel(provider handle: ProviderHandle, affinity: CPUSet = CPUSet.allowed,
+                                priority: Int = 0) throws(DriverError) -> NetDMAChannel {
         let (record, attributes) = try state.withLock { s throws(DriverError) in
             guard let p = s.providers[handle.id] else { throw Self.unknown(handle) }
             guard p.state == .started, !p.busy, let a = p.attributes else {
@@ -446,9 +457,14 @@ public final class NetDMARegistry: Sendable {
             return (p.record, a)
         }
         let allowed = CPUSet.allowed
-        let cpus = affinity.isEmpty ? allowed : affinity.intersection(allowed)
+        guard !affinity.isEmpty else {
+            throw DriverError(.invalidArgument,
+                "The CPU set for the channel's interrupt and DPC is empty; NetDMA needs at least one acceptable CPU. Pass some of the CPUs this process may use: \(allowed).")
+        }
+        let cpus = affinity.intersection(allowed)
         guard !cpus.isEmpty else {
-            throw DriverError(.invalidArgument, "None of CPUs \(affinity) is usable by this process (allowed: \(allowed)).")
+            throw DriverError(.invalidArgument,
+                "None of CPUs \(affinity) is usable by this process (they do not exist or the process may not run there); pass some of the CPUs allowed: \(allowed).")
         }
         let inUse = record.channels.withLock { $0.count }
         guard inUse < attributes.channelCount else {

@@ -2,7 +2,7 @@ import NetDMA
 import Platform
 import Testing
 
-// One test per row of the README's "Bad input" table that concerns the NetDMA API (rows A1–A14): the bad
+// One test per row of the README's "Bad input" table that concerns the NetDMA API (rows A1–A15): the bad
 // input, the error code, and that the message says what to do.
 
 /// A started fixture provider on its own registry, with one channel allocated.
@@ -84,10 +84,13 @@ struct NetDMABadInputTests {
         try registry.deregister(h)
     }
 
-    @Test("A5 an affinity with no CPU this process may use")
+    @Test("A5 an empty affinity, or one with no CPU this process may use")
     func unusableAffinity() throws {
         let s = try Started()
-        expectError(.invalidArgument, mentioning: ["usable"]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [4095]) }
+        let allowed = CPUSet.allowed.description
+        expectError(.invalidArgument, mentioning: ["usable", allowed]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [4095]) }
+        expectError(.invalidArgument, mentioning: ["empty", allowed]) { _ = try s.registry.allocateChannel(provider: s.handle, affinity: [] as CPUSet) }
+        #expect(s.registry.info(s.handle)?.allocatedChannels == 0, "a refused allocation holds no channel")
     }
 
     @Test("A6 a handle the registry does not know, and Deregister before Stop")
@@ -140,12 +143,15 @@ struct NetDMABadInputTests {
         try c.free()
     }
 
-    @Test("A11 CopyQueue: a ring size that is not a power of two from 2 to 65536; a channel already started")
+    @Test("A11 CopyQueue: a ring size that is not a power of two from 2 to 65536; a negative CPU-copy threshold; a channel already started")
     func queueShape() throws {
         let s = try Started()
         let c = try s.channel()
         for size in [0, 1, 3, 100, 131072] {
             expectError(.invalidArgument, mentioning: ["power of two"]) { _ = try CopyQueue(channel: c, ringSize: size) }
+        }
+        for threshold in [-1, Int.min] {
+            expectError(.invalidArgument, mentioning: ["0 (off)", "\(threshold)"]) { _ = try CopyQueue(channel: c, ringSize: 8, cpuCopyThreshold: threshold) }
         }
         let pool = try DescriptorPool(memory: c.dmaMemory, count: 1)
         pool[0].pointee = Descriptor(transferSize: 1, controlFlags: [.nullTransfer, .statusUpdateOnCompletion])
@@ -167,11 +173,12 @@ struct NetDMABadInputTests {
         }
     }
 
-    @Test("A13 CopyQueue ops longer than the maximum transfer, beyond the engine's reach, or a fill without fill support")
-    func queueOps() throws {
+    @Test("A13 CopyQueue ops longer than the maximum transfer, beyond the engine's reach, or a fill without fill support (the CPU fallback refuses the same)",
+          arguments: [0, 1 << 30])
+    func queueOps(cpuCopyThreshold: Int) throws {
         let s = try Started(flags: [])
         let c = try s.channel()
-        let q = try CopyQueue(channel: c, ringSize: 8)
+        let q = try CopyQueue(channel: c, ringSize: 8, cpuCopyThreshold: cpuCopyThreshold)
         expectError(.descriptorTooLarge, mentioning: ["split"]) {
             _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: c.maximumTransferSize + 1)
         }
@@ -179,14 +186,39 @@ struct NetDMABadInputTests {
             _ = try q.enqueueCopy(source: 0x10_0000, destination: c.maximumAddress, length: 64)
         }
         expectError(.unsupported, mentioning: ["fill"]) { _ = try q.enqueueFill(pattern: 0, destination: 0x10_0000, length: 8) }
+        #expect(q.pendingSubmission == 0 && q.freeSlots == q.capacity)
     }
 
-    @Test("A14 CopyQueue enqueue when full")
-    func queueFull() throws {
+    @Test("A14 CopyQueue enqueue when full (engine and CPU ops share the capacity)", arguments: [0, 256])
+    func queueFull(cpuCopyThreshold: Int) throws {
         let s = try Started()
         let c = try s.channel()
-        let q = try CopyQueue(channel: c, ringSize: 4)
+        let q = try CopyQueue(channel: c, ringSize: 4, cpuCopyThreshold: cpuCopyThreshold)
         for _ in 0..<q.capacity { _ = try q.enqueueNull() }
         expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueNull() }
+        expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 64) }
+        expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 4096) }
+    }
+
+    @Test("A15 a NetDMA 1.0 or 1.1 provider declaring characteristic flags; unknown flag bits")
+    func flagsBelow20() throws {
+        for version in [NetDMAVersion.v1_0, .v1_1] {
+            // Defined NetDMA flags and bits NetDMA never defined: 1.x Flags must be 0.
+            for raw: UInt32 in [ProviderFlags.dcaSupported.rawValue, ProviderFlags.supportsProcessorGroups.rawValue, 0x4, 0x8000] {
+                let p = try FixtureMemcpyProvider(version: version, flags: [.fill, ProviderFlags(rawValue: raw)])
+                defer { p.shutdown() }
+                let r = NetDMARegistry()
+                expectError(.invalidArgument, mentioning: ["Flags 0x\(String(raw, radix: 16))", "define no flags"]) { _ = try r.register(p) }
+                #expect(r.providers.isEmpty, "\(version) with flags 0x\(String(raw, radix: 16)) was registered")
+            }
+            // The library's capability bits are not NetDMA flags.
+            let fill = try FixtureMemcpyProvider(version: version, flags: [.fill])
+            defer { fill.shutdown() }
+            let r = NetDMARegistry()
+            try r.deregister(try r.register(fill))
+        }
+        let unknown = try FixtureMemcpyProvider(version: .v2_0, flags: ProviderFlags(rawValue: 0x4))
+        defer { unknown.shutdown() }
+        expectError(.invalidArgument, mentioning: ["Unknown provider flag bits 0x4"]) { _ = try NetDMARegistry().register(unknown) }
     }
 }

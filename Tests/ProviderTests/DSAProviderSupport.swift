@@ -94,7 +94,7 @@ final class DSADirectChannel: @unchecked Sendable {
         word = try rig.memory.allocate(length: 64)
         word.base.storeBytes(of: UInt64(TransferStatus.armed.rawValue), as: UInt64.self)
         let p = ChannelParameters(completionAddress: word.base.assumingMemoryBound(to: UInt64.self),
-                                  completionIOVA: word.iova, affinity: [])
+                                  completionIOVA: word.iova, affinity: CPUSet.allowed)
         let (ch, cpu) = try rig.provider.allocateChannel(p)
         channel = ch as! ModelDSAChannel
         self.cpu = cpu

@@ -60,6 +60,7 @@ func run(_ args: [String]) {
     var engineCPU: Int? = 1
     var doMemcpy = true
     var warmup = 20_000
+    var cpuCopyThreshold = 0
     var fixedOps: Int? = nil
     var counting = false
     var i = 0
@@ -81,6 +82,7 @@ func run(_ args: [String]) {
         case "--engine-cpu": engineCPU = Int(value())
         case "--no-memcpy": doMemcpy = false
         case "--warmup": warmup = need(Int(value()), "bad --warmup")
+        case "--cpu-copy-threshold": cpuCopyThreshold = need(Int(value()).flatMap { $0 >= 0 ? $0 : nil }, "bad --cpu-copy-threshold")
         case "-o", "--ops": fixedOps = need(parseBytes(value()), "bad --ops")
         case "-c", "--count": counting = true
         default: fail("unknown option \(args[i])")
@@ -95,8 +97,8 @@ func run(_ args: [String]) {
     let rig: any ModelRig
     do {
         let pin = engineCPU.flatMap { $0 < cpus ? $0 : nil }
-        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin)
-                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin)
+        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
+                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
     } catch {
         fail("cannot bring up the \(profile) model: \(error)")
     }
@@ -219,6 +221,6 @@ case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
 case "counts": counts(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--ops N] [--count] | netdma-peer counts --run N OUTPUT CALLGRIND-PREFIX | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--cpu-copy-threshold BYTES] [--ops N] [--count] | netdma-peer counts --run N OUTPUT CALLGRIND-PREFIX | netdma-peer report FILE...")
     exit(2)
 }

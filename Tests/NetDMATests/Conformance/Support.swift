@@ -79,7 +79,7 @@ final class Harness {
 
     deinit { close() }
 
-    func channel(affinity: CPUSet = [], priority: Int = 0) throws(DriverError) -> NetDMAChannel {
+    func channel(affinity: CPUSet = CPUSet.allowed, priority: Int = 0) throws(DriverError) -> NetDMAChannel {
         try registry.allocateChannel(provider: handle, affinity: affinity, priority: priority)
     }
 }
