@@ -289,8 +289,9 @@ static const uint32_t CVFIO_IOAT_DESC_COMPLETION_WRITE __attribute__((unused)) =
 static const uint32_t CVFIO_IOAT_DESC_INT_ENABLE __attribute__((unused)) = 0x1u;
 
 /** A cached IOMMU translation: accesses of the window's size (a descriptor: 64 bytes; the
- *  completion word: 8; a copy's source or destination: the run's largest copy) may start at
- *  IOVA base … base + reach (none when base is ~0); host address of base at `host`. */
+ *  completion word: 8; a copy's source or destination: 1 byte, the loop checks where each copy
+ *  ends) may start at IOVA base … base + reach (none when base is ~0); host address of base
+ *  at `host`. */
 typedef struct {
     uint64_t base;
     uint64_t reach;
@@ -299,8 +300,9 @@ typedef struct {
 
 /** One run of the fast path: what it reads, and where it leaves its state. `ctl`, `cdar`,
  *  `completed`, `previous_completed`, `last_descriptor`, `chancmp` and `generation_word` are
- *  the Swift model's atomics (one 64-bit word each). The source and destination windows must
- *  not overlap in host memory (the loop copies without an overlap check). */
+ *  the Swift model's atomics (one 64-bit word each). When the source and destination windows
+ *  overlap in host memory (`overlap`: one mapping holds both buffers), each copy is checked
+ *  and one whose buffers overlap is left to the general path (memmove). */
 typedef struct {
     cvfio_window descriptor;
     cvfio_window source;
@@ -314,7 +316,8 @@ typedef struct {
     uint64_t *_Nonnull previous_completed;
     uint64_t *_Nonnull last_descriptor;
     const uint64_t *_Nonnull chancmp;
-    uint64_t largest;          /* the largest copy the run takes (the windows' access size) */
+    uint64_t largest;          /* the largest copy the run takes (larger: the general path) */
+    uint64_t overlap;          /* nonzero: the source and destination windows overlap */
     uint64_t state_active, state_done, status_soft_error;  /* completion-status encodings */
     /* In and out: the channel's descriptor count, the next descriptor, the control word. */
     uint16_t count;
@@ -343,7 +346,9 @@ typedef struct {
     const uint64_t sbase = r->source.base, sreach = r->source.reach;                         \
     const uint64_t tbase = r->destination.base, treach = r->destination.reach;               \
     char *const sbias = r->source.host - sbase, *const tbias = r->destination.host - tbase;  \
+    const uint64_t overlap = r->overlap;                                                     \
     int stopped = 0;                                                                         \
+    uint64_t published = ~0ull; /* the descriptor a completion write published, if any */      \
     while (cnt != end && cnt != (uint16_t)cv) {                                              \
         const uint64_t address = nx, off = address - dbase;                                  \
         if (((off >> 6) | (off << 58)) > dreach                                              \
@@ -357,9 +362,12 @@ typedef struct {
         if (c & CVFIO_IOAT_DESC_OFF_PATH) break;                                             \
         __builtin_memcpy(&src, d + 8, 8);                                                    \
         __builtin_memcpy(&dst, d + 16, 8);                                                   \
-        if (src - sbase > sreach || dst - tbase > treach) break;                             \
+        uint64_t send, tend; /* offsets of the copy's last bytes in the windows */            \
+        if (__builtin_add_overflow(src - sbase, size1, &send) || send > sreach                \
+            || __builtin_add_overflow(dst - tbase, size1, &tend) || tend > treach) break;     \
         char *const sp = sbias + src, *const tp = tbias + dst;                               \
         const size_t n = (size_t)size;                                                       \
+        if (__builtin_expect(overlap != 0, 0) && !(sp + n <= tp || tp + n <= sp)) break;       \
         uint64_t following;                                                                  \
         if (size1 >= 64) {                                                                   \
             if (size1 >= r->largest) break; /* sizes 0 and > largest: the general path */    \
@@ -392,6 +400,7 @@ typedef struct {
                 r->control = c; stopped = 1; break;                                           \
             }                                                                                \
             const uint64_t done = address & ~0x3Full;                                        \
+            published = address;                                                             \
             __atomic_store_n(r->last_descriptor, address, __ATOMIC_RELAXED);                 \
             __atomic_store_n(r->previous_completed, __atomic_load_n(r->completed, __ATOMIC_RELAXED), __ATOMIC_RELAXED); \
             __atomic_store_n(r->completed, done, __ATOMIC_RELEASE);                          \
@@ -402,7 +411,9 @@ typedef struct {
     }                                                                                        \
     const int executed = (uint16_t)(cnt - r->count);                                         \
     const uint64_t last = __atomic_load_n(cdar, __ATOMIC_RELAXED);                           \
-    if (executed) {                                                                          \
+    /* (A completion write may have published the last descriptor already: then CHANSTS's    \
+     * previous address, for torn reads, stays the one before it.) */                        \
+    if (executed && published != last) {                                                     \
         __atomic_store_n(r->last_descriptor, last, __ATOMIC_RELAXED);                        \
         __atomic_store_n(r->previous_completed, __atomic_load_n(r->completed, __ATOMIC_RELAXED), __ATOMIC_RELAXED); \
         __atomic_store_n(r->completed, last & ~0x3Full, __ATOMIC_RELEASE);                   \

@@ -111,7 +111,7 @@ final class IOATDeviceCore: @unchecked Sendable {
         fastRun.initialize(to: cvfio_ioat_run(
             descriptor: none, source: none, destination: none, completion: none, generation_word: word, generation: 1,
             ctl: word, cdar: scratch, completed: scratch, previous_completed: scratch, last_descriptor: scratch,
-            chancmp: word, largest: 0,
+            chancmp: word, largest: 0, overlap: 0,
             state_active: Ctl.active, state_done: Ctl.done, status_soft_error: IOAT.ChanSts.softError,
             count: 0, end: 0, next: 0, ctl_value: 0, last: 0, control: 0, stopped_after: 0))
         msix = .allocate(capacity: channelCount * 4)

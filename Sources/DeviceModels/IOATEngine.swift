@@ -264,8 +264,8 @@ extension IOATDeviceCore {
     /// before it began, as it would from a slower engine.
     ///
     /// The loop is C (``cvfio_ioat_run_copies``): the Swift compiler kept too little of it in
-    /// registers (about 80 instructions per 64-byte descriptor, against 50 in C). It runs only
-    /// when the source and destination windows do not overlap in host memory; it writes the
+    /// registers (about 80 instructions per 64-byte descriptor, against 50 in C). It leaves a copy
+    /// whose source and destination overlap in host memory to the general path (memmove); it writes the
     /// completion status itself when all is as usual (the cached completion window, ACTIVE,
     /// nothing posted) and leaves anything else to the caller.
     func runCached(_ ch: UnsafeMutablePointer<IOATChannelState>, count: inout UInt16, next: inout UInt64,
@@ -302,22 +302,23 @@ extension IOATDeviceCore {
     }
 
     /// Sets up ``fastRun`` for channel `ch` from the translation caches: whether runs can use
-    /// them (the descriptor, source and destination caches hold translations of `generation`,
-    /// and the source and destination do not overlap in host memory). Done again whenever a
-    /// cache is refilled, the generation changes or another channel runs.
+    /// them (the descriptor, source and destination caches hold translations of `generation`).
+    /// The loop checks that each copy lies in the source and destination mappings and, when
+    /// these overlap in host memory (one mapping holds both buffers), that its two buffers do
+    /// not overlap. Done again whenever a cache is refilled, the generation changes or
+    /// another channel runs.
     func prepareRun(_ ch: UnsafeMutablePointer<IOATChannelState>, generation: UInt64) -> Bool {
         let dc = caches + Self.cacheDescriptor, sc = caches + Self.cacheSource, tc = caches + Self.cacheDestination
         guard dc.pointee.generation == generation, sc.pointee.generation == generation,
               tc.pointee.generation == generation, dc.pointee.last &- dc.pointee.iova >= 63 else { return false }
         let sSpan = sc.pointee.last &- sc.pointee.iova, tSpan = tc.pointee.last &- tc.pointee.iova
         let sLow = UInt(bitPattern: sc.pointee.host), tLow = UInt(bitPattern: tc.pointee.host)
-        guard sLow &+ UInt(sSpan) < tLow || tLow &+ UInt(tSpan) < sLow else { return false }
         let r = fastRun
-        let largest = fastLargest
-        r.pointee.largest = largest
+        r.pointee.largest = fastLargest
+        r.pointee.overlap = sLow &+ UInt(sSpan) < tLow || tLow &+ UInt(tSpan) < sLow ? 0 : 1
         r.pointee.descriptor = window(dc, size: 64)
-        r.pointee.source = window(sc, size: largest)
-        r.pointee.destination = window(tc, size: largest)
+        r.pointee.source = window(sc, size: 1)
+        r.pointee.destination = window(tc, size: 1)
         let cc = caches + Self.cacheCompletion
         r.pointee.completion = cc.pointee.generation == generation ? window(cc, size: 8)
             : cvfio_window(base: ~0, reach: 0, host: r.pointee.completion.host)
@@ -344,7 +345,8 @@ extension IOATDeviceCore {
     }
 
     /// The largest copy the fast path takes: larger ones (up to the maximum transfer) take the
-    /// general path, whose cost is small beside theirs; windows smaller than this are not used.
+    /// general path, whose cost is small beside theirs (as do copies that do not lie in the
+    /// cached source and destination mappings).
     var fastLargest: UInt64 { min(maximumTransfer, 64 << 10) }
 
     /// The channel control word once no register writer holds it (writers hold it for a few
