@@ -288,10 +288,10 @@ static const uint32_t CVFIO_IOAT_DESC_OFF_PATH __attribute__((unused)) = 0xFF000
 static const uint32_t CVFIO_IOAT_DESC_COMPLETION_WRITE __attribute__((unused)) = 0x8u;
 static const uint32_t CVFIO_IOAT_DESC_INT_ENABLE __attribute__((unused)) = 0x1u;
 
-/** A cached IOMMU translation: accesses of the window's size (a descriptor: 64 bytes; the
- *  completion word: 8; a copy's source or destination: 1 byte, the loop checks where each copy
- *  ends) may start at IOVA base … base + reach (none when base is ~0); host address of base
- *  at `host`. */
+/** A cached IOMMU translation: accesses of the window's size (a descriptor, a copy's source
+ *  or destination: 64 bytes; the completion word: 8) may start at IOVA base … base + reach
+ *  (none when base is ~0); host address of base at `host`. (A copy of more than 64 bytes is
+ *  checked against the window's whole span, reach + 63.) */
 typedef struct {
     uint64_t base;
     uint64_t reach;
@@ -331,10 +331,11 @@ typedef struct {
 } cvfio_ioat_run;
 
 #if defined(__x86_64__)
-/* One run; COPY_LARGE copies n > 64 bytes from sp to tp. The descriptor window's base is
+/* One run; COPY_LARGE copies n > 64 bytes from sp to tp; OVERLAP (a constant) says whether the
+ * source and destination windows overlap, so that each copy is checked. The descriptor window's base is
  * 64-byte aligned (IOVA mappings are page aligned), so one compare of the offset rotated right
  * by 6 checks both the alignment and the window. */
-#define CVFIO_IOAT_RUN_BODY(COPY_LARGE)                                                         \
+#define CVFIO_IOAT_RUN_BODY(COPY_LARGE, OVERLAP)                                                \
     uint16_t cnt = r->count;                                                                 \
     const uint16_t end = r->end;                                                             \
     uint64_t nx = r->next, cv = r->ctl_value;                                                \
@@ -346,7 +347,6 @@ typedef struct {
     const uint64_t sbase = r->source.base, sreach = r->source.reach;                         \
     const uint64_t tbase = r->destination.base, treach = r->destination.reach;               \
     char *const sbias = r->source.host - sbase, *const tbias = r->destination.host - tbase;  \
-    const uint64_t overlap = r->overlap;                                                     \
     int stopped = 0;                                                                         \
     uint64_t published = ~0ull; /* the descriptor a completion write published, if any */      \
     while (cnt != end && cnt != (uint16_t)cv) {                                              \
@@ -362,19 +362,22 @@ typedef struct {
         if (c & CVFIO_IOAT_DESC_OFF_PATH) break;                                             \
         __builtin_memcpy(&src, d + 8, 8);                                                    \
         __builtin_memcpy(&dst, d + 16, 8);                                                   \
-        uint64_t send, tend; /* offsets of the copy's last bytes in the windows */            \
-        if (__builtin_add_overflow(src - sbase, size1, &send) || send > sreach                \
-            || __builtin_add_overflow(dst - tbase, size1, &tend) || tend > treach) break;     \
         char *const sp = sbias + src, *const tp = tbias + dst;                               \
         const size_t n = (size_t)size;                                                       \
-        if (__builtin_expect(overlap != 0, 0) && !(sp + n <= tp || tp + n <= sp)) break;       \
         uint64_t following;                                                                  \
         if (size1 >= 64) {                                                                   \
-            if (size1 >= r->largest) break; /* sizes 0 and > largest: the general path */    \
+            /* Sizes 0 and > largest: the general path; the copy's last bytes in the windows. */ \
+            uint64_t send, tend;                                                             \
+            if (size1 >= r->largest                                                          \
+                || __builtin_add_overflow(src - sbase, size1, &send) || send > sreach + 63    \
+                || __builtin_add_overflow(dst - tbase, size1, &tend) || tend > treach + 63) break; \
+            if (OVERLAP && !(sp + n <= tp || tp + n <= sp)) break;                           \
             __atomic_store_n(cdar, address, __ATOMIC_RELAXED);                               \
             __builtin_memcpy(&following, d + 24, 8);                                         \
             COPY_LARGE;                                                                      \
         } else {                                                                             \
+            if (src - sbase > sreach || dst - tbase > treach) break;                         \
+            if (OVERLAP && !(sp + n <= tp || tp + n <= sp)) break;                           \
             __atomic_store_n(cdar, address, __ATOMIC_RELAXED);                               \
             __builtin_memcpy(&following, d + 24, 8);                                         \
             if (size1 >= 32) {                                                               \
@@ -425,19 +428,28 @@ typedef struct {
     r->stopped_after = stopped;                                                              \
     return executed;
 
-/** The run with AVX2 copies inline (only when cvfio_cpu_avx2()). Returns descriptors executed. */
+/** The runs with AVX2 copies inline (only when cvfio_cpu_avx2()) and with baseline copies
+ *  (memcpy above 64 bytes), for windows apart and overlapping. Return descriptors executed. */
 static __attribute__((target("avx2"), noinline, unused))
 int cvfio_ioat_run_avx2(cvfio_ioat_run *_Nonnull r) {
-    CVFIO_IOAT_RUN_BODY(cvfio_copy_avx2_inline(tp, sp, n))
+    CVFIO_IOAT_RUN_BODY(cvfio_copy_avx2_inline(tp, sp, n), 0)
 }
-/** The run with baseline copies (memcpy above 64 bytes). Returns descriptors executed. */
+static __attribute__((target("avx2"), noinline, unused))
+int cvfio_ioat_run_avx2_overlap(cvfio_ioat_run *_Nonnull r) {
+    CVFIO_IOAT_RUN_BODY(cvfio_copy_avx2_inline(tp, sp, n), 1)
+}
 static __attribute__((noinline, unused))
 int cvfio_ioat_run_baseline(cvfio_ioat_run *_Nonnull r) {
-    CVFIO_IOAT_RUN_BODY(__builtin_memcpy(tp, sp, n))
+    CVFIO_IOAT_RUN_BODY(__builtin_memcpy(tp, sp, n), 0)
+}
+static __attribute__((noinline, unused))
+int cvfio_ioat_run_baseline_overlap(cvfio_ioat_run *_Nonnull r) {
+    CVFIO_IOAT_RUN_BODY(__builtin_memcpy(tp, sp, n), 1)
 }
 #undef CVFIO_IOAT_RUN_BODY
 /** Runs the fast path (see cvfio_ioat_run). Returns how many descriptors it executed. */
 CVFIO_INLINE int cvfio_ioat_run_copies(cvfio_ioat_run *_Nonnull r, int avx2) {
+    if (r->overlap) return avx2 ? cvfio_ioat_run_avx2_overlap(r) : cvfio_ioat_run_baseline_overlap(r);
     return avx2 ? cvfio_ioat_run_avx2(r) : cvfio_ioat_run_baseline(r);
 }
 #else

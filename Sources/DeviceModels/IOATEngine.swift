@@ -302,8 +302,8 @@ extension IOATDeviceCore {
     }
 
     /// Sets up ``fastRun`` for channel `ch` from the translation caches: whether runs can use
-    /// them (the descriptor, source and destination caches hold translations of `generation`).
-    /// The loop checks that each copy lies in the source and destination mappings and, when
+    /// them (the descriptor, source and destination caches hold translations of `generation`,
+    /// of at least 64 bytes each). The loop checks that each copy lies in the source and destination mappings and, when
     /// these overlap in host memory (one mapping holds both buffers), that its two buffers do
     /// not overlap. Done again whenever a cache is refilled, the generation changes or
     /// another channel runs.
@@ -312,13 +312,14 @@ extension IOATDeviceCore {
         guard dc.pointee.generation == generation, sc.pointee.generation == generation,
               tc.pointee.generation == generation, dc.pointee.last &- dc.pointee.iova >= 63 else { return false }
         let sSpan = sc.pointee.last &- sc.pointee.iova, tSpan = tc.pointee.last &- tc.pointee.iova
+        guard sSpan >= 63, tSpan >= 63 else { return false }  // (mappings are pages: never)
         let sLow = UInt(bitPattern: sc.pointee.host), tLow = UInt(bitPattern: tc.pointee.host)
         let r = fastRun
         r.pointee.largest = fastLargest
         r.pointee.overlap = sLow &+ UInt(sSpan) < tLow || tLow &+ UInt(tSpan) < sLow ? 0 : 1
         r.pointee.descriptor = window(dc, size: 64)
-        r.pointee.source = window(sc, size: 1)
-        r.pointee.destination = window(tc, size: 1)
+        r.pointee.source = window(sc, size: 64)
+        r.pointee.destination = window(tc, size: 64)
         let cc = caches + Self.cacheCompletion
         r.pointee.completion = cc.pointee.generation == generation ? window(cc, size: 8)
             : cvfio_window(base: ~0, reach: 0, host: r.pointee.completion.host)
