@@ -415,9 +415,11 @@ extension IOATDeviceCore {
     }
 
     /// Records CHANERR bits and their internal copy (config CHANERR_INT, unless masked there).
+    /// The copy first: a driver that sees the CHANERR bits finds CHANERR_INT set too, as on
+    /// hardware, where both are set by the same error.
     func recordError(_ c: Int, _ bits: UInt32) {
-        channels[c].chanerr.bitwiseOr(bits, ordering: .relaxed)
         config.recordChannelError(bits)
+        channels[c].chanerr.bitwiseOr(bits, ordering: .releasing)
     }
 
     /// Halts channel `c` with `error`: CHANERR, HALTED, the completion address left at the last
