@@ -9,6 +9,7 @@
 //   netdma-peer counts ...        reads a count-mode run's WINDOW lines and callgrind dumps and
 //                                 prints COUNT lines (instructions per op; see Counts.swift)
 //   netdma-peer report FILE...    reads RESULT/MEMCPY/COUNT lines (both sides) and prints the tables
+//                                 (--check: fail when the counts exceed CountCeilings, Report.swift)
 //
 // The line format is shared with Scripts/peer/dma_peer.c: `KIND key=value ...`.
 import BenchRig
@@ -221,6 +222,6 @@ case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
 case "counts": counts(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--cpu-copy-threshold BYTES] [--ops N] [--count] | netdma-peer counts --run N OUTPUT CALLGRIND-PREFIX | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--cpu-copy-threshold BYTES] [--ops N] [--count] | netdma-peer counts --run N OUTPUT CALLGRIND-PREFIX | netdma-peer report [--check] FILE...")
     exit(2)
 }
