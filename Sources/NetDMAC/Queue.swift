@@ -47,16 +47,14 @@ public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePoint
     guard p.flags & ~NETDMA_QUEUE_INTERRUPTS == 0 else {
         return fail(NETDMA_EINVAL, "netdma_queue_create: flags 0x\(String(p.flags, radix: 16)) has bits netdma.h does not define; use NETDMA_QUEUE_INTERRUPTS.")
     }
-    guard p.cpu_copy_threshold == 0 else {
-        return fail(NETDMA_ENOTSUP, "netdma_queue_create: this build has no CPU-copy fallback; set cpu_copy_threshold to 0.")
-    }
     return CChannel.with(channel) { c in
         guard !c.hasQueue else {
             return fail(NETDMA_EBUSY, "netdma_queue_create: the channel already has a queue; one queue per channel.")
         }
         do throws(DriverError) {
             let q = try CopyQueue(channel: c.channel, ringSize: p.ring_size == 0 ? 1024 : Int(p.ring_size),
-                                  interrupts: p.flags & NETDMA_QUEUE_INTERRUPTS != 0)
+                                  interrupts: p.flags & NETDMA_QUEUE_INTERRUPTS != 0,
+                                  cpuCopyThreshold: Int(p.cpu_copy_threshold))
             c.hasQueue = true
             out.pointee = CQueue(q, channel: c).retainedHandle
             return 0
@@ -215,7 +213,7 @@ public func netdma_queue_stats_get(_ queue: OpaquePointer?, _ stats: UnsafeMutab
         s.pending = UInt32(cq.pendingSubmission)
         s.outstanding = UInt32(cq.outstanding)
         s.failed = UInt64(cq.failedCount)
-        s.cpu_ops = 0
+        s.cpu_ops = UInt64(cq.cpuOpCount)
         copyCString(cq.lastFault?.description ?? "", into: &s.last_fault)
         stats.pointee = s
         return 0

@@ -404,9 +404,12 @@ typedef struct netdma_queue_params {
     uint32_t size;               /* sizeof(netdma_queue_params) */
     uint32_t ring_size;          /* descriptors in the ring, a power of two from 2 to 65536 (0: 1024); capacity is one less */
     uint32_t flags;              /* NETDMA_QUEUE_* */
-    uint32_t cpu_copy_threshold; /* copies and fills shorter than this many bytes run on the calling CPU
-                                    inside netdma_submit, with tickets and completions in order (Linux's
-                                    copybreak; `netdma bench` prints the engine's copy threshold); 0: none */
+    uint32_t cpu_copy_threshold; /* CPU fallback (Linux's copybreak): copies and fills shorter than this many
+                                    bytes run on the calling CPU inside netdma_submit, with tickets from the
+                                    same sequence, retired in ticket order with the engine's ops, sharing the
+                                    capacity, fences honoured; one whose IOVAs are not DMA memory is reported
+                                    failed (nothing written). Use the copy threshold `netdma bench` prints for
+                                    the engine; 0: every op goes to the engine */
 } netdma_queue_params;
 
 #define NETDMA_QUEUE_PARAMS_INIT { sizeof(netdma_queue_params), 0, 0, 0 }

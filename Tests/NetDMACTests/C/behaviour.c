@@ -1,6 +1,6 @@
 /* What the C ABI does on both device models: engines and their info, notifications, channel
  * CPU choice, copy/fill/NULL ops and their tickets, registered memory, the eventfd, and the
- * NetDMA level (descriptor chains, the completion word, Suspend/Resume/Abort/Reset, 1.x
+ * CPU fallback below cpu_copy_threshold, the NetDMA level (descriptor chains, the completion word, Suspend/Resume/Abort/Reset, 1.x
  * NULL-terminated chains). Run by CABITests.swift; exit status = failures. */
 #define _GNU_SOURCE
 #include "check.h"
@@ -119,6 +119,79 @@ static void queue_ops(netdma_engines *dma, const char *what) {
         }
     }
     CHECK(t == (t4 + 10 + 1100 * 60) % 65536, "the ticket wrapped to %d", t);
+
+    CHECK_OK(netdma_mem_unregister(dma, mine));
+    free(mine);
+    CHECK_OK(netdma_queue_destroy(q));
+    CHECK_OK(netdma_mem_free(dma, src.addr));
+    CHECK_OK(netdma_mem_free(dma, dst.addr));
+    CHECK_OK(netdma_channel_free(ch));
+}
+
+/* The CPU fallback (cpu_copy_threshold): ops shorter than it run on this thread inside
+ * netdma_submit, share the ticket sequence, and are retired in ticket order with the engine's;
+ * an op from an IOVA that is not DMA memory is reported failed, once, and writes nothing. */
+static void cpu_fallback(netdma_engines *dma, const char *what) {
+    printf("CPU fallback on %s\n", what);
+    netdma_channel *ch;
+    CHECK_OK(netdma_channel_alloc(dma, -1, NULL, 0, &ch));
+    netdma_queue_params qp = NETDMA_QUEUE_PARAMS_INIT;
+    qp.ring_size = 64;
+    qp.cpu_copy_threshold = 256;
+    netdma_queue *q;
+    CHECK_OK(netdma_queue_create(ch, &qp, &q));
+    netdma_buffer src, dst;
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &src));
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &dst));
+    for (size_t i = 0; i < src.length; i++) ((unsigned char *)src.addr)[i] = (unsigned char)(i * 29 + 3);
+    memset(dst.addr, 0, dst.length);
+    unsigned char *mine = aligned_alloc(4096, 8192);
+    memset(mine, 0, 8192);
+    uint64_t mine_iova;
+    CHECK_OK(netdma_mem_register(dma, mine, 8192, &mine_iova));
+
+    int t0 = netdma_enqueue_copy(q, src.iova, dst.iova, 64, 0);                  /* CPU */
+    int t1 = netdma_enqueue_copy(q, src.iova + 4096, dst.iova + 4096, 4096, 0);  /* engine */
+    int t2 = netdma_enqueue_copy(q, src.iova + 100, mine_iova + 9, 255, 0);      /* CPU, into registered memory */
+    int t3 = netdma_enqueue_copy(q, 0x10000, dst.iova + 12000, 64, 0);           /* CPU, not DMA memory: fails */
+    int t4 = netdma_enqueue_copy(q, src.iova + 300, dst.iova + 300, 256, 0);     /* engine (not shorter than 256) */
+    CHECK(t0 >= 0 && t1 == t0 + 1 && t2 == t0 + 2 && t3 == t0 + 3 && t4 == t0 + 4, "tickets %d %d %d %d %d", t0, t1, t2, t3, t4);
+    netdma_queue_stats s;
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.pending == 5 && s.cpu_ops == 0 && ((unsigned char *)dst.addr)[0] == 0 && mine[9] == 0,
+          "nothing runs before netdma_submit (pending %u, cpu_ops %llu)", s.pending, (unsigned long long)s.cpu_ops);
+    CHECK_OK(netdma_submit(q));
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.cpu_ops == 3 && s.pending == 0, "submit ran the three short ops on the CPU (cpu_ops %llu)",
+          (unsigned long long)s.cpu_ops);
+    uint16_t last = 0;
+    bool failed = false;
+    int n = 0;
+    for (long spins = 0; !failed && spins < 100000000L; spins++) n += netdma_completed(q, 8, &last, &failed);
+    CHECK(failed && n == 3 && last == (uint16_t)t2, "three ops, then the failed one (n %d, last %u)", n, last);
+    failed = false;
+    CHECK(drain(q, 1, &failed) == 1 && !failed, "the op after the failed one completes");
+    CHECK(memcmp(dst.addr, src.addr, 64) == 0, "CPU copy");
+    CHECK(memcmp((char *)dst.addr + 4096, (char *)src.addr + 4096, 4096) == 0, "engine copy");
+    CHECK(memcmp(mine + 9, (char *)src.addr + 100, 255) == 0 && mine[8] == 0 && mine[264] == 0,
+          "CPU copy into registered memory, nothing around it");
+    CHECK(memcmp((char *)dst.addr + 300, (char *)src.addr + 300, 256) == 0, "engine copy of 256 B");
+    unsigned char zero[64] = {0};
+    CHECK(memcmp((char *)dst.addr + 12000, zero, 64) == 0, "the failed CPU op wrote nothing");
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.failed == 1 && strstr(s.last_fault, "0x10000") != NULL && s.outstanding == 0 && s.free_slots == 63,
+          "stats: failed %llu, fault '%s'", (unsigned long long)s.failed, s.last_fault);
+
+    /* netdma_completed_status reports CPU ops too, in ticket order. */
+    CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova + 20000, 8, 0));
+    CHECK_OK(netdma_enqueue_copy(q, 0x10000, dst.iova + 20100, 8, 0));
+    CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova + 24576, 4096, NETDMA_OP_SUBMIT));
+    uint8_t st[3] = {9, 9, 9};
+    n = 0;
+    for (long spins = 0; n < 3 && spins < 100000000L; spins++) n += netdma_completed_status(q, (uint16_t)(3 - n), &last, st + n);
+    CHECK(n == 3 && st[0] == NETDMA_OP_STATUS_SUCCESSFUL && st[1] == NETDMA_OP_STATUS_FAILED &&
+              st[2] == NETDMA_OP_STATUS_SUCCESSFUL && last == (uint16_t)(t4 + 3),
+          "statuses %u %u %u (last %u)", st[0], st[1], st[2], last);
 
     CHECK_OK(netdma_mem_unregister(dma, mine));
     free(mine);
@@ -303,6 +376,7 @@ int main(void) {
     CHECK(ev.count[NETDMA_NOTIFY_CHANNEL_ARRIVAL] == 1, "CHANNEL_ARRIVAL when a channel is freed");
 
     queue_ops(dma, "the CBDMA model");
+    cpu_fallback(dma, "the CBDMA model");
     eventfd_wait(dma);
     netdma_level(dma, "the CBDMA model (NetDMA 2.0)");
     CHECK_OK(netdma_close(dma));
@@ -325,6 +399,7 @@ int main(void) {
 
     dma = open_model("dsa", NULL);
     queue_ops(dma, "the DSA model");
+    cpu_fallback(dma, "the DSA model");
     eventfd_wait(dma);
     netdma_level(dma, "the DSA model");
     CHECK_OK(netdma_close(dma));
