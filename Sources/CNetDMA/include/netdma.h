@@ -433,7 +433,7 @@ int netdma_queue_destroy(netdma_queue *queue);
 
 /** Enqueues a copy of length bytes from IOVA src to IOVA dst. Returns its ticket (0-65535,
  *  wrapping: DPDK's ring index) or NETDMA_EFULL, NETDMA_ETOOLARGE, NETDMA_EINVAL (unknown flag).
- *  Nothing moves before netdma_submit. [thread: the channel's; hot path; owns: nothing] */
+ *  Nothing moves before netdma_submit. Length 0 moves nothing and succeeds (as fills do). [thread: the channel's; hot path; owns: nothing] */
 int netdma_enqueue_copy(netdma_queue *queue, uint64_t src, uint64_t dst, uint32_t length, uint64_t flags);
 
 /** Enqueues a fill: the 8-byte pattern repeated over length bytes at IOVA dst. Returns its

@@ -201,6 +201,76 @@ static void cpu_fallback(netdma_engines *dma, const char *what) {
     CHECK_OK(netdma_channel_free(ch));
 }
 
+/* Legal corner cases: completed and submit on an empty queue, zero-length copies and fills
+ * (with and without the CPU fallback), destroying a queue with ops outstanding, a new queue on
+ * the same channel after it. */
+static void corner_cases(netdma_engines *dma, const char *what) {
+    printf("corner cases on %s\n", what);
+    netdma_channel *ch;
+    CHECK_OK(netdma_channel_alloc(dma, -1, NULL, 0, &ch));
+    netdma_channel_info ci;
+    CHECK_OK(netdma_channel_info_get(ch, &ci));
+    bool fill = ci.flags & NETDMA_CHANNEL_FILL;
+    netdma_buffer src, dst;
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &src));
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &dst));
+    memset(src.addr, 0xA5, src.length);
+    for (uint32_t threshold = 0; threshold <= 64; threshold += 64) {
+        netdma_queue_params qp = NETDMA_QUEUE_PARAMS_INIT;
+        qp.ring_size = 16;
+        qp.cpu_copy_threshold = threshold;
+        netdma_queue *q;
+        CHECK_OK(netdma_queue_create(ch, &qp, &q));
+        /* Nothing enqueued yet. */
+        uint16_t last = 1234;
+        bool failed = true;
+        CHECK(netdma_completed(q, 16, &last, &failed) == 0 && last == 0xFFFF && !failed,
+              "completed on a fresh queue: 0, last 0xFFFF, no error (last %u, threshold %u)", last, threshold);
+        CHECK(netdma_completed(q, 0, NULL, NULL) == 0, "completed with max 0");
+        CHECK(netdma_completed_status(q, 0, NULL, NULL) == 0, "completed_status with max 0 and no status array");
+        CHECK(netdma_submit(q) == 0, "submit with nothing enqueued succeeds (threshold %u)", threshold);
+        CHECK(netdma_burst_capacity(q) == 15, "capacity unchanged");
+        /* Zero-length ops touch nothing and succeed, with or without a fence. */
+        memset(dst.addr, 0, 4096);
+        int t0 = netdma_enqueue_copy(q, src.iova, dst.iova, 0, 0);
+        int t1 = netdma_enqueue_copy(q, src.iova, dst.iova + 64, 0, NETDMA_OP_FENCE);
+        int t2 = fill ? netdma_enqueue_fill(q, ~0ull, dst.iova + 128, 0, 0) : netdma_enqueue_null(q, 0);
+        int t3 = netdma_enqueue_copy(q, src.iova, dst.iova + 256, 8, NETDMA_OP_SUBMIT);
+        CHECK(t0 == 0 && t1 == 1 && t2 == 2 && t3 == 3, "tickets %d %d %d %d (threshold %u)", t0, t1, t2, t3, threshold);
+        uint8_t st[4] = {9, 9, 9, 9};
+        int n = 0;
+        for (long spins = 0; n < 4 && spins < 100000000L; spins++) n += netdma_completed_status(q, (uint16_t)(4 - n), &last, st + n);
+        CHECK(n == 4 && last == 3 && st[0] == 0 && st[1] == 0 && st[2] == 0 && st[3] == 0,
+              "zero-length ops succeed (n %d, statuses %u %u %u %u, threshold %u)", n, st[0], st[1], st[2], st[3], threshold);
+        unsigned char zero[256] = {0};
+        CHECK(memcmp(dst.addr, zero, 256) == 0 && ((unsigned char *)dst.addr)[256] == 0xA5,
+              "zero-length ops wrote nothing (threshold %u)", threshold);
+        /* Retired already: an empty poll says so and keeps the last ticket. */
+        last = 77;
+        failed = true;
+        CHECK(netdma_completed(q, 16, &last, &failed) == 0 && last == 3 && !failed, "empty poll after ops (last %u)", last);
+        CHECK(netdma_submit(q) == 0, "submit again with nothing enqueued");
+        /* Destroying a queue with ops enqueued and submitted: abandoned, the channel reset. */
+        for (int i = 0; i < 6; i++) CHECK_OK(netdma_enqueue_copy(q, src.iova + i * 4096, dst.iova + i * 4096, 4096, 0));
+        CHECK_OK(netdma_submit(q));
+        for (int i = 0; i < 4; i++) CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova, 64, 0)); /* never submitted */
+        CHECK_OK(netdma_queue_destroy(q));
+        CHECK(netdma_channel_state(ch) == NETDMA_STATE_ALLOCATED, "destroy left the channel allocated (state %d)",
+              netdma_channel_state(ch));
+    }
+    /* The channel takes a new queue; its tickets start again at 0. */
+    netdma_queue *q;
+    CHECK_OK(netdma_queue_create(ch, NULL, &q));
+    CHECK(netdma_enqueue_copy(q, src.iova, dst.iova + 8192, 512, NETDMA_OP_SUBMIT) == 0, "a fresh queue's first ticket is 0");
+    bool failed = false;
+    CHECK(drain(q, 1, &failed) == 1 && !failed && memcmp((char *)dst.addr + 8192, src.addr, 512) == 0,
+          "the new queue copies");
+    CHECK_OK(netdma_queue_destroy(q));
+    CHECK_OK(netdma_mem_free(dma, src.addr));
+    CHECK_OK(netdma_mem_free(dma, dst.addr));
+    CHECK_OK(netdma_channel_free(ch));
+}
+
 /* The eventfd: readable after the interrupt that ends a submit; then the ops can be retired. */
 static void eventfd_wait(netdma_engines *dma) {
     printf("eventfd\n");
@@ -377,6 +447,7 @@ int main(void) {
 
     queue_ops(dma, "the CBDMA model");
     cpu_fallback(dma, "the CBDMA model");
+    corner_cases(dma, "the CBDMA model");
     eventfd_wait(dma);
     netdma_level(dma, "the CBDMA model (NetDMA 2.0)");
     CHECK_OK(netdma_close(dma));
@@ -395,11 +466,13 @@ int main(void) {
     dma = open_model("ioat", "cb1");
     netdma_level(dma, "the CBDMA 1.2 model (NetDMA 1.1: NULL-terminated chains)");
     queue_ops(dma, "the CBDMA 1.2 model");
+    corner_cases(dma, "the CBDMA 1.2 model");
     CHECK_OK(netdma_close(dma));
 
     dma = open_model("dsa", NULL);
     queue_ops(dma, "the DSA model");
     cpu_fallback(dma, "the DSA model");
+    corner_cases(dma, "the DSA model");
     eventfd_wait(dma);
     netdma_level(dma, "the DSA model");
     CHECK_OK(netdma_close(dma));
