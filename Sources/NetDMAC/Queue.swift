@@ -34,6 +34,7 @@ extension netdma_queue_params {
 public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePointer<netdma_queue_params>?,
                                 _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let channel else { return null("netdma_queue_create", "channel") }
+    if let e = CChannel.notLive(channel, "netdma_queue_create", "channel", madeBy: "netdma_channel_alloc") { return e }
     guard let out else { return null("netdma_queue_create", "out") }
     out.pointee = nil
     var p = netdma_queue_params.defaults
@@ -71,6 +72,7 @@ public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePoint
 @c @implementation
 public func netdma_queue_destroy(_ queue: OpaquePointer?) -> Int32 {
     guard let queue else { return null("netdma_queue_destroy", "queue") }
+    if let e = CQueue.notLive(queue, "netdma_queue_destroy", "queue", madeBy: "netdma_queue_create") { return e }
     CQueue.with(queue) { $0.channel.hasQueue = false }
     CQueue.release(queue)  // the CopyQueue goes away here: a running channel is Reset
     return 0
@@ -204,6 +206,7 @@ public func netdma_burst_capacity(_ queue: OpaquePointer?) -> Int32 {
 @c @implementation
 public func netdma_queue_stats_get(_ queue: OpaquePointer?, _ stats: UnsafeMutablePointer<netdma_queue_stats>?) -> Int32 {
     guard let queue else { return null("netdma_queue_stats_get", "queue") }
+    if let e = CQueue.notLive(queue, "netdma_queue_stats_get", "queue", madeBy: "netdma_queue_create") { return e }
     guard let stats else { return null("netdma_queue_stats_get", "stats") }
     return CQueue.with(queue) { q in
         let cq = q.queue
