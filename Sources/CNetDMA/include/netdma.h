@@ -11,13 +11,18 @@
  *     Abort/Reset, and the 64-bit completion word.
  *
  * Build:  cc $(pkg-config --cflags --libs netdma) app.c
+ *         (installed by Scripts/install --prefix DIR outside the dynamic linker's path: run
+ *         with LD_LIBRARY_PATH=DIR/lib, or link with -Wl,-rpath,DIR/lib; netdma.pc has no rpath)
  *
  * Conventions (every function):
  *   - Return value: 0 or a non-negative result on success, a negative NETDMA_E* code on
  *     failure. netdma_last_error() then says, for this thread, what failed and what to do.
  *     A successful call does not clear it (like errno).
  *   - Handles (netdma_engines, netdma_channel, netdma_queue) are opaque. NULL is refused
- *     with NETDMA_EINVAL. A handle is invalid once the call that releases it returns.
+ *     with NETDMA_EINVAL. A handle is invalid once the call that releases it returns; calls
+ *     off the hot path refuse a released handle (a second close, free or destroy) or one of
+ *     another kind with NETDMA_EINVAL, until a later call hands out the same address again.
+ *     The hot path and the NetDMA-level calls check only for NULL.
  *   - Threads: calls on a netdma_engines (open, close, memory, channel allocation, power) may
  *     be made from any thread. A channel and the queue on it belong to one thread at a time
  *     (as a DPDK vchan): enqueue, submit, completed and the NetDMA-level calls on one channel
