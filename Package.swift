@@ -13,6 +13,7 @@
 //   IOAT, DSA, Edu       providers, one engine family each, generic over RegisterIO
 //   NetDMAEngines        the facade clients link: open engines (VFIO or model), DMA memory, channels
 //   NetDMATool           the `netdma` command-line tool (a client of NetDMAEngines)
+//   CNetDMA, NetDMAC     the C ABI (include/netdma.h, libnetdma.so) over NetDMAEngines
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -33,6 +34,9 @@ let package = Package(
         .library(name: "DeviceModels", targets: ["DeviceModels"]),
         .library(name: "Hardware", targets: ["Hardware"]),
         .executable(name: "netdma", targets: ["NetDMATool"]),
+        // libnetdma.so for C and C++ clients (the product name `netdma` is the CLI's; the file
+        // is libnetdma-c.so in .build and is installed as libnetdma.so by Scripts/install).
+        .library(name: "netdma-c", type: .dynamic, targets: ["NetDMAC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -68,6 +72,23 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
+        // The C ABI: netdma.h (shared with the Swift side, which implements its functions with
+        // `@c @implementation`) and the thread-local last error, in C.
+        .target(name: "CNetDMA"),
+        // Its Swift implementation, linked into libnetdma.so with the Swift runtime inside
+        // (-static-stdlib: no Swift .so needed at run time) and only `netdma_*` exported.
+        .target(
+            name: "NetDMAC",
+            dependencies: ["CNetDMA", "NetDMAEngines"],
+            exclude: ["netdma.map"],
+            // LLVM would merge the enqueue entry points (same shape) into one that calls
+            // CopyQueue through a function pointer: a call and an indirect call more per op.
+            swiftSettings: swiftSettings + [.unsafeFlags(["-Xfrontend", "-disable-llvm-merge-functions-pass"])],
+            linkerSettings: [.unsafeFlags([
+                "-static-stdlib",
+                "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/NetDMAC/netdma.map",
+                "-Xlinker", "-soname=libnetdma.so.0",
+            ])]),
         // The README's library example, compiled and run by NetDMAEnginesTests.
         .executableTarget(name: "CopyExample", dependencies: ["NetDMAEngines"], path: "Examples/swift/Copy",
                           swiftSettings: swiftSettings),
@@ -89,6 +110,8 @@ let package = Package(
         .testTarget(name: "NetDMAToolTests", dependencies: ["NetDMATool", "NetDMAEngines"], swiftSettings: swiftSettings),
         .testTarget(name: "NetDMAEnginesTests", dependencies: ["NetDMAEngines", "DeviceModels", "Hardware", "CopyExample"],
                     swiftSettings: swiftSettings),
+        // Drives libnetdma-c.so from C programs (C/) and checks the header against NetDMA.
+        .testTarget(name: "NetDMACTests", dependencies: ["CNetDMA", "NetDMA"], exclude: ["C"], swiftSettings: swiftSettings),
         .testTarget(name: "VMTests", dependencies: ["VFIO", "Platform", "NetDMA", "Edu", "Hardware", "CVFIO"], swiftSettings: swiftSettings),
     ]
 )

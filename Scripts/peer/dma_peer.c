@@ -9,6 +9,9 @@
  *   RESULT impl=dpdk-skeleton size=N ops=N wall_ns=N api_cycles=N ... verified=0|1 tsc_hz=N
  *   MEMCPY impl=dpdk-skeleton size=N ops=N wall_ns=N other_load=X
  *
+ * With -c (count mode, run under valgrind --tool=callgrind) it instead runs each repetition
+ * between two callgrind dumps and prints a WINDOW line per repetition (see count_window).
+ *
  * Workload (the same on the NetDMA side): W bytes of source and destination (default 32 MiB
  * each), cut into W/size slots used round-robin; batches of B (32) copies and one submit
  * whenever B ring slots are free; one rte_dma_completed(capacity) per loop turn; the ring
@@ -23,6 +26,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,19 +100,47 @@ static size_t ops_for_size(size_t size, size_t total, size_t ws) {
     return ops < slots ? slots : ops;
 }
 
+/* With -o: that many ops, but no more than `total` bytes' worth, and at least 256. */
+static size_t fixed_ops_for_size(size_t ops, size_t size, size_t total) {
+    size_t cap = total / size < 256 ? 256 : total / size;
+    return ops < cap ? ops : cap;
+}
+
 struct stream_result {
     size_t ops;
     int64_t wall_ns, sub_cpu_ns, worker_cpu_ns;
     uint64_t api_cycles;
-    unsigned long preempted, polls, empty_polls;
+    unsigned long preempted, polls, empty_polls, batches, capacity_checks;
     double other_load;
     int verified;
 };
 
-/* One repetition of the stream workload. Returns 0, or -1 with a message on stderr. */
-static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova_t src_iova, rte_iova_t dst_iova,
-                  size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid,
-                  struct stream_result *r) {
+/* The dmadev calls of the stream, for count mode (-c, under callgrind): each goes through a
+ * wrapper that is never inlined or cloned, so that callgrind's inclusive cost of the wrapper is
+ * the cost of the call: the inline part of rte_dmadev.h (the fast-path object lookup and the
+ * indirect call), the driver's function, and the wrapper's own call, return and argument moves.
+ * Outside count mode the loop calls DPDK's inline API directly. */
+#define COUNTED __attribute__((noinline, noipa, used))
+static COUNTED int counted_copy(int16_t dev, rte_iova_t src, rte_iova_t dst, uint32_t length) {
+    return rte_dma_copy(dev, 0, src, dst, length, 0);
+}
+static COUNTED int counted_submit(int16_t dev) { return rte_dma_submit(dev, 0); }
+static COUNTED uint16_t counted_completed(int16_t dev, uint16_t max, uint16_t *last, bool *has_error) {
+    return rte_dma_completed(dev, 0, max, last, has_error);
+}
+static COUNTED uint16_t counted_capacity(int16_t dev) { return rte_dma_burst_capacity(dev, 0); }
+
+#define CALL_COPY(c, dev, s, d, n) ((c) ? counted_copy(dev, s, d, n) : rte_dma_copy(dev, 0, s, d, n, 0))
+#define CALL_SUBMIT(c, dev) ((c) ? counted_submit(dev) : rte_dma_submit(dev, 0))
+#define CALL_COMPLETED(c, dev, m, l, e) ((c) ? counted_completed(dev, m, l, e) : rte_dma_completed(dev, 0, m, l, e))
+#define CALL_CAPACITY(c, dev) ((c) ? counted_capacity(dev) : rte_dma_burst_capacity(dev, 0))
+
+/* One repetition of the stream workload. Returns 0, or -1 with a message on stderr. Inlined
+ * twice with a constant `counting`, so the timed loop has no trace of count mode. */
+static inline __attribute__((always_inline)) int
+stream_loop(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova_t src_iova, rte_iova_t dst_iova,
+            size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid,
+            struct stream_result *r, const int counting) {
     size_t slots = ws / size ? ws / size : 1;
     size_t touched = (ops < slots ? ops : slots) * size;
     memset(dst, 0, touched);
@@ -116,7 +148,7 @@ static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova
     uint16_t expected = 0;
     int first = 1, bad = 0;
     uint64_t api = 0;
-    unsigned long preempted = 0, polls = 0, empty = 0;
+    unsigned long preempted = 0, polls = 0, empty = 0, batches = 0, checks = 0;
     struct load_meter meter;
     load_start(&meter);
     int64_t e0 = (worker_tid > 0 ? bench_thread_cpu_ns(worker_tid) : 0);
@@ -124,29 +156,36 @@ static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova
     int64_t w0 = now_ns(CLOCK_MONOTONIC);
     while (done < ops) {
         size_t want = ops - issued < batch ? ops - issued : batch;
-        if (want > 0 && rte_dma_burst_capacity(dev, 0) >= want) {
+        if (want > 0 && (checks++, CALL_CAPACITY(counting, dev) >= want)) {
             uint64_t t0 = rte_rdtsc();
             for (size_t i = 0; i < want; i++) {
                 size_t off = slot * size;
-                int idx = rte_dma_copy(dev, 0, src_iova + off, dst_iova + off, (uint32_t)size, 0);
+                int idx = CALL_COPY(counting, dev, src_iova + off, dst_iova + off, (uint32_t)size);
                 if (idx < 0) { fprintf(stderr, "dma_peer: rte_dma_copy: %s\n", strerror(-idx)); return -1; }
                 if (first) { expected = (uint16_t)idx; first = 0; }
                 if (++slot == slots) slot = 0;
             }
-            int rc = rte_dma_submit(dev, 0);
+            int rc = CALL_SUBMIT(counting, dev);
             uint64_t t1 = rte_rdtsc();
             if (rc < 0) { fprintf(stderr, "dma_peer: rte_dma_submit: %s\n", strerror(-rc)); return -1; }
             uint64_t dt = t1 - t0 - tsc_cost;
             if (dt > 20000 + 400 * want) preempted++; else api += dt;
             issued += want;
+            batches++;
         }
         uint16_t last = 0;
         bool has_error = false;
         uint64_t t2 = rte_rdtsc();
-        uint16_t n = rte_dma_completed(dev, 0, capacity, &last, &has_error);
+        uint16_t n = CALL_COMPLETED(counting, dev, capacity, &last, &has_error);
         uint64_t t3 = rte_rdtsc();
         polls++;
-        if (n == 0 && !has_error) { empty++; continue; }
+        if (n == 0 && !has_error) {
+            empty++;
+            /* Under callgrind the threads take turns: let the worker run (the count excludes
+             * empty polls, so how many there are does not matter). */
+            if (counting) sched_yield();
+            continue;
+        }
         uint64_t dt = t3 - t2 - tsc_cost;
         if (dt > 20000 + 400 * (uint64_t)n) preempted++; else api += dt;
         if (has_error) { fprintf(stderr, "dma_peer: an op failed\n"); bad = 1; break; }
@@ -170,9 +209,71 @@ static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova
     r->preempted = preempted;
     r->polls = polls;
     r->empty_polls = empty;
+    r->batches = batches;
+    r->capacity_checks = checks;
     if (!bad && memcmp(dst, src, touched) != 0) { fprintf(stderr, "dma_peer: destination differs from source\n"); bad = 1; }
     r->verified = !bad;
     return bad ? -1 : 0;
+}
+
+static int stream(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova_t src_iova, rte_iova_t dst_iova,
+                  size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid,
+                  struct stream_result *r, int counting) {
+    if (counting)
+        return stream_loop(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker_tid, r, 1);
+    return stream_loop(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker_tid, r, 0);
+}
+
+static void nap_ms(long ms) {
+    struct timespec t = { ms / 1000, (ms % 1000) * 1000000 };
+    nanosleep(&t, NULL);
+}
+
+/* Count mode: one repetition between callgrind dumps, then an idle window.
+ *
+ *   zero counters; the stream (counted calls; a sched_yield after each empty poll, so that the
+ *   worker gets its turn); dump "stream-SIZE"; EMPTY_POLLS counted polls of the drained queue;
+ *   dump "empty-SIZE" (what one empty poll costs); one 64-byte copy, polled to completion;
+ *   100 ms nap (the worker polls an empty queue, then naps); dump "idle-SIZE".
+ *
+ * The one copy starts the idle window with a worker that has just found work: the skeleton
+ * naps only after 10,000 empty polls in a row, so the window holds those polls first, and the
+ * analysis (`netdma-peer counts`) tells the idle loop by its most executed instructions. */
+#define EMPTY_POLLS 1000
+static int count_window(int16_t dev, uint16_t capacity, char *src, char *dst, rte_iova_t src_iova, rte_iova_t dst_iova,
+                        size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid) {
+    struct stream_result r;
+    memset(&r, 0, sizeof r);
+    char reason[64];
+    bench_callgrind_zero();
+    int rc = stream(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker_tid, &r, 1);
+    snprintf(reason, sizeof reason, "stream-%zu", size);
+    bench_callgrind_dump(reason);
+    unsigned long nonempty = 0;
+    for (int i = 0; i < EMPTY_POLLS; i++) {
+        uint16_t last = 0;
+        bool has_error = false;
+        if (counted_completed(dev, capacity, &last, &has_error) != 0 || has_error) nonempty++;
+    }
+    snprintf(reason, sizeof reason, "empty-%zu", size);
+    bench_callgrind_dump(reason);
+    if (rte_dma_copy(dev, 0, src_iova, dst_iova, 64, RTE_DMA_OP_FLAG_SUBMIT) < 0) rc = -1;
+    for (uint16_t got = 0; rc == 0 && got == 0;) {
+        uint16_t last = 0;
+        bool has_error = false;
+        got = rte_dma_completed(dev, 0, 1, &last, &has_error);
+        if (has_error) rc = -1;
+    }
+    nap_ms(100);
+    snprintf(reason, sizeof reason, "idle-%zu", size);
+    bench_callgrind_dump(reason);
+    if (nonempty) { fprintf(stderr, "dma_peer: %lu polls of a drained queue returned ops\n", nonempty); rc = -1; }
+    printf("WINDOW impl=dpdk-skeleton size=%zu ops=%zu batches=%lu polls=%lu empty_polls=%lu capacity_checks=%lu"
+           " empty_poll_calls=%d stream=stream-%zu empty=empty-%zu idle=idle-%zu verified=%d\n",
+           size, r.ops, r.batches, r.polls, r.empty_polls, r.capacity_checks, EMPTY_POLLS, size, size, size,
+           rc == 0 && r.verified);
+    fflush(stdout);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -182,11 +283,11 @@ int main(int argc, char **argv) {
     argv += consumed;
 
     char sizes_arg[256] = "64,256,1k,4k,64k,1m";
-    unsigned reps = 1, batch = 32, ring = 1024, do_memcpy = 1;
-    size_t ws = 32u << 20, total = (size_t)2 << 30;
+    unsigned reps = 1, batch = 32, ring = 1024, do_memcpy = 1, counting = 0;
+    size_t ws = 32u << 20, total = (size_t)2 << 30, fixed_ops = 0;
     int opt;
     optind = 1;
-    while ((opt = getopt(argc, argv, "s:r:b:q:w:t:n")) != -1) {
+    while ((opt = getopt(argc, argv, "s:r:b:q:w:t:o:nc")) != -1) {
         switch (opt) {
         case 's': snprintf(sizes_arg, sizeof sizes_arg, "%s", optarg); break;
         case 'r': reps = (unsigned)atoi(optarg); break;
@@ -194,11 +295,18 @@ int main(int argc, char **argv) {
         case 'q': ring = (unsigned)atoi(optarg); break;
         case 'w': ws = parse_bytes(optarg); break;
         case 't': total = parse_bytes(optarg); break;
+        case 'o': fixed_ops = parse_bytes(optarg); break;
         case 'n': do_memcpy = 0; break;
+        case 'c': counting = 1; break;
         default:
-            fprintf(stderr, "usage: dma_peer EAL-ARGS -- [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [-n (no memcpy)]\n");
+            fprintf(stderr, "usage: dma_peer EAL-ARGS -- [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES]"
+                            " [-o OPS (per repetition, at most -t bytes' worth, at least 256)] [-n (no memcpy)] [-c (count mode, under callgrind)]\n");
             return 2;
         }
+    }
+    if (counting && !bench_under_callgrind()) {
+        fprintf(stderr, "dma_peer: -c needs valgrind --tool=callgrind (and a build with <valgrind/callgrind.h>)\n");
+        return 2;
     }
 
     if (rte_dma_count_avail() == 0) { fprintf(stderr, "dma_peer: no dmadev (pass --vdev=dma_skeleton)\n"); return 2; }
@@ -242,14 +350,19 @@ int main(int argc, char **argv) {
     for (char *tok = strtok_r(sizes_arg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         size_t size = parse_bytes(tok);
         if (size == 0 || size > ws) continue;
-        size_t ops = ops_for_size(size, total, ws);
+        size_t ops = fixed_ops ? fixed_ops_for_size(fixed_ops, size, total) : ops_for_size(size, total, ws);
         struct stream_result r;
         /* Warm-up: wakes the worker from its nap mode. */
         size_t warm = ops < 20000 ? ops : 20000;
-        if (stream(dev, capacity, src, dst, src_iova, dst_iova, size, ws, warm, batch, tsc_cost, worker, &r) != 0) failed = 1;
+        if (stream(dev, capacity, src, dst, src_iova, dst_iova, size, ws, warm, batch, tsc_cost, worker, &r, 0) != 0) failed = 1;
+        if (counting) {
+            for (unsigned rep = 0; rep < reps; rep++)
+                if (count_window(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker) != 0) failed = 1;
+            continue;
+        }
         for (unsigned rep = 0; rep < reps; rep++) {
             memset(&r, 0, sizeof r);
-            if (stream(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker, &r) != 0) failed = 1;
+            if (stream(dev, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker, &r, 0) != 0) failed = 1;
             printf("RESULT impl=dpdk-skeleton size=%zu ops=%zu wall_ns=%" PRId64 " api_cycles=%" PRIu64 " preempted=%lu sub_cpu_ns=%" PRId64
                    " worker_cpu_ns=%" PRId64 " polls=%lu empty_polls=%lu other_load=%.3f verified=%d tsc_hz=%" PRIu64 "\n",
                    size, r.ops, r.wall_ns, r.api_cycles, r.preempted, r.sub_cpu_ns, r.worker_cpu_ns, r.polls, r.empty_polls,

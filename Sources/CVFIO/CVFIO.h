@@ -8,7 +8,7 @@
  *    wmb/rmb/mb for write-combining, non-temporal stores and clflush);
  *  - 64-byte portal writes for DSA (MOVDIR64B, ENQCMD);
  *  - a few syscalls Glibc's Swift overlay does not expose (eventfd, memfd_create, getcpu, futex,
- *    sched_{get,set}affinity) and RLIMIT_MEMLOCK helpers.
+ *    epoll, sched_{get,set}affinity) and RLIMIT_MEMLOCK helpers.
  *
  * Everything is prefixed cvfio_. Layout asserts at the end pin the kernel structures the
  * Swift code builds by hand.
@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/resource.h>
 #include <linux/vfio.h>
@@ -223,6 +224,10 @@ CVFIO_INLINE int cvfio_gettid(void) { return (int)syscall(SYS_gettid); }
 CVFIO_INLINE int cvfio_set_thread_affinity(const uint64_t *_Nonnull mask, size_t words) {
     return cvfio_result((int)syscall(SYS_sched_setaffinity, 0, words * 8, mask));
 }
+/** sched_setaffinity(2) of thread `tid` (0: the caller) from a bit mask of `words` 64-bit words. */
+CVFIO_INLINE int cvfio_set_affinity_of(int tid, const uint64_t *_Nonnull mask, size_t words) {
+    return cvfio_result((int)syscall(SYS_sched_setaffinity, tid, words * 8, mask));
+}
 /** sched_getaffinity(2) of the calling thread; returns bytes written or -errno. */
 CVFIO_INLINE int cvfio_get_thread_affinity(uint64_t *_Nonnull mask, size_t words) {
     return cvfio_result((int)syscall(SYS_sched_getaffinity, 0, words * 8, mask));
@@ -242,6 +247,30 @@ CVFIO_INLINE int cvfio_futex_wait(uint32_t *_Nonnull addr, uint32_t expected, lo
 /** futex wake of up to `count` waiters. */
 CVFIO_INLINE int cvfio_futex_wake(uint32_t *_Nonnull addr, int count) {
     return cvfio_result((int)syscall(SYS_futex, addr, 129 /* FUTEX_WAKE_PRIVATE */, count, NULL, NULL, 0));
+}
+
+/** epoll_create1(EPOLL_CLOEXEC): a new epoll instance, or -errno. */
+CVFIO_INLINE int cvfio_epoll_create(void) { return cvfio_result(epoll_create1(EPOLL_CLOEXEC)); }
+/** Adds `fd` to epoll instance `ep` for input (level-triggered), reported with `token`; 0 or -errno. */
+CVFIO_INLINE int cvfio_epoll_add(int ep, int fd, uint64_t token) {
+    struct epoll_event e = { .events = EPOLLIN, .data = { .u64 = token } };
+    return cvfio_result(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e));
+}
+/** Removes `fd` from epoll instance `ep`; 0 or -errno. */
+CVFIO_INLINE int cvfio_epoll_remove(int ep, int fd) {
+    struct epoll_event e = { 0 };
+    return cvfio_result(epoll_ctl(ep, EPOLL_CTL_DEL, fd, &e));
+}
+/** epoll_wait(2) for up to `max` (at most 16) events; writes their tokens to `tokens` and returns
+ *  how many, or -errno (-EINTR when a signal came first). (epoll_event is a packed struct on
+ *  x86-64, which Swift does not import; the tokens are all the callers need.) */
+CVFIO_INLINE int cvfio_epoll_wait(int ep, uint64_t *_Nonnull tokens, int max, int timeout_ms) {
+    struct epoll_event e[16];
+    if (max > 16) max = 16;
+    int n = epoll_wait(ep, e, max, timeout_ms);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) tokens[i] = e[i].data.u64;
+    return n;
 }
 
 /** The soft RLIMIT_MEMLOCK in bytes; UINT64_MAX when unlimited. */

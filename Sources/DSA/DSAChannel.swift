@@ -30,8 +30,10 @@ import Glibc
 /// than the WQ has entries: a dedicated WQ silently drops the excess (dsa.md §7.1), so the rest
 /// of the chain waits in memory until records free entries.
 ///
-/// Completion records are processed by the provider's completion poller and by
-/// ``serviceInterrupt()``; the NetDMA completion word is written from them (Active/Idle), on a
+/// Completion records are processed by the client's polls (``pollCompletions()``, called by
+/// ``CopyQueue``), by ``serviceInterrupt()`` and, for channels whose client does not poll
+/// (NetDMA-level clients that read the word), by the provider's completion poller; the
+/// NetDMA completion word is written from them (Active/Idle), on a
 /// failure (Halted, with ``fault`` naming the failing NetDMA descriptor), on Suspend (Suspend)
 /// and on Abort/Reset (Halted). A failure also signals the channel's eventfd, so the interface's
 /// DPC learns of it as from a CBDMA error interrupt.
@@ -87,6 +89,12 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     // The try-lock and its "run again" request.
     private let busy = Atomic<Bool>(false)
     private let again = Atomic<Bool>(false)
+
+    /// Bumped by each client poll (``pollCompletions()``); the completion poller leaves a
+    /// channel whose client polls to it.
+    let clientPolls = Atomic<UInt64>(0)
+    /// The poller's last look at ``clientPolls`` (the poller's thread only).
+    let pollerSawClientPolls = Atomic<UInt64>(0)
 
     let allocated = Atomic<Bool>(false)
     /// Submissions outstanding (mirror of `tail - head` for the poller).
@@ -173,13 +181,24 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     // MARK: - The try-lock
 
-    /// Takes the channel, waiting (spinning, then yielding) for the poller or the interrupt
-    /// thread to let go. Control paths only.
+    /// Takes the channel, waiting (spinning, then yielding, then sleeping) for the poller, the
+    /// client or the interrupt thread to let go. Control paths and the ISR.
+    ///
+    /// The ISR runs on a real-time interrupt thread pinned to its CPU, which a holder preempted
+    /// on that CPU cannot get back while the ISR spins or yields (`sched_yield` passes the CPU
+    /// only to real-time threads): after the yields it sleeps a microsecond at a time.
     private func acquire() {
         var n = 0
         while !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
             n += 1
-            if n < 100 { cvfio_pause() } else { sched_yield() }
+            if n < 100 {
+                cvfio_pause()
+            } else if n < 200 {
+                sched_yield()
+            } else {
+                var ts = timespec(tv_sec: 0, tv_nsec: 1000)
+                nanosleep(&ts, nil)
+            }
         }
     }
 
@@ -209,6 +228,20 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             busy.store(false, ordering: .sequentiallyConsistent)
             if !again.load(ordering: .sequentiallyConsistent) { return }
         }
+    }
+
+    /// DSA writes completion records, not the NetDMA completion word.
+    public var completesByPolling: Bool { true }
+
+    /// The client's poll (DPDK's idxd driver model): processes the records that arrived,
+    /// writes the completion word and submits what waited for room, on the client's thread,
+    /// when the poller or the interrupt thread is not doing it already. Marks the channel as
+    /// polled, so the completion poller leaves it to the client. Hot path: two relaxed
+    /// accesses and, with work outstanding, the try-lock.
+    public func pollCompletions() {
+        clientPolls.store(clientPolls.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        guard outstandingCount.load(ordering: .acquiring) > 0 else { return }
+        kick()
     }
 
     // MARK: - Allocation

@@ -1,3 +1,4 @@
+import CVFIO
 import Platform
 import Synchronization
 
@@ -86,6 +87,9 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// release build's disassembly). An `unowned(unsafe)` copy was tried and is worse: the
     /// compiler retains an unmanaged existential around each call to keep it alive.
     let engine: any ProviderChannel
+    /// ``ProviderChannel/completesByPolling``: a polling client runs the provider's completion
+    /// processing first (``pollProvider()``).
+    let providerPolls: Bool
     /// The provider's record (strong: a channel keeps it alive; the record drops its channels
     /// when they are freed, so there is no lasting cycle).
     let record: ProviderRecord
@@ -117,6 +121,13 @@ public final class NetDMAChannel: @unchecked Sendable {
     private let generation = Atomic<UInt64>(0)
     private let waiters = Mutex<Waiters>(Waiters())
     private let handler = Mutex<(@Sendable (ChannelCompletion) -> Void)?>(nil)
+    /// The futex word of ``blockUntilInterrupt(after:timeout:spin:)``: the DPC bumps it after
+    /// the generation (and a free bumps it too), and wakes it only when a thread sleeps there.
+    private let wakeWord: UnsafeMutablePointer<Atomic<UInt32>>
+    private let sleepers = Atomic<Int>(0)
+    /// How long recent blocking waits took, in nanoseconds (moving average, capped at the spin
+    /// asked for): the adaptive part of the spin.
+    private let recentWait = Atomic<Int>(0)
 
     private struct Waiters {
         var nextID: UInt64 = 0
@@ -132,6 +143,7 @@ public final class NetDMAChannel: @unchecked Sendable {
         self.record = record
         self.provider = provider
         self.engine = providerChannel
+        providerPolls = providerChannel.completesByPolling
         self.index = providerChannel.index
         self.cpu = cpu
         self.priority = priority
@@ -147,6 +159,13 @@ public final class NetDMAChannel: @unchecked Sendable {
         nullDescriptorIOVA = block.iova + UInt64(Self.nullDescriptorOffset)
         completionIOVA = block.iova
         self.block = block
+        wakeWord = .allocate(capacity: 1)
+        wakeWord.initialize(to: Atomic(0))
+    }
+
+    deinit {
+        wakeWord.deinitialize(count: 1)
+        wakeWord.deallocate()
     }
 
     /// Bytes of DMA memory a channel needs: the completion word's cache line and the NULL descriptor.
@@ -172,6 +191,14 @@ public final class NetDMAChannel: @unchecked Sendable {
 
     @usableFromInline
     func loadCompletionWord() -> UInt64 { word.pointee.load(ordering: .acquiring) }
+
+    /// On a provider whose engine does not write the completion word (DSA), turns what the
+    /// engine reported into the word on this thread (``ProviderChannel/pollCompletions()``);
+    /// nothing otherwise. Hot path: one branch on a constant when there is nothing to do.
+    @inline(__always)
+    func pollProvider() {
+        if providerPolls { engine.pollCompletions() }
+    }
 
     /// Whether chains are counted (2.0 provider) rather than NULL-terminated (1.x).
     public var countedChains: Bool { providerVersion.countedChains }
@@ -348,23 +375,29 @@ public final class NetDMAChannel: @unchecked Sendable {
                 throw DriverError(.invalidState,
                     "Free is not allowed on a running channel with descriptors outstanding; wait for the last one to complete (ask for status or an interrupt on it), or Abort/Reset first.")
             }
-            freeLocked()
+            stateRaw.store(ChannelState.freed.rawValue, ordering: .releasing)
         }
+        finishFree()
         record.channelFreed(self)
     }
 
     /// Frees without state checks (ProviderStop, after draining or aborting).
     func forceFree() {
-        control.withLock { _ in
-            guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return }
-            freeLocked()
+        let freeing = control.withLock { _ in
+            guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return false }
+            stateRaw.store(ChannelState.freed.rawValue, ordering: .releasing)
+            return true
         }
+        if freeing { finishFree() }
     }
 
-    private func freeLocked() {
+    /// The rest of Free, once the state says freed (every later call is refused and a DPC does
+    /// nothing). The interrupt thread is let go of the channel first, outside the channel's
+    /// lock: it runs DPCs itself, and a DPC waiting for that lock would never acknowledge.
+    private func finishFree() {
         if engine.interruptEventFD != nil { record.dispatcher?.remove(self) }
-        stateRaw.store(ChannelState.freed.rawValue, ordering: .releasing)
-        engine.free()
+        control.withLock { _ in engine.free() }
+        wakeBlockedWaiters()
         wakeWaiters(generation: generation.load(ordering: .acquiring), timedOut: true)
     }
 
@@ -429,6 +462,78 @@ public final class NetDMAChannel: @unchecked Sendable {
         return result
     }
 
+    /// Blocks the calling thread until a DPC runs after `generation` and returns the new
+    /// generation: the wait of polling code (DPDK, SPDK) that has nothing else to do, without an
+    /// executor in between. The DPC wakes the thread itself.
+    ///
+    /// The thread first spins on the generation (waking a sleeping thread costs a scheduler
+    /// round trip, tens of microseconds across CPUs in a VM): about twice as long as recent
+    /// waits took, at most `spin`. Then it sleeps on a futex. Pass `spin: .zero` to sleep at once.
+    ///
+    /// - Throws: `.unsupported` when the channel has no interrupt; `.timeout` after `timeout`;
+    ///   `.invalidState` when the channel is freed while waiting.
+    public func blockUntilInterrupt(after generation: UInt64, timeout: Duration,
+                                    spin: Duration = .microseconds(50)) throws(DriverError) -> UInt64 {
+        guard engine.interruptEventFD != nil else {
+            throw DriverError(.unsupported, "Channel \(index) has no interrupt vector; poll the completion word instead.")
+        }
+        let start = ContinuousClock.now
+        let deadline = start + timeout
+        let spinLimit = Self.nanoseconds(spin)
+        let recent = recentWait.load(ordering: .relaxed)
+        let budget = recent == 0 ? spinLimit : min(spinLimit, 2 * recent + 2_000)
+        var g = self.generation.load(ordering: .acquiring)
+        var spins = 0
+        while g <= generation && budget > 0 && stateRaw.load(ordering: .relaxed) != ChannelState.freed.rawValue {
+            spins &+= 1
+            if spins & 31 == 0 && Self.nanoseconds(ContinuousClock.now - start) >= budget { break }
+            cvfio_pause()
+            g = self.generation.load(ordering: .acquiring)
+        }
+        while g <= generation {
+            // Dekker with the DPC (runDPC): the sleeper count goes up before the generation is
+            // read, and the DPC bumps the generation and the word before it reads the count.
+            sleepers.add(1, ordering: .sequentiallyConsistent)
+            let seen = wakeWord.pointee.load(ordering: .sequentiallyConsistent)
+            g = self.generation.load(ordering: .sequentiallyConsistent)
+            let freed = stateRaw.load(ordering: .sequentiallyConsistent) == ChannelState.freed.rawValue
+            let left = deadline - ContinuousClock.now
+            if g <= generation && !freed && left > .zero {
+                _ = cvfio_futex_wait(UnsafeMutableRawPointer(wakeWord).assumingMemoryBound(to: UInt32.self), seen,
+                                     Self.nanoseconds(left))
+                g = self.generation.load(ordering: .acquiring)
+            }
+            sleepers.subtract(1, ordering: .relaxed)
+            if g > generation { break }
+            if freed {
+                throw DriverError(.invalidState, "Channel \(index) was freed while waiting for an interrupt.")
+            }
+            if left <= .zero {
+                throw DriverError(.timeout, "No interrupt on channel \(index) within \(timeout); did the last descriptor ask for one?")
+            }
+        }
+        if spinLimit > 0 {
+            let took = min(Self.nanoseconds(ContinuousClock.now - start), spinLimit)
+            let avg = recentWait.load(ordering: .relaxed)
+            recentWait.store(max(1, avg + (took - avg) / 8), ordering: .relaxed)
+        }
+        return g
+    }
+
+    private static func nanoseconds(_ d: Duration) -> Int {
+        let c = d.components
+        return max(0, Int(clamping: c.seconds) &* 1_000_000_000 &+ Int(c.attoseconds / 1_000_000_000))
+    }
+
+    /// Wakes threads in ``blockUntilInterrupt(after:timeout:spin:)`` (a system call only when
+    /// one sleeps).
+    private func wakeBlockedWaiters() {
+        wakeWord.pointee.add(1, ordering: .sequentiallyConsistent)
+        if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+            _ = cvfio_futex_wake(UnsafeMutableRawPointer(wakeWord).assumingMemoryBound(to: UInt32.self), Int32.max)
+        }
+    }
+
     private func expire(_ id: UInt64) {
         let c = waiters.withLock { w -> CheckedContinuation<UInt64?, Never>? in
             guard let i = w.list.firstIndex(where: { $0.id == id }) else {
@@ -443,7 +548,8 @@ public final class NetDMAChannel: @unchecked Sendable {
     }
 
     private func wakeWaiters(generation g: UInt64, timedOut: Bool) {
-        let ready = waiters.withLock { w in
+        let ready = waiters.withLock { w -> [(id: UInt64, after: UInt64, continuation: CheckedContinuation<UInt64?, Never>)] in
+            if w.list.isEmpty { return [] }
             let ready = w.list.filter { timedOut || $0.after < g }
             w.list.removeAll { timedOut || $0.after < g }
             return ready
@@ -455,7 +561,7 @@ public final class NetDMAChannel: @unchecked Sendable {
     func serviceInterrupt() -> InterruptReport { engine.serviceInterrupt() }
 
     /// `NetDmaInterruptDpc`: re-arm, retire descriptors up to the last completed one, note a
-    /// halt, then tell the client. Runs on the completion worker pinned to ``cpu``.
+    /// halt, then tell the client. Runs on the interrupt thread pinned to ``cpu``.
     func runDPC(_ report: InterruptReport) {
         let g: UInt64? = control.withLock { _ in
             guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return nil }
@@ -468,9 +574,10 @@ public final class NetDMAChannel: @unchecked Sendable {
                 }
                 faultPending.store(true, ordering: .releasing)
             }
-            return generation.add(1, ordering: .acquiringAndReleasing).newValue
+            return generation.add(1, ordering: .sequentiallyConsistent).newValue
         }
         guard let g else { return }
+        wakeBlockedWaiters()
         wakeWaiters(generation: g, timedOut: false)
         if let h = handler.withLock({ $0 }) {
             h(ChannelCompletion(lastCompleted: report.lastCompleted, fault: report.fault, generation: g))

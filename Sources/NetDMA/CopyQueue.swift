@@ -14,10 +14,11 @@ public struct CopyCompletion: Sendable, Hashable {
 
 /// The outcome of one op (DPDK's `rte_dma_status_code`, reduced to what NetDMA can tell).
 public enum CopyStatus: UInt8, Sendable, Hashable {
-    /// The engine completed the op.
+    /// The engine (or, below ``CopyQueue/cpuCopyThreshold``, the CPU) completed the op.
     case successful = 0
     /// The engine halted on this op (see ``CopyQueue/lastFault``); nothing after it was lost:
-    /// the channel was re-Started at the next op.
+    /// the channel was re-Started at the next op. For an op the CPU ran: an address was not
+    /// DMA memory of the channel, and nothing was written.
     case failed = 1
 }
 
@@ -38,9 +39,56 @@ public enum CopyStatus: UInt8, Sendable, Hashable {
 /// the channel at the next unprocessed op; every other op completes. None is lost or reported
 /// twice.
 ///
+/// ## CPU fallback
+///
+/// With a ``cpuCopyThreshold`` (Linux's `copybreak`: below some size, handing a copy to the
+/// engine costs more than doing it), ops shorter than the threshold run on the calling CPU
+/// inside ``submit()`` and never reach the descriptor ring. Their tickets come from the same
+/// sequence as the engine's ops, and ``completed(max:)``/``completedStatus(max:into:)`` report
+/// both in ticket order: an op is retired only once every earlier op is, so a CPU op behind a
+/// slower engine op waits for it. An op whose addresses are not DMA memory of the channel
+/// (no region of its ``NetDMAChannel/dmaMemory`` holds them) fails, is reported through
+/// `hadError`/``CopyStatus/failed`` exactly once with a ``lastFault`` that names the address,
+/// and writes nothing. The threshold is the copy threshold `netdma bench` prints (see
+/// ``cpuCopyThreshold(for:)``), or any number the client measured.
+///
+/// How it is built, and why:
+/// - Op numbers (tickets) and descriptor numbers are counted apart. Each descriptor carries its
+///   op number in `userContext1`, the record the ring keeps anyway; CPU ops wait in a ring of
+///   32-byte records until submit. All ops up to the first descriptor the engine has not
+///   finished, and before the first CPU op not yet run, can be retired: the queue keeps that
+///   number up to date where it moves, so a poll reads one number and an op costs nothing
+///   more. The engine's chain stays contiguous (2.0) or linked (1.x) with no hole and no NULL
+///   descriptor in place of a CPU op, and halts, restarts, Abort, Reset and power events work
+///   on descriptors exactly as without the fallback.
+/// - Capacity is shared: ``freeSlots`` counts ops of both kinds, at most ``capacity``
+///   outstanding, so neither ring can overflow.
+/// - CPU ops run in ``submit()``, not at enqueue: DPDK's contract is that an enqueued op does
+///   not start before its submit, so a stack may enqueue, finish writing a source, then
+///   submit. They run in ticket order, before the batch's doorbell.
+/// - Fences (`NET_DMA_SERIALIZE_TRANSFER`: this op's writes finish before later ops read): an
+///   op that would run on the CPU goes to the engine instead while a fenced engine op before
+///   it is unfinished (the engine orders it, as without the fallback); a fenced op runs on the
+///   CPU only when no engine op before it is unfinished. A fenced CPU op is thus done before
+///   any later op starts (later CPU ops run after it, later engine ops are submitted after it).
+///   The decision uses what the queue last saw of the engine (it reads the completion word
+///   once more before routing an op to the engine), so it errs towards the engine. Ops without
+///   a fence may run in any order among themselves, as an engine may overlap them. A stream
+///   with many fences therefore runs fewer ops on the CPU.
+/// - With the fallback off, enqueue pays one compare for it; the routing above is out of line.
+/// - The same ops are accepted and refused with or without the fallback (an op too long, out
+///   of the engine's reach, or a fill on an engine without fill throws either way): whether an
+///   op may be enqueued never depends on the engine's progress.
+/// - A zero-length copy or fill touches no memory and succeeds: on the CPU, and as a NULL
+///   descriptor when a fence sends it to the engine (CBDMA would fail a transfer size of 0), so
+///   its outcome never depends on where it ran. A NULL op without a fence never needs the
+///   engine (its report still proves that every earlier op finished).
+/// - CPU ops translate IOVAs through a ``DMARegionSnapshot``: no lock and no allocation unless
+///   the memory's regions changed.
+///
 /// Not thread-safe: one thread enqueues, submits and polls (as with a DPDK vchan). The hot path
-/// (enqueue, submit, completed) does not allocate, lock, retain/release or make system calls;
-/// errors carry constant messages so that throwing does not allocate either.
+/// (enqueue, submit, completed), CPU ops included, does not allocate, lock, retain/release or
+/// make system calls; errors carry constant messages so that throwing does not allocate either.
 public final class CopyQueue {
     /// The channel the queue runs on.
     ///
@@ -53,6 +101,8 @@ public final class CopyQueue {
     public let ringSize: Int
     /// Whether each submit's last op asks for an interrupt.
     public let interrupts: Bool
+    /// Ops shorter than this many bytes run on the calling CPU (0: none do). See "CPU fallback".
+    public let cpuCopyThreshold: Int
 
     private let pool: DescriptorPool
     private let ring: UnsafeMutablePointer<Descriptor>
@@ -64,21 +114,47 @@ public final class CopyQueue {
     private let canFill: Bool
     /// Flags of each submit's last op: a completion-word update (and the interrupt).
     private let batchEndFlags: UInt32
-    /// Per-slot outcome of ops the engine finished and the client has not retired.
+    /// Outcome of each op not yet retired, by op number (low log2(ringSize) bits). Entries of
+    /// retired ops are reset to `.successful`, so enqueue need not write them.
     private let status: UnsafeMutablePointer<CopyStatus>
+    /// ``capacity`` as an op count.
+    private let opCapacity: UInt64
+    /// `cpuCopyThreshold`; 0 when every op goes to the engine.
+    private let cpuLimit: UInt64
+    /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
+    private let cpuOps: UnsafeMutablePointer<CPUOp>
+    @exclusivity(unchecked) private var regions: DMARegionSnapshot
 
-    // Op numbers (monotonic; the ticket is the low 16 bits, the slot the low log2(ringSize) bits).
+    // Op numbers (monotonic; the ticket is the low 16 bits), ops of both kinds.
+    private var issued: UInt64 = 0
+    /// Ops retired by the client; `retiredOps ≤ retirable ≤ issued`, `issued - retiredOps ≤ capacity`.
+    private var retiredOps: UInt64 = 0
+    /// Ops below this number can be retired: every op before the first descriptor the engine
+    /// has not finished and before the first CPU op not yet run. Kept up to date where either
+    /// moves (``refresh()`` seeing progress, a halt, ``submit()`` running CPU ops), so a poll
+    /// reads one number; an enqueue never moves it (the new op is unfinished).
+    private var retirable: UInt64 = 0
+    // Descriptor numbers (monotonic; the ring slot is the low log2(ringSize) bits).
     private var enqueued: UInt64 = 0
     private var submitted: UInt64 = 0
-    /// Ops the engine finished (successfully or not); `retired ≤ finished ≤ submitted`.
+    /// Descriptors the engine finished (successfully or not); `finished ≤ submitted ≤ enqueued`.
     private var finished: UInt64 = 0
-    private var retired: UInt64 = 0
     private var needsStart = true
+    /// One more than the descriptor number of the last fenced engine op (0: none).
+    private var fenceEnd: UInt64 = 0
+    // CPU op numbers: recorded, and run (by submit).
+    private var cpuEnqueued: UInt64 = 0
+    private var cpuRun: UInt64 = 0
 
-    /// Why the last failed op failed (the provider's decoded error).
-    public private(set) var lastFault: ChannelFault?
+    // @exclusivity(unchecked): the queue is used by one thread; without it, each submit that
+    // runs CPU ops made three dynamic exclusivity checks (swift_beginAccess) for these.
+
+    /// Why the last failed op failed (the provider's decoded error, or the CPU fallback's).
+    @exclusivity(unchecked) public private(set) var lastFault: ChannelFault?
     /// How many ops failed since the queue was made.
-    public private(set) var failedCount: Int = 0
+    @exclusivity(unchecked) public private(set) var failedCount: Int = 0
+    /// How many ops ran on the calling CPU (below ``cpuCopyThreshold``) since the queue was made.
+    @exclusivity(unchecked) public private(set) var cpuOpCount: Int = 0
 
     /// Builds a queue on a freshly allocated (or reset) channel.
     ///
@@ -86,12 +162,21 @@ public final class CopyQueue {
     ///   - ringSize: descriptors in the ring, a power of two from 2 to 65536.
     ///   - interrupts: ask for an interrupt at the end of every submit (needed by
     ///     ``waitForCompletion(timeout:)``).
-    /// - Throws: `.invalidArgument` for a bad ring size; `.invalidState` when the channel is not
-    ///   in the allocated state; `.unsupported` for interrupts on a channel without an
-    ///   interrupt vector; the DMA memory's error.
-    public init(channel: NetDMAChannel, ringSize: Int = 1024, interrupts: Bool = false) throws(DriverError) {
+    ///   - cpuCopyThreshold: ops shorter than this many bytes run on the calling CPU (see "CPU
+    ///     fallback"); 0, the default, sends every op to the engine. Take the copy threshold
+    ///     `netdma bench` prints for the engine, or ``cpuCopyThreshold(for:)`` of your own
+    ///     measurements.
+    /// - Throws: `.invalidArgument` for a bad ring size or a negative threshold; `.invalidState`
+    ///   when the channel is not in the allocated state; `.unsupported` for interrupts on a
+    ///   channel without an interrupt vector; the DMA memory's error.
+    public init(channel: NetDMAChannel, ringSize: Int = 1024, interrupts: Bool = false,
+                cpuCopyThreshold: Int = 0) throws(DriverError) {
         guard ringSize >= 2, ringSize <= 65536, ringSize & (ringSize - 1) == 0 else {
             throw DriverError(.invalidArgument, "The ring size must be a power of two from 2 to 65536, got \(ringSize).")
+        }
+        guard cpuCopyThreshold >= 0 else {
+            throw DriverError(.invalidArgument,
+                "The CPU-copy threshold must be 0 (off) or a number of bytes (ops shorter than it run on the CPU), got \(cpuCopyThreshold).")
         }
         guard channel.state == .allocated else {
             throw DriverError(.invalidState, "A CopyQueue needs a channel in state allocated (fresh or reset), not \(channel.state).")
@@ -102,6 +187,7 @@ public final class CopyQueue {
         self.channel = channel
         self.ringSize = ringSize
         self.interrupts = interrupts
+        self.cpuCopyThreshold = cpuCopyThreshold
         pool = try DescriptorPool(memory: channel.dmaMemory, count: ringSize)
         pool.linkRing()
         ring = pool.base
@@ -115,6 +201,10 @@ public final class CopyQueue {
             | (interrupts ? ControlFlags.interruptOnCompletion.rawValue : 0)
         status = .allocate(capacity: ringSize)
         status.initialize(repeating: .successful, count: ringSize)
+        opCapacity = UInt64(ringSize - 1)
+        cpuLimit = UInt64(cpuCopyThreshold)
+        cpuOps = .allocate(capacity: cpuCopyThreshold > 0 ? ringSize : 1)
+        regions = DMARegionSnapshot(channel.dmaMemory)
     }
 
     deinit {
@@ -134,24 +224,29 @@ public final class CopyQueue {
         }
         status.deinitialize(count: ringSize)
         status.deallocate()
+        cpuOps.deallocate()
     }
 
-    /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`.
+    /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`, engine
+    /// and CPU ops together.
     public var capacity: Int { ringSize - 1 }
 
     /// How many more ops can be enqueued now (DPDK's `rte_dma_burst_capacity`).
     @inline(__always)
-    public var freeSlots: Int { capacity - Int(enqueued &- retired) }
+    public var freeSlots: Int { capacity - Int(issued &- retiredOps) }
 
-    /// Ops enqueued but not yet submitted.
-    public var pendingSubmission: Int { Int(enqueued &- submitted) }
+    /// Ops enqueued but not yet submitted (engine ops not handed to the engine, CPU ops not run).
+    public var pendingSubmission: Int { Int(enqueued &- submitted) + Int(cpuEnqueued &- cpuRun) }
 
     /// Ops submitted and not yet retired by ``completed(max:)`` or ``completedStatus(max:into:)``.
-    public var outstanding: Int { Int(submitted &- retired) }
+    public var outstanding: Int { Int(issued &- retiredOps) - pendingSubmission }
 
     // MARK: - enqueue
 
     /// Enqueues a copy of `length` bytes from IOVA `source` to IOVA `destination`.
+    ///
+    /// A copy shorter than ``cpuCopyThreshold`` runs on the CPU at the next ``submit()`` (see
+    /// "CPU fallback" for when it goes to the engine anyway).
     ///
     /// - Parameter fence: finish this op's writes before the next op reads (`NET_DMA_SERIALIZE_TRANSFER`).
     /// - Returns: the op's ticket (DPDK's ring index).
@@ -163,7 +258,14 @@ public final class CopyQueue {
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length),
               source <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        let flags: UInt32 = fence ? ControlFlags.serializeTransfer.rawValue : 0
+        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+            return try putShort(.copy, length: length, source: source, destination: destination, fence: fence)
+        }
+        var flags: UInt32 = 0
+        if fence {
+            flags = ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
         return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
     }
 
@@ -176,23 +278,68 @@ public final class CopyQueue {
         guard canFill else { throw Self.noFill }
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
+        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+            return try putShort(.fill, length: length, source: pattern, destination: destination, fence: fence)
+        }
         var flags = UInt32(Operation.fill.rawValue) << 24
-        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
+        if fence {
+            flags |= ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
         return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: pattern, destination: destination)
     }
 
     /// Enqueues a NULL op (`NET_DMA_NULL_TRANSFER`): moves nothing; its completion proves that
-    /// every op before it finished.
+    /// every op before it finished. With a ``cpuCopyThreshold`` it never needs the engine,
+    /// unless it is fenced behind an unfinished engine op.
     @inline(__always)
     public func enqueueNull(fence: Bool = false) throws(DriverError) -> UInt16 {
+        if cpuLimit != 0 { return try putShort(.null, length: 0, source: 0, destination: 0, fence: fence) }
         var flags = ControlFlags.nullTransfer.rawValue
-        if fence { flags |= ControlFlags.serializeTransfer.rawValue }
-        return try put(size: 0, flags: flags, source: 0, destination: 0)
+        if fence {
+            flags |= ControlFlags.serializeTransfer.rawValue
+            fenceEnd = enqueued &+ 1
+        }
+        return try put(size: Self.nullSize, flags: flags, source: 0, destination: 0)
     }
 
+    /// An op shorter than the threshold: recorded to run on the CPU at the next submit, unless
+    /// a fence stands in the way (a fenced engine op before it is unfinished, or it is fenced
+    /// and an engine op before it is unfinished): then it goes to the engine, which orders it.
+    /// Before deciding so, it looks at the completion word once more. Routed to the engine, a
+    /// zero-length copy or fill becomes a NULL descriptor (CBDMA refuses a transfer size of 0):
+    /// it succeeds wherever it runs.
+    @inline(never)
+    private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
+                          fence: Bool) throws(DriverError) -> UInt16 {
+        guard issued &- retiredOps < opCapacity else { throw Self.full }
+        var free = fenceEnd <= finished && (!fence || enqueued == finished)
+        if !free && finished != submitted {
+            refresh()
+            free = fenceEnd <= finished && (!fence || enqueued == finished)
+        }
+        guard free else {
+            let empty = kind == .null || length == 0
+            var flags: UInt32 = empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? UInt32(Operation.fill.rawValue) << 24 : 0
+            if fence {
+                flags |= ControlFlags.serializeTransfer.rawValue
+                fenceEnd = enqueued &+ 1
+            }
+            return try put(size: empty ? Self.nullSize : UInt32(truncatingIfNeeded: length), flags: flags,
+                           source: empty ? 0 : source, destination: empty ? 0 : destination)
+        }
+        cpuOps[Int(truncatingIfNeeded: cpuEnqueued & mask)] = CPUOp(op: issued, source: source, destination: destination,
+                                                                    length: UInt32(truncatingIfNeeded: length), kind: kind)
+        cpuEnqueued &+= 1
+        let ticket = UInt16(truncatingIfNeeded: issued)
+        issued &+= 1
+        return ticket
+    }
+
+    /// Writes an engine op into the next descriptor; `userContext1` records its op number.
     @inline(__always)
     private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
-        guard enqueued &- retired < UInt64(truncatingIfNeeded: capacity) else { throw Self.full }
+        guard issued &- retiredOps < opCapacity else { throw Self.full }
         let slot = Int(truncatingIfNeeded: enqueued & mask)
         let d = ring + slot
         d.pointee.transferSize = size
@@ -203,9 +350,9 @@ public final class CopyQueue {
             // 1.x: restore the ring link (a previous lap may have ended a batch here with NULL).
             d.pointee.next = ringIOVA &+ ((UInt64(truncatingIfNeeded: slot) &+ 1) & mask) &* 64
         }
-        d.pointee.userContext1 = enqueued
-        status[slot] = .successful
-        let ticket = UInt16(truncatingIfNeeded: enqueued)
+        d.pointee.userContext1 = issued
+        let ticket = UInt16(truncatingIfNeeded: issued)
+        issued &+= 1
         enqueued &+= 1
         return ticket
     }
@@ -213,12 +360,15 @@ public final class CopyQueue {
     // MARK: - submit
 
     /// Hands every enqueued op to the engine (the doorbell): one Append of the batch (the
-    /// first submit, and the first after a halt with nothing left to run, is a Start).
+    /// first submit, and the first after a halt with nothing left to run, is a Start). CPU ops
+    /// run first, in ticket order, on the calling thread.
     ///
     /// - Throws: the channel's error (e.g. `.invalidState` while the provider is powered
-    ///   down); the ops stay enqueued and a later submit retries them.
+    ///   down); the engine ops stay enqueued and a later submit retries them. The CPU ops ran
+    ///   all the same (they do not need the engine, powered down or not).
     @inline(__always)
     public func submit() throws(DriverError) {
+        if cpuRun != cpuEnqueued { runCPUOps() }
         let n = enqueued &- submitted
         guard n > 0 else { return }
         let first = Int(truncatingIfNeeded: submitted & mask)
@@ -299,11 +449,30 @@ public final class CopyQueue {
         needsStart = false
     }
 
+    /// Runs the CPU ops recorded since the last submit, in order. One that fails is marked
+    /// failed (nothing written); it is retired in ticket order like any op.
+    @inline(never)
+    private func runCPUOps() {
+        repeat {
+            let c = cpuOps[Int(truncatingIfNeeded: cpuRun & mask)]
+            if let fault = c.run(&regions) {
+                status[Int(truncatingIfNeeded: c.op & mask)] = .failed
+                failedCount += 1
+                lastFault = fault
+            }
+            cpuRun &+= 1
+            cpuOpCount &+= 1
+        } while cpuRun != cpuEnqueued
+        updateRetirable()
+    }
+
     // MARK: - completion
 
-    /// Reads the completion word once and advances ``finished``; handles a halt (cold).
+    /// Reads the completion word once (after the provider's completion processing, on DSA) and
+    /// advances ``finished``; handles a halt (cold).
     @inline(__always)
     private func refresh() {
+        channel.pollProvider()
         let w = channel.loadCompletionWord()
         let st = w & CompletionWord.statusMask
         if st == UInt64(TransferStatus.halted.rawValue) || channel.faultPending.load(ordering: .relaxed) {
@@ -314,7 +483,18 @@ public final class CopyQueue {
         // The op with this slot among the outstanding ones; a slot of an op already finished
         // (a stale word) maps beyond `submitted`.
         let op = finished &+ ((slot &- finished) & mask)
-        if op < submitted { finished = op &+ 1 }
+        if op < submitted {
+            finished = op &+ 1
+            updateRetirable()
+        }
+    }
+
+    /// Recomputes ``retirable`` after ``finished`` or ``cpuRun`` moved.
+    @inline(__always)
+    private func updateRetirable() {
+        var bound = finished == enqueued ? issued : ring[Int(truncatingIfNeeded: finished & mask)].userContext1
+        if cpuRun != cpuEnqueued { bound = Swift.min(bound, cpuOps[Int(truncatingIfNeeded: cpuRun & mask)].op) }
+        retirable = bound
     }
 
     @inline(__always)
@@ -345,10 +525,11 @@ public final class CopyQueue {
             restartRemaining()
             return
         }
-        status[Int(truncatingIfNeeded: failing & mask)] = .failed
+        status[Int(truncatingIfNeeded: ring[Int(truncatingIfNeeded: failing & mask)].userContext1 & mask)] = .failed
         failedCount += 1
         lastFault = fault
         finished = failing &+ 1
+        updateRetirable()
         needsStart = true
         restartRemaining()
     }
@@ -370,20 +551,21 @@ public final class CopyQueue {
     public func completed(max: Int) -> CopyCompletion {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
+        let bound = retirable
         var n = 0
         var hadError = false
-        while n < max && retired < finished {
-            let slot = Int(truncatingIfNeeded: retired & mask)
+        while n < max && retiredOps < bound {
+            let slot = Int(truncatingIfNeeded: retiredOps & mask)
             if status[slot] == .failed {
                 status[slot] = .successful
-                retired &+= 1
+                retiredOps &+= 1
                 hadError = true
-                return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 2), hadError: true)
+                return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 2), hadError: true)
             }
-            retired &+= 1
+            retiredOps &+= 1
             n += 1
         }
-        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retired &- 1), hadError: hadError)
+        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: hadError)
     }
 
     /// Retires up to `min(max, statuses.count)` ops, failed ones included, writing each op's
@@ -395,15 +577,16 @@ public final class CopyQueue {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
         let limit = Swift.min(max, statuses.count)
+        let bound = retirable
         var n = 0
-        while n < limit && retired < finished {
-            let slot = Int(truncatingIfNeeded: retired & mask)
+        while n < limit && retiredOps < bound {
+            let slot = Int(truncatingIfNeeded: retiredOps & mask)
             statuses[n] = status[slot]
             status[slot] = .successful
-            retired &+= 1
+            retiredOps &+= 1
             n += 1
         }
-        return (n, UInt16(truncatingIfNeeded: retired &- 1))
+        return (n, UInt16(truncatingIfNeeded: retiredOps &- 1))
     }
 
     /// Waits for the channel's interrupt until at least one submitted op can be retired (or
@@ -412,17 +595,45 @@ public final class CopyQueue {
     /// - Throws: `.unsupported` without interrupts; `.timeout` when no interrupt came within
     ///   `timeout`.
     public func waitForCompletion(timeout: Duration = .seconds(5)) async throws(DriverError) {
-        guard interrupts else {
-            throw DriverError(.unsupported, "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
-        }
+        guard interrupts else { throw Self.noInterrupts }
         while true {
             let g = channel.interruptGeneration
             refresh()
             if needsStart && submitted != finished { restartRemaining() }
-            if finished != retired || submitted == retired { return }
+            if waitIsOver { return }
             _ = try await channel.waitForInterrupt(after: g, timeout: timeout)
         }
     }
+
+    /// Blocks the calling thread until at least one submitted op can be retired (or nothing is
+    /// outstanding): the wait of DPDK- or SPDK-style code that polls on its own thread. The
+    /// thread spins on the channel's interrupt for up to `spin` (about twice as long as recent
+    /// waits took), then sleeps until the DPC wakes it
+    /// (``NetDMAChannel/blockUntilInterrupt(after:timeout:spin:)``). Unlike
+    /// ``waitForCompletion(timeout:)``, no executor hop follows the DPC. Needs `interrupts: true`.
+    ///
+    /// - Throws: `.unsupported` without interrupts; `.timeout` when no interrupt came within
+    ///   `timeout`; `.invalidState` when the channel is freed meanwhile.
+    public func blockUntilCompletion(timeout: Duration = .seconds(5), spin: Duration = .microseconds(50)) throws(DriverError) {
+        guard interrupts else { throw Self.noInterrupts }
+        while true {
+            let g = channel.interruptGeneration
+            refresh()
+            if needsStart && submitted != finished { restartRemaining() }
+            if waitIsOver { return }
+            _ = try channel.blockUntilInterrupt(after: g, timeout: timeout, spin: spin)
+        }
+    }
+
+    /// Whether a wait for completions can end: an op can be retired, or none is outstanding.
+    /// (Op numbers and descriptor numbers differ once CPU ops exist: compare op numbers only.)
+    private var waitIsOver: Bool { retirable != retiredOps || outstanding == 0 }
+
+    /// The TransferSize of a NULL descriptor. NetDMA lets the engine ignore it, but some CBDMA
+    /// generations fail a NULL of size 0 with DXSERR (the CB 3.0 erratum), and on a 1.x chain a
+    /// running engine may fetch a descriptor as soon as the old tail links to it, before the
+    /// provider's Append could conform it: so the queue writes 1 itself and depends on no fix-up.
+    private static let nullSize: UInt32 = 1
 
     // Constant errors: throwing them does not allocate.
     private static let tooLarge = DriverError(.descriptorTooLarge,
@@ -431,6 +642,8 @@ public final class CopyQueue {
         "The op's addresses reach beyond the engine's maximum address; use DMA memory the engine can reach.")
     private static let full = DriverError(.queueFull,
         "The copy queue is full; retire finished ops with completed(max:) before enqueueing more.")
+    private static let noInterrupts = DriverError(.unsupported,
+        "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
     private static let noFill = DriverError(.unsupported,
         "This provider does not execute fill descriptors; use a copy from a pattern buffer.")
 }

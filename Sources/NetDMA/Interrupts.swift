@@ -1,3 +1,4 @@
+import CVFIO
 import Platform
 import Synchronization
 
@@ -10,8 +11,8 @@ final class ThreadCounter: Sendable {
     let count = Atomic<Int>(0)
 }
 
-/// A joinable POSIX thread running a Swift closure: the interrupt thread and the completion
-/// workers. (No Foundation in this package.)
+/// A joinable POSIX thread running a Swift closure: the interrupt threads. (No Foundation in
+/// this package.)
 final class NativeThread: @unchecked Sendable {
     // @unchecked: `thread` is written once, in `spawn`, before the object is shared; then only joined.
     private var thread = pthread_t()
@@ -39,199 +40,283 @@ final class NativeThread: @unchecked Sendable {
     func join() { pthread_join(thread, nil) }
 }
 
-/// One provider's interrupt machinery: an interrupt thread waiting on every allocated channel's
-/// eventfd (the ISR side), and one completion worker per DPC CPU (the DPC side).
+/// One provider's interrupt machinery: for each DPC CPU, one thread pinned to that CPU that
+/// waits (one epoll set) on the eventfds of every channel whose interrupt is steered there, runs
+/// the ISR and then, because the interface names that same CPU for the DPC, the DPC right
+/// away on the same thread (what Windows does with a DPC queued to the current processor).
 ///
 /// NetDMA flow (netdma.md §7.2): the ISR acknowledges the interrupt (``ProviderChannel/serviceInterrupt()``)
 /// and asks the interface for the DPC CPU (`NetDmaIsr`); the DPC runs on that CPU, re-arms the
-/// interrupt and calls the interface's completion processing (`NetDmaInterruptDpc`).
+/// interrupt and calls the interface's completion processing (`NetDmaInterruptDpc`). A DPC
+/// for another CPU is queued to that CPU's thread (made for one of the provider's channels);
+/// when the provider has none there, it runs on the channel's own CPU thread.
+///
+/// An interrupt thus costs one thread wake-up (the engine's eventfd write wakes the thread on
+/// the DPC CPU), where a separate interrupt thread and DPC worker cost two.
 final class InterruptDispatcher: @unchecked Sendable {
-    // @unchecked: `thread` is set once in `init`; all mutable state is in Mutexes and atomics.
+    // @unchecked: `cpus` and `stopped` are guarded by `control`; the per-CPU threads are
+    // thread-safe.
+    private let control = Mutex<Void>(())
+    private var cpus: [Int: InterruptCPU] = [:]
+    /// Read by the interrupt threads to route a DPC to another CPU (rare).
+    private let routes = Mutex<[Int: InterruptCPU]>([:])
+    private var stopped = false
+    /// Threads of this dispatcher running now (one per DPC CPU in use).
+    let threads = ThreadCounter()
+    /// The registry, asked for each DPC's CPU (`NetDmaIsr`).
+    private let dpcCPU: @Sendable (NetDMAChannel, InterruptReport) -> Int
+
+    init(dpcCPU: @escaping @Sendable (NetDMAChannel, InterruptReport) -> Int) {
+        self.dpcCPU = dpcCPU
+    }
+
+    /// Starts waiting on `channel`'s eventfd on the thread of its DPC CPU (made on first use).
+    ///
+    /// - Throws: `.outOfMemory` when the thread or its epoll set cannot be created.
+    func add(_ channel: NetDMAChannel, fd: Int32) throws(DriverError) {
+        try control.withLock { _ throws(DriverError) in
+            guard !stopped else {
+                throw DriverError(.invalidState, "The provider's interrupt machinery is stopped; start the provider again.")
+            }
+            let t: InterruptCPU
+            if let existing = cpus[channel.cpu] {
+                t = existing
+            } else {
+                t = try InterruptCPU(cpu: channel.cpu, threads: threads, dpcCPU: dpcCPU) { [unowned self] cpu in
+                    self.routes.withLock { $0[cpu] }
+                }
+                cpus[channel.cpu] = t
+                routes.withLock { $0[channel.cpu] = t }
+            }
+            try t.add(channel, fd: fd)
+        }
+    }
+
+    /// Stops waiting on `channel`'s eventfd. When this returns, no interrupt thread touches the
+    /// fd or calls the channel's ISR any more, so the provider may close it.
+    func remove(_ channel: NetDMAChannel) {
+        control.withLock { _ in cpus[channel.cpu]?.remove(channel) }
+    }
+
+    /// Stops every interrupt thread (each runs the DPCs queued to it first).
+    func shutdown() {
+        control.withLock { _ in
+            stopped = true
+            routes.withLock { $0.removeAll() }
+            for t in cpus.values { t.shutdown() }
+            cpus.removeAll()
+        }
+    }
+}
+
+/// The interrupt thread of one DPC CPU: pinned to it, waiting on one epoll set that holds the
+/// eventfds of the channels whose DPC runs there and a wake eventfd (table changes, DPCs other
+/// CPUs queue here, shutdown).
+final class InterruptCPU: @unchecked Sendable {
+    // @unchecked: `thread` is set once in `init`; the table and queue are in Mutexes, the
+    // rest is atomic or immutable.
     private struct Entry {
+        let token: UInt64
         let fd: Int32
         let channel: NetDMAChannel
     }
     private struct Table {
         var entries: [Entry] = []
-        var generation: UInt64 = 0
+        var nextToken: UInt64 = 1
         var stopping = false
     }
-
-    private let name: String
-    private let wake: EventFD
-    private let ack: EventFD
-    private let table = Mutex(Table())
-    private let acknowledged = Atomic<UInt64>(0)
-    private let exited = Atomic<Bool>(false)
-    /// Serialises add/remove/shutdown (they wait for the interrupt thread's acknowledgement).
-    private let control = Mutex<Void>(())
-    private let workers = Mutex<[Int: CompletionWorker]>([:])
-    /// Threads of this dispatcher running now: the interrupt thread and its completion workers.
-    let threads = ThreadCounter()
-    private var thread: NativeThread?
-    /// The registry, asked for each DPC's CPU (`NetDmaIsr`).
-    private let dpcCPU: @Sendable (NetDMAChannel, InterruptReport) -> Int
-
-    init(name: String, dpcCPU: @escaping @Sendable (NetDMAChannel, InterruptReport) -> Int) throws(DriverError) {
-        self.name = name
-        self.dpcCPU = dpcCPU
-        wake = try EventFD()
-        ack = try EventFD()
-        thread = try NativeThread.spawn(name: "netdma-irq") { [self] in run() }
-    }
-
-    /// Starts waiting on `channel`'s eventfd, with a completion worker on its DPC CPU.
-    ///
-    /// - Throws: `.outOfMemory` when the worker thread cannot be created.
-    func add(_ channel: NetDMAChannel, fd: Int32) throws(DriverError) {
-        if workers.withLock({ $0[channel.cpu] }) == nil {
-            let w = try CompletionWorker(cpu: channel.cpu, threads: threads)
-            let extra: CompletionWorker? = workers.withLock { ws in
-                if ws[channel.cpu] != nil { return w }
-                ws[channel.cpu] = w
-                return nil
-            }
-            extra?.shutdown()
-        }
-        control.withLock { _ in
-            let g = table.withLock { t in
-                t.entries.append(Entry(fd: fd, channel: channel))
-                t.generation += 1
-                return t.generation
-            }
-            waitForAcknowledgement(g)
-        }
-    }
-
-    /// Stops waiting on `channel`'s eventfd. When this returns, the interrupt thread no longer
-    /// touches the fd or calls the channel's ISR, so the provider may close it.
-    func remove(_ channel: NetDMAChannel) {
-        control.withLock { _ in
-            let g = table.withLock { t in
-                t.entries.removeAll { $0.channel === channel }
-                t.generation += 1
-                return t.generation
-            }
-            waitForAcknowledgement(g)
-        }
-    }
-
-    /// Stops the interrupt thread and every completion worker (each finishes its queued DPCs).
-    func shutdown() {
-        control.withLock { _ in
-            table.withLock { t in t.stopping = true }
-            wake.signal()
-            thread?.join()
-            let all = workers.withLock { w in
-                let all = Array(w.values)
-                w.removeAll()
-                return all
-            }
-            for w in all { w.shutdown() }
-        }
-    }
-
-    private func waitForAcknowledgement(_ generation: UInt64) {
-        wake.signal()
-        while acknowledged.load(ordering: .acquiring) < generation && !exited.load(ordering: .acquiring) {
-            _ = ack.wait(timeoutMilliseconds: 100)
-        }
-    }
-
-    /// The interrupt thread: poll every channel's eventfd and the wake fd.
-    private func run() {
-        threads.count.add(1, ordering: .relaxed)
-        defer { threads.count.subtract(1, ordering: .relaxed) }
-        var seen = UInt64.max
-        var fds: [pollfd] = []
-        var entries: [Entry] = []
-        while true {
-            let t = table.withLock { $0 }
-            if t.stopping {
-                exited.store(true, ordering: .releasing)
-                ack.signal()
-                return
-            }
-            if t.generation != seen {
-                seen = t.generation
-                entries = t.entries
-                fds = [pollfd(fd: wake.rawValue, events: Int16(POLLIN), revents: 0)]
-                for e in entries { fds.append(pollfd(fd: e.fd, events: Int16(POLLIN), revents: 0)) }
-                acknowledged.store(seen, ordering: .releasing)
-                ack.signal()
-            }
-            for i in fds.indices { fds[i].revents = 0 }
-            let r = poll(&fds, nfds_t(fds.count), -1)
-            if r < 0 { continue }  // EINTR
-            if fds[0].revents != 0 { _ = wake.consume() }
-            for (i, e) in entries.enumerated() where fds[i + 1].revents & Int16(POLLIN) != 0 {
-                var v: UInt64 = 0
-                _ = read(e.fd, &v, 8)
-                // The ISR: acknowledge and report (NetDmaIsr), then queue the DPC on the CPU the
-                // interface names.
-                let report = e.channel.serviceInterrupt()
-                let cpu = dpcCPU(e.channel, report)
-                // `add` made a worker for the channel's CPU; a DPC CPU the registry names
-                // beyond those falls back to the channel's own worker.
-                let w = workers.withLock { $0[cpu] ?? $0[e.channel.cpu] }
-                w?.enqueue(e.channel, report)
-            }
-        }
-    }
-}
-
-/// A thread pinned to one CPU that runs DPCs (NetDMA's DPC on CPU n).
-final class CompletionWorker: @unchecked Sendable {
-    // @unchecked: `thread` is set once in `init`; the queue is in a Mutex.
     private struct Item {
         let channel: NetDMAChannel
         let report: InterruptReport
     }
-    private struct Queue {
-        var items: [Item] = []
-        var stopping = false
-    }
-    let cpu: Int
-    private let wake: EventFD
-    private let queue = Mutex(Queue())
-    private var thread: NativeThread?
-    private let threads: ThreadCounter
 
-    init(cpu: Int, threads: ThreadCounter) throws(DriverError) {
+    let cpu: Int
+    private let epoll: Int32
+    private let wake: EventFD
+    private let ack: EventFD
+    private let table = Mutex(Table())
+    /// Bumped (under the table's lock) at every table change; the thread re-reads the table
+    /// when it moved.
+    private let generation = Atomic<UInt64>(0)
+    private let acknowledged = Atomic<UInt64>(0)
+    private let exited = Atomic<Bool>(false)
+    private let queue = Mutex<[Item]>([])
+    private let queued = Atomic<Bool>(false)
+    private let threads: ThreadCounter
+    private let dpcCPU: @Sendable (NetDMAChannel, InterruptReport) -> Int
+    private let route: @Sendable (Int) -> InterruptCPU?
+    private var thread: NativeThread?
+
+    /// The token of the wake eventfd in the epoll set.
+    private static let wakeToken: UInt64 = 0
+    /// The SCHED_FIFO priority of the interrupt threads: the lowest real-time one.
+    static let realtimePriority: Int32 = 1
+    /// Tokens one `epoll_wait` returns at most.
+    private static let batch: Int32 = 16
+
+    init(cpu: Int, threads: ThreadCounter, dpcCPU: @escaping @Sendable (NetDMAChannel, InterruptReport) -> Int,
+         route: @escaping @Sendable (Int) -> InterruptCPU?) throws(DriverError) {
         self.cpu = cpu
         self.threads = threads
-        wake = try EventFD()
-        thread = try NativeThread.spawn(name: "netdma-dpc\(cpu)") { [self] in run() }
+        self.dpcCPU = dpcCPU
+        self.route = route
+        let ep = cvfio_epoll_create()
+        guard ep >= 0 else { throw Self.epollError("create the epoll set of", cpu: cpu, errno: -ep) }
+        epoll = ep
+        do {
+            wake = try EventFD()
+            ack = try EventFD()
+        } catch {
+            close(ep)
+            throw error
+        }
+        let r = cvfio_epoll_add(ep, wake.rawValue, Self.wakeToken)
+        guard r == 0 else {
+            close(ep)
+            throw Self.epollError("add the wake eventfd to", cpu: cpu, errno: -r)
+        }
+        do {
+            thread = try NativeThread.spawn(name: "netdma-irq\(cpu)") { [self] in run() }
+        } catch {
+            close(ep)
+            throw error
+        }
     }
 
+    deinit { close(epoll) }
+
+    /// Adds `channel`'s eventfd. The table changes first, then the fd joins the epoll set: an
+    /// interrupt already pending is reported at once and finds its entry.
+    func add(_ channel: NetDMAChannel, fd: Int32) throws(DriverError) {
+        let token = table.withLock { t in
+            let token = t.nextToken
+            t.nextToken += 1
+            t.entries.append(Entry(token: token, fd: fd, channel: channel))
+            generation.add(1, ordering: .releasing)
+            return token
+        }
+        let r = cvfio_epoll_add(epoll, fd, token)
+        if r != 0 {
+            table.withLock { t in
+                t.entries.removeAll { $0.token == token }
+                generation.add(1, ordering: .releasing)
+            }
+            throw Self.epollError("add channel \(channel.index)'s eventfd to", cpu: cpu, errno: -r)
+        }
+    }
+
+    private static func epollError(_ what: String, cpu: Int, errno: Int32) -> DriverError {
+        DriverError(errno == ENOMEM || errno == ENOSPC ? .outOfMemory : .systemCallFailed,
+                    "Cannot \(what) the interrupt thread of CPU \(cpu) (errno \(errno)); raise the open-file limit (`ulimit -n`) or fs.epoll.max_user_watches.")
+    }
+
+    /// Removes `channel`'s eventfd and waits until the thread has dropped its entry.
+    func remove(_ channel: NetDMAChannel) {
+        let (fds, g): ([Int32], UInt64) = table.withLock { t in
+            let fds = t.entries.filter { $0.channel === channel }.map(\.fd)
+            t.entries.removeAll { $0.channel === channel }
+            return (fds, generation.add(1, ordering: .releasing).newValue)
+        }
+        for fd in fds { _ = cvfio_epoll_remove(epoll, fd) }
+        waitForAcknowledgement(g)
+    }
+
+    /// Queues a DPC another CPU's ISR asked for on this CPU.
     func enqueue(_ channel: NetDMAChannel, _ report: InterruptReport) {
-        queue.withLock { $0.items.append(Item(channel: channel, report: report)) }
+        queue.withLock { $0.append(Item(channel: channel, report: report)) }
+        queued.store(true, ordering: .releasing)
         wake.signal()
     }
 
+    /// Stops the thread (after the DPCs queued to it) and joins it.
     func shutdown() {
-        queue.withLock { $0.stopping = true }
+        table.withLock { t in
+            t.stopping = true
+            generation.add(1, ordering: .releasing)
+        }
         wake.signal()
         thread?.join()
+    }
+
+    private func waitForAcknowledgement(_ g: UInt64) {
+        wake.signal()
+        while acknowledged.load(ordering: .acquiring) < g && !exited.load(ordering: .acquiring) {
+            _ = ack.wait(timeoutMilliseconds: 100)
+        }
     }
 
     private func run() {
         threads.count.add(1, ordering: .relaxed)
         defer { threads.count.subtract(1, ordering: .relaxed) }
-        // If the CPU went offline the DPC still runs, unpinned; the channel reports its CPU.
+        // If the CPU went offline the DPCs still run here, unpinned; the channel reports its CPU.
         try? CPUAffinity.pinCurrentThread(to: [cpu])
+        // Like Linux's threaded interrupt handlers (and NetDMA's ISR and DPC, which run above
+        // every thread): a real-time priority, so that the DPC does not wait for a busy
+        // thread's time slice on its CPU. Without the privilege (CAP_SYS_NICE or
+        // RLIMIT_RTPRIO) the thread keeps its normal priority.
+        var param = sched_param(sched_priority: Self.realtimePriority)
+        _ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param)
+        let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: Int(Self.batch))
+        defer { tokens.deallocate() }
+        var seen = UInt64.max
+        var entries: [Entry] = []
+        var stopping = false
         while true {
-            let (items, stopping) = queue.withLock { q in
-                let items = q.items
-                q.items.removeAll(keepingCapacity: true)
-                return (items, q.stopping)
+            // Re-read the table when it changed; the acknowledgement tells `remove` that no
+            // entry it dropped is used from here on (every use goes through `entries`).
+            let g = generation.load(ordering: .acquiring)
+            if g != seen {
+                (entries, stopping) = table.withLock { t in (t.entries, t.stopping) }
+                seen = g
+                acknowledged.store(g, ordering: .releasing)
+                ack.signal()
             }
-            for item in items { item.channel.runDPC(item.report) }
+            if queued.load(ordering: .acquiring) { runQueued() }
             if stopping {
-                if items.isEmpty { return }
-                continue
+                runQueued()
+                exited.store(true, ordering: .releasing)
+                ack.signal()
+                return
             }
-            if items.isEmpty { _ = wake.wait(timeoutMilliseconds: -1) }
+            let n = cvfio_epoll_wait(epoll, tokens, Self.batch, -1)
+            guard n > 0 else { continue }  // EINTR
+            if generation.load(ordering: .acquiring) != seen {
+                // A channel added since: its pending interrupt may be in this batch.
+                let t = table.withLock { t in (t.entries, t.stopping) }
+                (entries, stopping) = t
+                seen = generation.load(ordering: .acquiring)
+                acknowledged.store(seen, ordering: .releasing)
+                ack.signal()
+            }
+            for i in 0..<Int(n) {
+                let token = tokens[i]
+                if token == Self.wakeToken {
+                    _ = wake.consume()
+                    continue
+                }
+                guard let e = entries.first(where: { $0.token == token }) else { continue }
+                var v: UInt64 = 0
+                _ = read(e.fd, &v, 8)
+                // The ISR: acknowledge and report (NetDmaIsr), then the DPC on the CPU the
+                // interface names: here and now when it is this thread's CPU.
+                let report = e.channel.serviceInterrupt()
+                let target = dpcCPU(e.channel, report)
+                if target != cpu, let other = route(target) {
+                    other.enqueue(e.channel, report)
+                } else {
+                    e.channel.runDPC(report)
+                }
+            }
         }
+    }
+
+    private func runQueued() {
+        queued.store(false, ordering: .releasing)
+        let items = queue.withLock { q in
+            let items = q
+            q.removeAll(keepingCapacity: true)
+            return items
+        }
+        for item in items { item.channel.runDPC(item.report) }
     }
 }

@@ -268,6 +268,18 @@ public protocol ProviderChannel: AnyObject, Sendable {
     /// interrupt (CBDMA INT_REARM) so the next completion can interrupt again.
     func rearmInterrupt()
 
+    /// Whether a polling client must call ``pollCompletions()`` before it reads the completion
+    /// word: true for an engine that does not write the word itself (DSA writes completion
+    /// records, which the provider turns into the word). Constant for the channel's life.
+    var completesByPolling: Bool { get }
+
+    /// Turns what the engine has reported since the last call into the completion word (and
+    /// hands the engine more of the chain if it waited for room), on the client's thread: what
+    /// DPDK's idxd driver does in `rte_dma_completed`. ``CopyQueue`` calls it on each poll
+    /// when ``completesByPolling`` is true. Hot path: no lock, allocation, retain/release or
+    /// system call; never blocks (another thread doing the same work is left to finish it).
+    func pollCompletions()
+
     /// Why the channel halted, if it did (decoded error registers). Cleared by Start/Reset.
     ///
     /// Contract on an error halt: the completion word (when the engine writes it) holds the
@@ -278,6 +290,9 @@ public protocol ProviderChannel: AnyObject, Sendable {
 }
 
 extension ProviderChannel {
+    /// The engine writes the completion word itself (CBDMA).
+    public var completesByPolling: Bool { false }
+    public func pollCompletions() {}
     public func suspend() throws(DriverError) -> UInt64 {
         throw DriverError(.unsupported, "This provider does not implement SuspendDma.")
     }

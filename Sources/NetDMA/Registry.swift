@@ -240,8 +240,9 @@ public final class NetDMARegistry: Sendable {
         }
     }
 
-    /// `NetDmaProviderStart`: the hardware is ready. Validates the attributes, starts the
-    /// provider's interrupt thread, and tells clients the provider arrived.
+    /// `NetDmaProviderStart`: the hardware is ready. Validates the attributes, sets up the
+    /// provider's interrupt machinery (a thread per DPC CPU, made with the first channel whose
+    /// interrupt goes there), and tells clients the provider arrived.
     ///
     /// - Throws: `.invalidState` unless registered (not started); `.invalidArgument` when the
     ///   maximum transfer is below 4096, or the channel count is 0 or above the maximum.
@@ -258,19 +259,15 @@ public final class NetDMARegistry: Sendable {
             throw DriverError(.invalidArgument, "MaximumAddressSpace must be non-zero.")
         }
         try transition(handle, "Start", from: [.registered])
-        do {
-            let dispatcher = try InterruptDispatcher(name: c.friendlyName) { [unowned self] channel, report in
-                self.dpcCPU(for: channel, lastCompleted: report.lastCompleted)
-            }
-            state.withLock { s in
-                s.providers[handle.id]?.record.dispatcher = dispatcher
-                s.providers[handle.id]?.attributes = attributes
-                s.providers[handle.id]?.state = .started
-                s.providers[handle.id]?.busy = false
-            }
-        } catch {
-            state.withLock { s in s.providers[handle.id]?.busy = false }
-            throw error
+        // Its threads (one per DPC CPU) start with the first channel that has a vector.
+        let dispatcher = InterruptDispatcher { [unowned self] channel, report in
+            self.dpcCPU(for: channel, lastCompleted: report.lastCompleted)
+        }
+        state.withLock { s in
+            s.providers[handle.id]?.record.dispatcher = dispatcher
+            s.providers[handle.id]?.attributes = attributes
+            s.providers[handle.id]?.state = .started
+            s.providers[handle.id]?.busy = false
         }
         record.poweredDown.store(false, ordering: .releasing)
         record.deviceOff.store(false, ordering: .releasing)
@@ -279,7 +276,7 @@ public final class NetDMARegistry: Sendable {
 
     /// `NetDmaProviderStop`: tells clients the provider is going, waits (up to
     /// ``drainTimeout`` per channel) for outstanding descriptors, aborts or resets a channel that
-    /// does not drain, frees every channel and stops the interrupt thread. Blocks.
+    /// does not drain, frees every channel and stops the interrupt threads. Blocks.
     ///
     /// - Returns: the channels that had to be aborted (empty when all drained).
     /// - Throws: `.invalidState` unless started.

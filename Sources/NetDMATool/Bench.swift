@@ -3,6 +3,7 @@ import CVFIO
 import Foundation
 import NetDMAEngines
 import Platform
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -43,11 +44,15 @@ struct Bench: ResultCommand {
     @Option(name: .customLong("queue-depth"), help: "Most copies in flight per channel (default: ring size - 1).")
     var queueDepth: Int?
 
-    @Option(help: "Channels to use (at most the engine's).")
+    @Option(help: "Channels to use, one submitting thread each (at most the engine's; more is an error).")
     var channels: Int = 1
 
     @Option(help: "poll (spin on the completion word) or interrupt (sleep on the channel's interrupt).")
     var mode: BenchMode = .poll
+
+    @Option(name: .customLong("wait-spin"),
+            help: "Interrupt mode: microseconds a waiting thread spins on the interrupt before it sleeps (0: sleep at once).")
+    var waitSpin: Double = 50
 
     @Option(help: "Seconds of streaming per size (default 0.25; --quick 0.03).")
     var seconds: Double?
@@ -88,6 +93,7 @@ struct Bench: ResultCommand {
         if let s = sizes, s.isEmpty { throw ValidationError("--sizes needs at least one size.") }
         if let s = seconds, s <= 0 || s > 3600 { throw ValidationError("--seconds must be between 0 and 3600.") }
         if let n = latencySamples, n < 1 { throw ValidationError("--latency-samples must be at least 1.") }
+        guard waitSpin >= 0, waitSpin <= 1_000_000 else { throw ValidationError("--wait-spin must be from 0 to 1000000 µs.") }
     }
 
     /// The settings a run used (part of the JSON).
@@ -98,16 +104,22 @@ struct Bench: ResultCommand {
         var queueDepth: Int
         var channels: Int
         var mode: BenchMode
+        /// Interrupt mode: how long a waiting thread spins before it sleeps, in microseconds.
+        var waitSpinMicroseconds: Double
         var secondsPerSize: Double
         var latencySamples: Int
         var workingSet: Int
         var tscHz: Double
+
+        var waitSpin: Duration { .nanoseconds(Int64(waitSpinMicroseconds * 1000)) }
     }
 
     /// One size's results (also a CSV row).
     struct Row: Codable, Equatable {
         var size: Int
         var ops: Int
+        /// Ops per channel (each channel's own submitting thread), in channel order.
+        var channelOps: [Int] = []
         var opsPerSecond: Double
         var gigabytesPerSecond: Double
         /// Submitter TSC cycles per op: its share of a batch's enqueues and submit, plus its
@@ -138,6 +150,8 @@ struct Bench: ResultCommand {
         /// (CopyQueue's CPU-copy threshold); nil when memcpy wins at the largest size.
         var copyThreshold: Int?
         var errors: [String]
+        /// Where the threads ran, when the bench placed them (on a device model).
+        var placement: String?
     }
 
     /// The JSON document.
@@ -157,9 +171,10 @@ struct Bench: ResultCommand {
             ws = max(sz.last ?? 0, limit & ~4095)
             note = "working set reduced to \(approximateBytes(ws)) to fit RLIMIT_MEMLOCK (run as root or raise `ulimit -l` for more)"
         }
-        ws = max(ws, sz.last ?? 0)
+        // Each channel's stream gets its own slice (page-aligned) of at least the largest size.
+        ws = max(ws, max(1, channels) * (((sz.last ?? 0) + 4095) & ~4095))
         return (Settings(sizes: sz, batch: batch, ring: ring, queueDepth: queueDepth ?? ring - 1, channels: channels, mode: mode,
-                         secondsPerSize: seconds ?? (quick ? 0.03 : 0.25), latencySamples: latencySamples ?? (quick ? 100 : 2000),
+                         waitSpinMicroseconds: waitSpin, secondsPerSize: seconds ?? (quick ? 0.03 : 0.25), latencySamples: latencySamples ?? (quick ? 100 : 2000),
                          workingSet: ws, tscHz: tscHz), note)
     }
 
@@ -201,7 +216,12 @@ struct Bench: ResultCommand {
     }
 
     static func run(_ session: EngineSession, _ s: Settings, progress: (Double, String) -> Void) throws(DriverError) -> EngineResult {
-        let n = min(s.channels, session.channelCount)
+        guard s.channels <= session.channelCount else {
+            let has = session.channelCount
+            throw DriverError(.invalidArgument,
+                "--channels \(s.channels): \(session.label) has \(has) channel\(has == 1 ? "" : "s"); ask for 1 to \(has)\(session.engine.isModel ? " (the model's profile sets how many: e.g. --generation cb1 has 4 channels, --model dsa 4 work queues)" : "").")
+        }
+        let n = s.channels
         var rigs: [ChannelRig] = []
         defer { for r in rigs { r.free() } }
         let memory = session.memory
@@ -219,7 +239,10 @@ struct Bench: ResultCommand {
         while i + 8 <= s.workingSet { source.base.storeBytes(of: g.next(), toByteOffset: i, as: UInt64.self); i += 8 }
 
         var pendingFault = session.injectCopyFault
-        var result = EngineResult(engine: session.label, name: session.identity.name, channels: n, rows: [], copyThreshold: nil, errors: [])
+        let placement = Placement(session, dpcCPU: rigs[0].channel.cpu)
+        defer { placement.restore() }
+        var result = EngineResult(engine: session.label, name: session.identity.name, channels: n, rows: [], copyThreshold: nil,
+                                  errors: [], placement: placement.description)
         let buffers = BenchBuffers(source: source.base, sourceIOVA: source.iova, destination: destination.base,
                                    destinationIOVA: destination.iova, length: s.workingSet)
         for (k, size) in s.sizes.enumerated() {
@@ -231,23 +254,22 @@ struct Bench: ResultCommand {
             progress(f, "\(ByteCount.format(size)): stream")
             memset(destination.base, 0, s.workingSet)
             // Warm-up: wakes an engine (or a model's thread) from its idle state.
-            _ = Bench.stream(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
+            _ = Bench.streams(rigs, buffers, size: size, s, seconds: min(0.02, s.secondsPerSize / 4))
             memset(destination.base, 0, s.workingSet)
             pendingFault?()
             pendingFault = nil
-            let run = Bench.stream(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
+            let (run, slices) = Bench.streams(rigs, buffers, size: size, s, seconds: s.secondsPerSize)
             if let e = run.error { result.errors.append("\(ByteCount.format(size)): \(e)") }
-            let touched = min(run.ops, s.workingSet / size) * size
-            let verified = run.error == nil && memcmp(source.base, destination.base, touched) == 0
+            let verified = run.error == nil && slices.allSatisfy { memcmp(source.base + $0.offset, destination.base + $0.offset, $0.bytes) == 0 }
             if run.error == nil && !verified { result.errors.append("\(ByteCount.format(size)): a destination differs from its source after the stream") }
             progress(f + 0.5 / Double(s.sizes.count), "\(ByteCount.format(size)): latency")
-            let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, tscHz: s.tscHz)
+            let lat = Bench.latency(rigs[0], buffers, size: size, samples: s.latencySamples, mode: s.mode, spin: s.waitSpin, tscHz: s.tscHz)
             if let e = lat.error { result.errors.append("\(ByteCount.format(size)) QD1: \(e)") }
             progress(f + 0.8 / Double(s.sizes.count), "\(ByteCount.format(size)): memcpy")
             let cpu = Bench.memcpyRun(buffers, size: size, seconds: s.secondsPerSize / 2, tscHz: s.tscHz)
             let gbps = run.seconds > 0 ? Double(run.ops * size) / run.seconds / 1e9 : 0
             result.rows.append(Row(
-                size: size, ops: run.ops, opsPerSecond: run.seconds > 0 ? Double(run.ops) / run.seconds : 0,
+                size: size, ops: run.ops, channelOps: slices.map(\.ops), opsPerSecond: run.seconds > 0 ? Double(run.ops) / run.seconds : 0,
                 gigabytesPerSecond: gbps, cyclesPerOp: run.cyclesPerOp,
                 emptyPolls: run.emptyPolls, preemptedIntervals: run.preempted, latencySamples: lat.samples.count,
                 latencyP50Nanoseconds: percentile(lat.samples, 0.50), latencyP99Nanoseconds: percentile(lat.samples, 0.99),
@@ -261,15 +283,46 @@ struct Bench: ResultCommand {
         return result
     }
 
-    /// The smallest measured size from which the engine's GB/s is at least memcpy's at every
-    /// larger measured size.
-    static func copyThreshold(_ rows: [Row]) -> Int? {
-        var threshold: Int? = nil
-        for r in rows.sorted(by: { $0.size > $1.size }) {
-            guard r.gigabytesPerSecond >= r.memcpyGigabytesPerSecond, r.verified else { break }
-            threshold = r.size
+    /// Thread placement on a device model: the model's engine thread (the device) on the first
+    /// channel's DPC CPU, where a real engine's MSI-X interrupt would arrive, and the submitting
+    /// thread on the other CPUs. Then no wake-up crosses CPUs: the engine's interrupt wakes the
+    /// interrupt thread on its own CPU, and the submitter sees the DPC's work by spinning or is
+    /// woken once. Left to the scheduler, the two busy threads sometimes share a CPU, and each
+    /// op then waits for a time slice. On hardware nothing is placed.
+    struct Placement {
+        /// "model engine thread on CPU 1 (the DPC CPU), submitter on CPUs {0}"; nil when nothing was placed.
+        let description: String?
+        private let saved: CPUSet?
+
+        init(_ session: EngineSession, dpcCPU: Int) {
+            let allowed = CPUSet.allowed
+            var others = allowed
+            others.remove(dpcCPU)
+            guard let tid = session.engine.model?.engineThreadID, tid != 0, !others.isEmpty,
+                  (try? CPUAffinity.pinThread(tid, to: [dpcCPU])) != nil,
+                  (try? CPUAffinity.pinCurrentThread(to: others)) != nil else {
+                description = nil
+                saved = nil
+                return
+            }
+            description = "model engine thread on CPU \(dpcCPU) (the DPC CPU), submitter on CPUs \(others)"
+            saved = allowed
         }
-        return threshold
+
+        /// Gives the submitting thread back the CPUs it had.
+        func restore() {
+            if let saved { try? CPUAffinity.pinCurrentThread(to: saved) }
+        }
+    }
+
+    /// The smallest measured size from which the engine's GB/s is at least memcpy's at every
+    /// larger measured size (``CopyQueue/cpuCopyThreshold(for:)``; a row whose copies were not
+    /// verified counts as an engine that does not win).
+    static func copyThreshold(_ rows: [Row]) -> Int? {
+        CopyQueue.cpuCopyThreshold(for: rows.map {
+            CopyThroughput(size: $0.size, engineBytesPerSecond: $0.verified ? $0.gigabytesPerSecond * 1e9 : 0,
+                           cpuBytesPerSecond: $0.memcpyGigabytesPerSecond * 1e9)
+        })
     }
 
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {
@@ -318,6 +371,22 @@ struct Bench: ResultCommand {
             }
         }
 
+        /// Adds another channel's stream (run at the same time): counts add up, the seconds
+        /// are the longer ones, the first error is kept.
+        mutating func merge(_ o: StreamResult) {
+            ops += o.ops
+            seconds = max(seconds, o.seconds)
+            submitCycles &+= o.submitCycles
+            submitOps += o.submitOps
+            pollCycles &+= o.pollCycles
+            pollOps += o.pollOps
+            emptyPolls += o.emptyPolls
+            preempted += o.preempted
+            allCycles &+= o.allCycles
+            allOps += o.allOps
+            error = error ?? o.error
+        }
+
         /// Enqueue+submit cycles per op plus completed cycles per op. When every interval
         /// looked preempted (a build instrumented by a sanitizer runs that slowly), the mean
         /// over all intervals instead: a figure, not 0.
@@ -325,6 +394,62 @@ struct Bench: ResultCommand {
             if submitOps == 0 && pollOps == 0 { return allOps > 0 ? Double(allCycles) / Double(allOps) : 0 }
             return (submitOps > 0 ? Double(submitCycles) / Double(submitOps) : 0) + (pollOps > 0 ? Double(pollCycles) / Double(pollOps) : 0)
         }
+    }
+
+    /// The steady stream on every channel at once: one submitting thread per channel (this
+    /// thread drives the first), each on its own slice of the working set, all started together.
+    /// Returns the sum over the channels (the longest thread's seconds) and, per channel, its
+    /// slice's offset, the bytes written there and its ops.
+    static func streams(_ rigs: [ChannelRig], _ b: BenchBuffers, size: Int, _ s: Settings,
+                        seconds: Double) -> (StreamResult, slices: [(offset: Int, bytes: Int, ops: Int)]) {
+        let n = rigs.count
+        let sliceLength = n == 1 ? b.length : max(size, (b.length / n) & ~4095)
+        let parts = (0..<n).map { k in
+            BenchBuffers(source: b.source + k * sliceLength, sourceIOVA: b.sourceIOVA + UInt64(k * sliceLength),
+                         destination: b.destination + k * sliceLength, destinationIOVA: b.destinationIOVA + UInt64(k * sliceLength),
+                         length: sliceLength)
+        }
+        let jobs = (0..<n).map { StreamJob(rig: rigs[$0], buffers: parts[$0]) }
+        let go = StartSignal()
+        let done = DispatchSemaphore(value: 0)
+        for job in jobs.dropFirst() {
+            let t = Thread {
+                go.wait()
+                job.result = Bench.stream([job.rig], job.buffers, size: size, s, seconds: seconds)
+                done.signal()
+            }
+            t.start()
+        }
+        go.release()
+        jobs[0].result = Bench.stream([jobs[0].rig], jobs[0].buffers, size: size, s, seconds: seconds)
+        for _ in 1..<n { done.wait() }
+        var total = StreamResult()
+        var slices: [(offset: Int, bytes: Int, ops: Int)] = []
+        for (k, job) in jobs.enumerated() {
+            total.merge(job.result)
+            slices.append((k * sliceLength, min(job.result.ops, max(1, sliceLength / size)) * size, job.result.ops))
+        }
+        return (total, slices)
+    }
+
+    /// One channel's stream on its own thread.
+    final class StreamJob: @unchecked Sendable {
+        // @unchecked: `rig` and `buffers` are used by one thread at a time (handed over when
+        // the thread starts); `result` is written by that thread before it signals.
+        let rig: ChannelRig
+        let buffers: BenchBuffers
+        var result = StreamResult()
+        init(rig: ChannelRig, buffers: BenchBuffers) {
+            self.rig = rig
+            self.buffers = buffers
+        }
+    }
+
+    /// Lets the streams' threads start at once.
+    final class StartSignal: Sendable {
+        private let started = Atomic<Bool>(false)
+        func release() { started.store(true, ordering: .releasing) }
+        func wait() { while !started.load(ordering: .acquiring) { sched_yield() } }
     }
 
     /// The steady stream: batches while there is room, one `completed` per channel per pass.
@@ -397,7 +522,7 @@ struct Bench: ResultCommand {
                         r.error = r.error ?? "a copy failed: \(queues[i].lastFault.map { "\($0)" } ?? "device error")"
                         stop = true
                     } else if c.count == 0 {
-                        do throws(DriverError) { try rigs[i].waitForInterrupt(after: g, timeout: .seconds(5)) } catch {
+                        do throws(DriverError) { try rigs[i].waitForInterrupt(after: g, timeout: .seconds(5), spin: s.waitSpin) } catch {
                             r.error = r.error ?? error.message
                             stop = true
                         }
@@ -416,7 +541,8 @@ struct Bench: ResultCommand {
     }
 
     /// Queue depth 1: enqueue one copy with a submit, then wait for it (spin or interrupt).
-    static func latency(_ rig: ChannelRig, _ b: BenchBuffers, size: Int, samples: Int, mode: BenchMode, tscHz: Double) -> LatencyResult {
+    static func latency(_ rig: ChannelRig, _ b: BenchBuffers, size: Int, samples: Int, mode: BenchMode, spin: Duration,
+                        tscHz: Double) -> LatencyResult {
         var out: [Double] = []
         out.reserveCapacity(samples)
         let q = rig.queue
@@ -431,7 +557,7 @@ struct Bench: ResultCommand {
             do throws(DriverError) {
                 _ = try q.enqueueCopy(source: b.sourceIOVA &+ off, destination: b.destinationIOVA &+ off, length: size)
                 try q.submit()
-                if mode == .interrupt { try rig.waitForInterrupt(after: g, timeout: .seconds(5)) }
+                if mode == .interrupt { try rig.waitForInterrupt(after: g, timeout: .seconds(5), spin: spin) }
             } catch {
                 return LatencyResult(samples: out.sorted(), error: error.message)
             }
@@ -488,11 +614,12 @@ struct Bench: ResultCommand {
     static func table(_ doc: Document, note: String?) -> String {
         let s = doc.settings
         var out = [doc.headline]
-        out.append("batch \(s.batch), ring \(s.ring), queue depth \(s.queueDepth), \(s.mode.rawValue) mode, working set \(approximateBytes(s.workingSet)), \(String(format: "%.2f", s.secondsPerSize)) s per size, TSC \(String(format: "%.2f", s.tscHz / 1e9)) GHz")
+        out.append("batch \(s.batch), ring \(s.ring), queue depth \(s.queueDepth), \(s.mode.rawValue) mode\(s.mode == .interrupt ? " (spin \(String(format: "%.0f", s.waitSpinMicroseconds)) µs)" : ""), working set \(approximateBytes(s.workingSet)), \(String(format: "%.2f", s.secondsPerSize)) s per size, TSC \(String(format: "%.2f", s.tscHz / 1e9)) GHz")
         if let note { out.append("note: \(note)") }
         for e in doc.engines {
             out.append("")
             out.append("\(e.engine): \(e.name), \(e.channels) channel\(e.channels == 1 ? "" : "s")")
+            if let p = e.placement { out.append("  \(p)") }
             var rows = [["SIZE", "OPS/S", "GB/S", "CYC/OP", "QD1 P50", "QD1 P99", "MEMCPY GB/S", "ENGINE/CPU", "CHECK"]]
             for r in e.rows {
                 rows.append([ByteCount.format(r.size), rate(r.opsPerSecond), String(format: "%.2f", r.gigabytesPerSecond),

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import NetDMAEngines
 import Platform
@@ -100,12 +99,7 @@ final class ChannelRig {
         }
         self.channel = channel
         self.length = length
-        let signal = interruptSignal
-        channel.setCompletionHandler { _ in signal.signal() }
     }
-
-    /// Signalled by the channel's DPC (its completion handler).
-    private let interruptSignal = DispatchSemaphore(value: 0)
 
     var hasInterrupts: Bool { queue.interrupts }
     var sourceBytes: UnsafeMutablePointer<UInt8> { source.base.assumingMemoryBound(to: UInt8.self) }
@@ -141,22 +135,21 @@ final class ChannelRig {
     }
 
     /// Waits until the channel's DPC has run after interrupt generation `generation` (read it
-    /// before the last poll that found nothing, so no interrupt is missed). The thread sleeps on
-    /// a semaphore the channel's completion handler signals; no async executor is involved.
+    /// before the last poll that found nothing, so no interrupt is missed). The thread spins for
+    /// up to `spin`, then sleeps until the DPC wakes it
+    /// (``NetDMAChannel/blockUntilInterrupt(after:timeout:spin:)``); no async executor is involved.
     ///
     /// - Throws: `.timeout` when no interrupt came within `timeout`.
-    func waitForInterrupt(after generation: UInt64, timeout: Duration) throws(DriverError) {
-        let deadline = DispatchTime.now() + .microseconds(Int(microseconds(timeout)))
-        while channel.interruptGeneration <= generation {
-            if interruptSignal.wait(timeout: deadline) == .timedOut && channel.interruptGeneration <= generation {
-                throw DriverError(.timeout, "No interrupt on channel \(channel.index) within \(formatDuration(timeout)) (channel \(channel.state)); check the MSI-X routing (`dmesg`, /proc/interrupts).")
-            }
+    func waitForInterrupt(after generation: UInt64, timeout: Duration, spin: Duration = .microseconds(50)) throws(DriverError) {
+        do {
+            _ = try channel.blockUntilInterrupt(after: generation, timeout: timeout, spin: spin)
+        } catch where error.code == .timeout {
+            throw DriverError(.timeout, "No interrupt on channel \(channel.index) within \(formatDuration(timeout)) (channel \(channel.state)); check the MSI-X routing (`dmesg`, /proc/interrupts).")
         }
     }
 
     /// Frees the channel (after a drain; a channel with work left is reset first).
     func free() {
-        channel.setCompletionHandler(nil)
         if (try? channel.free()) == nil {
             try? channel.reset()
             try? channel.free()

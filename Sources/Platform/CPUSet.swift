@@ -78,6 +78,18 @@ public enum CPUAffinity {
                               "Cannot pin thread to CPUs \(cpus): none of them is online and allowed.")
         }
     }
+    /// Pins the thread with kernel thread ID `tid` (of this process) to `cpus`.
+    ///
+    /// - Throws: `.invalidArgument` for an empty set, a set with no online CPU this process
+    ///   may use, or a thread that does not exist.
+    public static func pinThread(_ tid: Int32, to cpus: CPUSet) throws(DriverError) {
+        guard !cpus.isEmpty else { throw DriverError(.invalidArgument, "Cannot pin a thread to an empty CPU set.") }
+        let r = cpus.words.withUnsafeBufferPointer { cvfio_set_affinity_of(tid, $0.baseAddress!, $0.count) }
+        if r < 0 {
+            throw DriverError(.invalidArgument, errno: .init(rawValue: -r),
+                              "Cannot pin thread \(tid) to CPUs \(cpus): no such thread, or none of the CPUs is online and allowed.")
+        }
+    }
     /// The CPU the calling thread runs on now.
     public static var currentCPU: Int { max(0, Int(cvfio_current_cpu())) }
 }

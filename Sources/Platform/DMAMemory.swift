@@ -48,7 +48,9 @@ struct MemorySyscalls: Sendable {
 /// the policy's range and every space's ``DMAAddressSpace/validIOVARanges``; freed IOVA space is
 /// reused.
 ///
-/// Not on any hot path: allocation, registration and lookup take a lock.
+/// Not on any hot path: allocation, registration and lookup take a lock. Hot paths translate
+/// through a ``DMARegionCache`` (one region) or a ``DMARegionSnapshot`` (every region), which
+/// take the lock only when the regions changed.
 public final class DMAMemory: Sendable {
     /// A mapped range: host address, IOVA and length.
     public struct Region: Sendable, Hashable {
@@ -84,11 +86,19 @@ public final class DMAMemory: Sendable {
     private let system: MemorySyscalls
     /// Bumped whenever a region goes away; ``DMARegionCache`` checks it on every hit.
     private let removals = Atomic<UInt64>(0)
+    /// Bumped whenever a region is added or goes away; ``DMARegionSnapshot`` checks it.
+    @usableFromInline let changes = Atomic<UInt64>(0)
 
     /// How many regions have been removed since creation: a cache of a region's translation is
-    /// valid only while this has not changed. One relaxed atomic load.
+    /// valid only while this has not changed. One acquire load (a plain load on x86-64).
     @inline(__always)
     public var generation: UInt64 { removals.load(ordering: .acquiring) }
+
+    /// How many times a region was added or removed since creation: a copy of the region table
+    /// is complete and valid only while this has not changed. One acquire load (inlined into
+    /// callers in other modules).
+    @inlinable @inline(__always)
+    public var layoutVersion: UInt64 { changes.load(ordering: .acquiring) }
 
     /// Creates DMA memory mapped into `spaces`.
     ///
@@ -111,6 +121,11 @@ public final class DMAMemory: Sendable {
 
     /// Every region currently mapped, by address.
     public var regions: [Region] { state.withLock { $0.regions } }
+
+    /// Every region and the ``layoutVersion`` they belong to, read together under the lock.
+    func regionTable() -> (regions: [Region], version: UInt64) {
+        state.withLock { s in (s.regions, changes.load(ordering: .relaxed)) }
+    }
 
     /// The region that holds `length` bytes at `iova`, if one does.
     public func region(containingIOVA iova: UInt64, length: Int = 1) -> Region? {
@@ -325,6 +340,7 @@ public final class DMAMemory: Sendable {
             let region = Region(address: a, iova: iova, length: length, owned: owned, mappedLength: mappedLength,
                                 node: node, hugePages: hugePages)
             s.regions.append(region)
+            changes.add(1, ordering: .releasing)
             return .success(region)
         }
         let region = try result.get()
@@ -336,7 +352,13 @@ public final class DMAMemory: Sendable {
             }
         } catch {
             for space in done { try? space.unmap(iova: region.iova, length: length) }
-            state.withLock { s in s.regions.removeAll { $0.address == a } }
+            // The region was visible meanwhile: caches and snapshots of it must not outlive it
+            // (the caller unmaps the pages next).
+            state.withLock { s in
+                removals.add(1, ordering: .releasing)
+                changes.add(1, ordering: .releasing)
+                s.regions.removeAll { $0.address == a }
+            }
             throw error
         }
         return region
@@ -350,6 +372,7 @@ public final class DMAMemory: Sendable {
                 address >= $0.address && address - $0.address < UInt($0.length) && $0.owned == owned
             }) else { return nil }
             removals.add(1, ordering: .releasing)
+            changes.add(1, ordering: .releasing)
             let r = s.regions.remove(at: i)
             for space in spaces { try? space.unmap(iova: r.iova, length: r.length) }
             return r

@@ -143,12 +143,15 @@ struct NetDMABadInputTests {
         try c.free()
     }
 
-    @Test("A11 CopyQueue: a ring size that is not a power of two from 2 to 65536; a channel already started")
+    @Test("A11 CopyQueue: a ring size that is not a power of two from 2 to 65536; a negative CPU-copy threshold; a channel already started")
     func queueShape() throws {
         let s = try Started()
         let c = try s.channel()
         for size in [0, 1, 3, 100, 131072] {
             expectError(.invalidArgument, mentioning: ["power of two"]) { _ = try CopyQueue(channel: c, ringSize: size) }
+        }
+        for threshold in [-1, Int.min] {
+            expectError(.invalidArgument, mentioning: ["0 (off)", "\(threshold)"]) { _ = try CopyQueue(channel: c, ringSize: 8, cpuCopyThreshold: threshold) }
         }
         let pool = try DescriptorPool(memory: c.dmaMemory, count: 1)
         pool[0].pointee = Descriptor(transferSize: 1, controlFlags: [.nullTransfer, .statusUpdateOnCompletion])
@@ -170,11 +173,12 @@ struct NetDMABadInputTests {
         }
     }
 
-    @Test("A13 CopyQueue ops longer than the maximum transfer, beyond the engine's reach, or a fill without fill support")
-    func queueOps() throws {
+    @Test("A13 CopyQueue ops longer than the maximum transfer, beyond the engine's reach, or a fill without fill support (the CPU fallback refuses the same)",
+          arguments: [0, 1 << 30])
+    func queueOps(cpuCopyThreshold: Int) throws {
         let s = try Started(flags: [])
         let c = try s.channel()
-        let q = try CopyQueue(channel: c, ringSize: 8)
+        let q = try CopyQueue(channel: c, ringSize: 8, cpuCopyThreshold: cpuCopyThreshold)
         expectError(.descriptorTooLarge, mentioning: ["split"]) {
             _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: c.maximumTransferSize + 1)
         }
@@ -182,15 +186,18 @@ struct NetDMABadInputTests {
             _ = try q.enqueueCopy(source: 0x10_0000, destination: c.maximumAddress, length: 64)
         }
         expectError(.unsupported, mentioning: ["fill"]) { _ = try q.enqueueFill(pattern: 0, destination: 0x10_0000, length: 8) }
+        #expect(q.pendingSubmission == 0 && q.freeSlots == q.capacity)
     }
 
-    @Test("A14 CopyQueue enqueue when full")
-    func queueFull() throws {
+    @Test("A14 CopyQueue enqueue when full (engine and CPU ops share the capacity)", arguments: [0, 256])
+    func queueFull(cpuCopyThreshold: Int) throws {
         let s = try Started()
         let c = try s.channel()
-        let q = try CopyQueue(channel: c, ringSize: 4)
+        let q = try CopyQueue(channel: c, ringSize: 4, cpuCopyThreshold: cpuCopyThreshold)
         for _ in 0..<q.capacity { _ = try q.enqueueNull() }
         expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueNull() }
+        expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 64) }
+        expectError(.queueFull, mentioning: ["completed(max:)"]) { _ = try q.enqueueCopy(source: 0x10_0000, destination: 0x20_0000, length: 4096) }
     }
 
     @Test("A15 a NetDMA 1.0 or 1.1 provider declaring characteristic flags; unknown flag bits")

@@ -3,6 +3,10 @@ import Platform
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @Suite("NetDMA registry (netdma.md §2, §4.4–4.5, §6, §11.1)", .serialized)
 struct RegistryTests {
     @Test("version is 2.1, encoded major << 16 | minor")
@@ -167,7 +171,7 @@ struct RegistryTests {
         }
     }
 
-    @Test("the interrupt thread and completion workers run while started and are joined by stop")
+    @Test("one interrupt thread per DPC CPU runs while started and is joined by stop")
     func threadsShutDown() async throws {
         let h = try Harness(.fixture(.v2_0))
         defer { h.close() }
@@ -181,11 +185,49 @@ struct RegistryTests {
             try c.start(pool.chain(from: c.index, count: 1))
             _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
         }
-        // One interrupt thread plus one worker per DPC CPU.
-        #expect(counter.count.load(ordering: .acquiring) == 1 + Set([a.cpu, b.cpu]).count)
+        // One interrupt thread per DPC CPU: it runs the DPCs of its CPU itself.
+        #expect(counter.count.load(ordering: .acquiring) == Set([a.cpu, b.cpu]).count)
         try h.registry.stop(h.handle)
         #expect(counter.count.load(ordering: .acquiring) == 0, "stop joins every thread")
         #expect(h.registry.interruptThreads(h.handle) == nil)
+    }
+
+    @Test("the DPC runs right after the ISR on the same interrupt thread, on the channel's CPU, real-time when allowed")
+    func dpcInlineOnInterruptThread() throws {
+        let h = try Harness(.fixture(.v2_0))
+        defer { h.close() }
+        let fixture = try #require(h.target as? FixtureMemcpyProvider)
+        let cpus = Array(CPUSet.allowed)
+        let c = try h.channel(affinity: [cpus.last!])
+        struct DPCSeen: Sendable { var thread: pthread_t; var cpu: Int; var policy: Int32 }
+        let seen = Mutex<[DPCSeen]>([])
+        c.setCompletionHandler { _ in
+            var policy: Int32 = 0
+            var param = sched_param()
+            _ = pthread_getschedparam(pthread_self(), &policy, &param)
+            seen.withLock { $0.append(DPCSeen(thread: pthread_self(), cpu: CPUAffinity.currentCPU, policy: policy)) }
+        }
+        let pool = try DescriptorPool(memory: h.memory, count: 4)
+        for i in 0..<3 {
+            setNull(pool, i, flags: [.interruptOnCompletion])
+            let g = c.interruptGeneration
+            try c.start(pool.chain(from: i, count: 1))
+            _ = try c.blockUntilInterrupt(after: g, timeout: .seconds(5))
+        }
+        #expect(waitUntil { seen.withLock { $0.count } == 3 })
+        let isr = fixture.channels[c.index].isrThreads.withLock { $0 }
+        let dpc = seen.withLock { $0 }
+        #expect(isr.count == 3 && dpc.count == 3)
+        // No hand-off to another thread: the ISR's thread ran each DPC.
+        for (a, b) in zip(isr, dpc) { #expect(pthread_equal(a, b.thread) != 0, "the DPC ran on another thread than its ISR") }
+        #expect(dpc.allSatisfy { $0.cpu == c.cpu })
+        // Real-time (SCHED_FIFO) when this process may set it: ask a scratch thread.
+        let mayUseRealtime = Background { () throws(DriverError) -> Bool in
+            var param = sched_param(sched_priority: 1)
+            return pthread_setschedparam(pthread_self(), SCHED_FIFO, &param) == 0
+        }
+        let expected = try mayUseRealtime.value() ? SCHED_FIFO : SCHED_OTHER
+        #expect(dpc.allSatisfy { $0.policy == expected })
     }
 
     @Test("Free is refused while descriptors are outstanding, allowed once they completed", arguments: TargetFactory.all)

@@ -5,7 +5,7 @@ import Platform
 import Testing
 @testable import NetDMATool
 
-// One test per row of the README's "Bad input" table that concerns `netdma` arguments (rows C1–C7).
+// One test per row of the README's "Bad input" table that concerns `netdma` arguments (rows C1–C8).
 
 /// The message and exit code ArgumentParser gives for `arguments`, or nil when they parse.
 private func parseError(_ arguments: [String]) -> (message: String, exitCode: Int32)? {
@@ -84,6 +84,20 @@ struct ToolBadInputTests {
         let e = try #require(parseError(["soak"] + args))
         #expect(e.exitCode == 64)
         #expect(e.message.contains(named), "\(e.message)")
+    }
+
+    @Test("C8 bench --channels above the engine's channel count: invalidArgument naming how many there are, exit 1",
+          arguments: [(["--channels", "99"], "model:ioat/icx has 1 channel;"), (["--model", "dsa", "--channels", "5"], "model:dsa/spr has 4 channels;")])
+    func tooManyChannels(_ args: [String], _ says: String) throws {
+        let tree = try emptyMachine()
+        do {
+            let out = try execute(["bench", "--quick"] + args + roots(tree))
+            Issue.record("ran with more channels than the engine has: \(out.text)")
+        } catch let error as DriverError {
+            #expect(error.code == .invalidArgument)
+            #expect(error.message.contains(says) && error.message.contains("--channels \(args.last!)"), "\(error.message)")
+            #expect(NetDMATool.exitCode(for: error).rawValue == 1)
+        }
     }
 
     @Test("C6 a value of the wrong type (a word for a number)")

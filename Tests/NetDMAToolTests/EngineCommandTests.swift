@@ -355,6 +355,43 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(row.verified && row.ops > 0 && row.latencySamples == 20)
     }
 
+    @Test("on the model, the engine thread runs on the DPC CPU and the submitter elsewhere, and gets its CPUs back",
+          arguments: ["ioat", "dsa"])
+    func modelThreadPlacement(_ model: String) throws {
+        let tree = try emptyMachine()
+        let before = CPUSet.allowed
+        let r = try execute(["bench", "--model", model, "--quick", "--mode", "interrupt", "--wait-spin", "0", "--sizes", "64",
+                             "--latency-samples", "20", "--json"] + roots(tree))
+        #expect(r.exitCode == 0, "\(r.text)")
+        #expect(CPUSet.allowed == before, "the submitting thread's CPUs are restored")
+        let doc = try decode(Bench.Document.self, r.text)
+        #expect(doc.settings.waitSpinMicroseconds == 0)
+        let e = try #require(doc.engines.first)
+        #expect(e.rows.first?.verified == true)
+        if before.count >= 2 {
+            let p = try #require(e.placement)
+            #expect(p.hasPrefix("model engine thread on CPU ") && p.contains("(the DPC CPU), submitter on CPUs"))
+        } else {
+            #expect(e.placement == nil)
+        }
+    }
+
+    @Test("--channels N: N submitting threads, one per channel, each retires ops; the row is their sum",
+          arguments: [(["--generation", "cb1"], 4), (["--model", "dsa"], 3)])
+    func channelsEachDoWork(_ engine: [String], _ n: Int) throws {
+        let tree = try emptyMachine()
+        let r = try execute(["bench", "--quick", "--channels", "\(n)", "--json"] + engine + roots(tree))
+        #expect(r.exitCode == 0, "\(r.text)")
+        let doc = try decode(Bench.Document.self, r.text)
+        let e = try #require(doc.engines.first)
+        #expect(e.channels == n)
+        for row in e.rows {
+            #expect(row.verified)
+            #expect(row.channelOps.count == n && row.channelOps.allSatisfy { $0 > 0 }, "\(row.channelOps)")
+            #expect(row.channelOps.reduce(0, +) == row.ops)
+        }
+    }
+
     @Test func queueDepthOneAndSmallRingsWork() throws {
         let tree = try emptyMachine()
         let r = try execute(["bench", "--quick", "--sizes", "256", "--batch", "1", "--queue-depth", "1", "--ring", "2", "--json"] + roots(tree))
@@ -383,6 +420,10 @@ func jsonObject(_ text: String) throws -> [String: Any] {
         #expect(Bench.copyThreshold([row(64, 9, 5), row(4096, 4, 5), row(65536, 9, 5)]) == 65536)
         #expect(Bench.copyThreshold([row(64, 1, 5), row(65536, 4, 5)]) == nil)
         #expect(Bench.copyThreshold([]) == nil)
+        // A row whose copies were not verified counts as a loss (CopyQueue.cpuCopyThreshold(for:) makes the decision).
+        var unverified = row(65536, 9, 5)
+        unverified.verified = false
+        #expect(Bench.copyThreshold([row(4096, 6, 5), unverified]) == nil)
     }
 
     @Test func sizesParse() throws {
@@ -397,7 +438,7 @@ func jsonObject(_ text: String) throws -> [String: Any] {
 
     @Test func badArgumentsAreRejected() {
         for args in [["--json", "--csv"], ["--ring", "1000"], ["--batch", "0"], ["--batch", "1024"], ["--queue-depth", "1024"],
-                     ["--channels", "0"], ["--sizes", "4Q"], ["--mode", "spin"], ["--seconds", "0"]] {
+                     ["--channels", "0"], ["--sizes", "4Q"], ["--mode", "spin"], ["--seconds", "0"], ["--wait-spin", "-1"]] {
             #expect(throws: (any Error).self, "\(args)") { try NetDMATool.parseAsRoot(["bench"] + args) }
         }
     }

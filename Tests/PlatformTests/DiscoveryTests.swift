@@ -1,5 +1,7 @@
+import CVFIO
 import Glibc
 import Hardware
+import Synchronization
 import Testing
 @testable import Platform
 
@@ -186,5 +188,43 @@ func makeDiscovery(_ tree: FakeSysfsTree) -> PCIDiscovery {
         try tree.writeFile("sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "17\n")
         #expect(HugePages.free(sysfs: Sysfs(root: tree.sysfsRoot)) == 17)
         #expect(HugePages.free(onNode: 3, sysfs: Sysfs(root: tree.sysfsRoot)) == 0)
+    }
+}
+
+@Suite struct CPUAffinityTests {
+    /// A thread that publishes its kernel thread ID, waits to be told, then reports its CPU set.
+    final class Subject: @unchecked Sendable {
+        // @unchecked: `thread` is written once before use; the rest is atomic or in a Mutex.
+        let tid = Atomic<Int32>(0)
+        let go = Atomic<Bool>(false)
+        let seen = Mutex<CPUSet?>(nil)
+        var thread = pthread_t()
+        func start() {
+            let arg = Unmanaged.passRetained(self).toOpaque()
+            _ = pthread_create(&thread, nil, { arg in
+                let me = Unmanaged<Subject>.fromOpaque(arg!).takeRetainedValue()
+                me.tid.store(Int32(cvfio_gettid()), ordering: .releasing)
+                while !me.go.load(ordering: .acquiring) { sched_yield() }
+                let allowed = CPUSet.allowed
+                me.seen.withLock { $0 = allowed }
+                return nil
+            }, arg)
+        }
+    }
+
+    @Test("pinThread pins another thread of the process; a thread that does not exist is invalidArgument")
+    func pinAnotherThread() throws {
+        let s = Subject()
+        s.start()
+        while s.tid.load(ordering: .acquiring) == 0 { sched_yield() }
+        let cpu = try #require(Array(CPUSet.allowed).last)
+        try CPUAffinity.pinThread(s.tid.load(ordering: .acquiring), to: [cpu])
+        s.go.store(true, ordering: .releasing)
+        pthread_join(s.thread, nil)
+        #expect(s.seen.withLock { $0 } == [cpu])
+        #expect(CPUSet.allowed.count >= 1, "the caller's own set is untouched")
+        do { try CPUAffinity.pinThread(Int32.max, to: [cpu]); Issue.record("pinned a thread that does not exist") } catch {
+            #expect(error.code == .invalidArgument && error.message.contains("\(Int32.max)"))
+        }
     }
 }

@@ -219,6 +219,38 @@ struct DSADataPathTests {
     /// Liveness of the submit/poller hand-off: each op is alone in flight, so a submit whose
     /// "run again" request the poller lost (the engine idle, the poller seeing nothing
     /// outstanding) would never complete; nothing else would submit after it.
+    @Test("a polling client processes its own records; when it stops polling, the completion poller writes the word again, and serves an unpolled channel meanwhile")
+    func clientPollsThenPollerServes() throws {
+        let h = try Harness(.dsa(.v2_0))
+        defer { h.close() }
+        let c = try h.channel()
+        let q = try CopyQueue(channel: c, ringSize: 16)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        Self.fillSource(src, seed: 5)
+        // The client polls: its op is retired through its own polls.
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova, length: 64)
+        try q.submit()
+        var retired = 0
+        #expect(waitUntil { retired += q.completed(max: 16).count; return retired == 1 })
+        let first = c.completionWord
+        #expect(first.status == .idle)
+        // Another channel, read at the NetDMA level only (nobody polls it), while this one is
+        // attended: the poller serves it.
+        let other = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 2)
+        setCopy(pool, 0, from: src.iova(at: 1024), to: dst.iova(at: 1024), length: 256)
+        try other.start(link(pool, 0..<1, counted: other.countedChains))
+        #expect(waitUntil { other.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .idle) })
+        // The client stops polling: its next op's completion reaches the word all the same.
+        _ = try q.enqueueCopy(source: src.iova(at: 64), destination: dst.iova(at: 64), length: 64)
+        try q.submit()
+        #expect(waitUntil { c.completionWord.status == .idle && c.completionWord.descriptor != first.descriptor },
+                "nobody wrote the word of a channel whose client stopped polling")
+        #expect(q.completed(max: 16).count == 1)
+        #expect(dst.bytes(at: 0, count: 128) == src.bytes(at: 0, count: 128))
+        #expect(dst.bytes(at: 1024, count: 256) == src.bytes(at: 1024, count: 256))
+    }
+
     @Test("QD1 storm on DSA: 4,000 ops submitted one at a time, each completes before the next is submitted",
           arguments: [TargetFactory.dsa(.v2_0), .dsa(.v1_1)])
     func qd1Storm(_ factory: TargetFactory) throws {

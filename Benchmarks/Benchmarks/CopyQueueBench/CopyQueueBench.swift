@@ -1,7 +1,9 @@
 // CopyQueue's hot path (enqueue + submit + poll) on the device models, per provider (CBDMA, DSA).
 //
 // Each sample runs `batchesPerSample` batches of 32 copies: enqueue 32, submit (one doorbell),
-// poll completed(max:) until all 32 are retired. Reported per op:
+// poll completed(max:) until all 32 are retired. The "fallback" workload alternates 64-byte
+// copies, which the queue's CPU fallback (cpuCopyThreshold 256) runs on the submitting thread,
+// with 4 KiB copies for the engine, so CPU ops wait behind engine ops. Reported per op:
 //   - mallocs (must be 0: checked against Thresholds/ with no tolerance),
 //   - submitter API cycles (TSC cycles inside enqueue/submit/non-empty completed, per op),
 //   - wall cycles (TSC cycles per op, the engine's time included).
@@ -40,11 +42,11 @@ enum Engine: String, CaseIterable {
     case cbdma = "CBDMA", dsa = "DSA"
 }
 
-func setUp(_ engine: Engine, version: NetDMAVersion) throws {
+func setUp(_ engine: Engine, version: NetDMAVersion, cpuCopyThreshold: Int = 0) throws {
     let r: any ModelRig
     switch engine {
-    case .cbdma: r = try IOATModelRig(profile: "icx", version: version, ringSize: 1024, engineCPU: 1)
-    case .dsa: r = try DSAModelRig(version: version, ringSize: 1024)
+    case .cbdma: r = try IOATModelRig(profile: "icx", version: version, ringSize: 1024, engineCPU: 1, cpuCopyThreshold: cpuCopyThreshold)
+    case .dsa: r = try DSAModelRig(version: version, ringSize: 1024, cpuCopyThreshold: cpuCopyThreshold)
     }
     _ = bench_pin_thread(0, 0)
     source = try r.buffer(1 << 20)
@@ -65,20 +67,23 @@ func apiInterval(_ cycles: UInt64, ops: Int) -> UInt64 {
     cycles > 20_000 + 400 * UInt64(ops) ? 0 : cycles
 }
 
-/// One sample: `batchesPerSample` × (32 enqueues, submit, poll until retired). Returns
-/// (API cycles, wall cycles) for the sample.
-func sample(size: Int) -> (api: UInt64, wall: UInt64) {
+/// One sample: `batchesPerSample` × (32 enqueues, submit, poll until retired); with
+/// `alternate`, every other copy has that size instead. Returns (API cycles, wall cycles) for
+/// the sample.
+func sample(size: Int, alternate: Int? = nil) -> (api: UInt64, wall: UInt64) {
     let q = rig!.queue
     let src = source!.iova, dst = destination!.iova
-    let slots = (1 << 20) / size
+    let stride = max(size, alternate ?? 0)
+    let slots = (1 << 20) / stride
+    let other = alternate ?? size
     var slot = 0
     var api: UInt64 = 0
     let w0 = bench_rdtsc()
     for _ in 0..<batchesPerSample {
         let t0 = bench_rdtsc()
         for _ in 0..<batch {
-            let off = UInt64(truncatingIfNeeded: slot &* size)
-            _ = try? q.enqueueCopy(source: src &+ off, destination: dst &+ off, length: size)
+            let off = UInt64(truncatingIfNeeded: slot &* stride)
+            _ = try? q.enqueueCopy(source: src &+ off, destination: dst &+ off, length: slot & 1 == 0 ? size : other)
             slot &+= 1
             if slot == slots { slot = 0 }
         }
@@ -128,6 +133,18 @@ let benchmarks: @Sendable () -> Void = {
                     tearDown()
                 }
             }
+        }
+        Benchmark("\(engine.rawValue)-NetDMA2.0-fallback-copy64B+4096B-enqueue+submit+poll", configuration: configuration) { benchmark in
+            for _ in benchmark.scaledIterations {
+                let s = sample(size: 64, alternate: 4096)
+                benchmark.measurement(apiCycles, Int(s.api) / opsPerSample)
+                benchmark.measurement(wallCycles, Int(s.wall) / opsPerSample)
+            }
+            precondition(rig!.queue.cpuOpCount > 0, "the fallback ran no op on the CPU")
+        } setup: {
+            try setUp(engine, version: .v2_0, cpuCopyThreshold: 256)
+        } teardown: {
+            tearDown()
         }
     }
 }

@@ -40,7 +40,7 @@ public class EngineRig: ModelRig {
     public let engineThread: Int32
     public var memory: DMAMemory { engines.memory }
 
-    init(_ model: ModelConfiguration, ringSize: Int, engineCPU: Int?) throws {
+    init(_ model: ModelConfiguration, ringSize: Int, engineCPU: Int?, cpuCopyThreshold: Int) throws {
         var m = model
         m.addressing = .identity
         m.interrupts = false
@@ -48,7 +48,7 @@ public class EngineRig: ModelRig {
         engineThread = engines.engines[0].model?.engineThreadID ?? 0
         if let engineCPU, engineThread != 0 { _ = bench_pin_thread(engineThread, Int32(engineCPU)) }
         channel = try engines.allocateChannel()
-        queue = try CopyQueue(channel: channel, ringSize: ringSize)
+        queue = try CopyQueue(channel: channel, ringSize: ringSize, cpuCopyThreshold: cpuCopyThreshold)
     }
 
     deinit { engines.close() }
@@ -65,27 +65,30 @@ public final class IOATModelRig: EngineRig {
     ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
     ///   - version: the NetDMA version the provider declares (2.0: counted chains; 1.x:
     ///     NULL-terminated chains).
-    public init(profile: String = "icx", version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
+    ///   - cpuCopyThreshold: the queue's CPU fallback (0: off).
+    public init(profile: String = "icx", version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil,
+                cpuCopyThreshold: Int = 0) throws {
         var m = ModelConfiguration(.ioat, profile: profile)
         m.version = version
         m.ioat = .init(resetReads: 2, resetMicroseconds: 0, spinIterations: 20_000)
-        try super.init(m, ringSize: ringSize, engineCPU: engineCPU)
+        try super.init(m, ringSize: ringSize, engineCPU: engineCPU, cpuCopyThreshold: cpuCopyThreshold)
     }
 }
 
 /// The DSA model (Sapphire Rapids profile) with a ``DSAProvider`` on it: one dedicated work
-/// queue; the provider's completion poller turns completion records into the NetDMA completion
-/// word (a third busy thread, not counted in ``engineThread``).
+/// queue. The queue's polls turn completion records into the NetDMA completion word on the
+/// submitter's thread; the provider's completion poller then only looks every millisecond.
 public final class DSAModelRig: EngineRig {
     /// - Parameters:
     ///   - version: the NetDMA version the provider declares.
     ///   - ringSize: descriptors in the queue's ring.
     ///   - engineCPU: pin the engine thread to this CPU (nil: leave it to the scheduler).
-    public init(version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil) throws {
+    ///   - cpuCopyThreshold: the queue's CPU fallback (0: off).
+    public init(version: NetDMAVersion = .v2_0, ringSize: Int = 1024, engineCPU: Int? = nil, cpuCopyThreshold: Int = 0) throws {
         var m = ModelConfiguration(.dsa)
         m.version = version
         m.dsaModel = .init(spinIterations: 20_000)
         m.dsa = DSAConfiguration(version: version, workQueues: 1, pollerSpins: 20_000)
-        try super.init(m, ringSize: ringSize, engineCPU: engineCPU)
+        try super.init(m, ringSize: ringSize, engineCPU: engineCPU, cpuCopyThreshold: cpuCopyThreshold)
     }
 }

@@ -1,5 +1,5 @@
 import CBenchSupport
-import NetDMA
+import NetDMAEngines
 
 #if canImport(Glibc)
 import Glibc
@@ -19,6 +19,9 @@ public struct StreamResult: Sendable {
     public var engineCPUNanoseconds: Int64 = 0
     public var polls = 0
     public var emptyPolls = 0
+    /// Submits (batches) and free-slot checks made.
+    public var batches = 0
+    public var capacityChecks = 0
     /// CPUs used by other processes during the repetition.
     public var otherLoad = 0.0
     public var verified = false
@@ -97,8 +100,21 @@ public struct StreamWorkload {
     public var slots: Int { max(1, workingSet / size) }
 
     /// Runs once; `engineCPU` reads the engine thread's CPU time (ns).
-    public func run(_ q: CopyQueue, source: BufferBox, destination: BufferBox, rdtscCost: UInt64,
+    ///
+    /// With `counted`, every ``CopyQueue`` call goes through the functions of
+    /// ``CountedCalls`` (never inlined), so that callgrind's inclusive cost of each is the cost
+    /// of the call; otherwise the loop inlines the API as any client does.
+    public func run(_ q: CopyQueue, source: BufferBox, destination: BufferBox, rdtscCost: UInt64, counted: Bool = false,
                     engineCPU: () -> Int64) -> StreamResult {
+        counted ? loop(q, source: source, destination: destination, rdtscCost: rdtscCost, counted: true, engineCPU: engineCPU)
+                : loop(q, source: source, destination: destination, rdtscCost: rdtscCost, counted: false, engineCPU: engineCPU)
+    }
+
+    /// The loop, inlined twice with a constant `counted`, so the timed loop has no trace of
+    /// count mode.
+    @inline(__always)
+    private func loop(_ q: CopyQueue, source: BufferBox, destination: BufferBox, rdtscCost: UInt64, counted: Bool,
+                      engineCPU: () -> Int64) -> StreamResult {
         var r = StreamResult()
         r.ops = ops
         r.size = size
@@ -114,7 +130,7 @@ public struct StreamWorkload {
         var expected: UInt16 = 0
         var first = true
         var api: UInt64 = 0
-        var preempted = 0, polls = 0, empty = 0
+        var preempted = 0, polls = 0, empty = 0, batches = 0, checks = 0
         var failure: String? = nil
 
         let meter = LoadMeter()
@@ -123,13 +139,18 @@ public struct StreamWorkload {
         let w0 = monotonicNanoseconds()
         while done < ops {
             let want = min(batch, ops - issued)
-            if want > 0 && q.freeSlots >= want {
+            if want > 0 {
+                checks += 1
+            }
+            if want > 0 && (counted ? CountedCalls.freeSlots(q) : q.freeSlots) >= want {
                 let t0 = bench_rdtsc()
                 for _ in 0..<want {
                     let off = UInt64(truncatingIfNeeded: slot &* size)
                     let ticket: UInt16
                     do {
-                        ticket = try q.enqueueCopy(source: srcIOVA &+ off, destination: dstIOVA &+ off, length: size)
+                        ticket = counted
+                            ? try CountedCalls.enqueueCopy(q, source: srcIOVA &+ off, destination: dstIOVA &+ off, length: size)
+                            : try q.enqueueCopy(source: srcIOVA &+ off, destination: dstIOVA &+ off, length: size)
                     } catch {
                         failure = "enqueue: \(error)"
                         break
@@ -138,19 +159,25 @@ public struct StreamWorkload {
                     slot &+= 1
                     if slot == slots { slot = 0 }
                 }
-                do { try q.submit() } catch { failure = "submit: \(error)" }
+                do {
+                    if counted { try CountedCalls.submit(q) } else { try q.submit() }
+                } catch { failure = "submit: \(error)" }
                 let t1 = bench_rdtsc()
                 if failure != nil { break }
                 let dt = t1 &- t0 &- rdtscCost
                 if dt > 20_000 + 400 * UInt64(want) { preempted += 1 } else { api &+= dt }
                 issued += want
+                batches += 1
             }
             let t2 = bench_rdtsc()
-            let c = q.completed(max: maxRetire)
+            let c = counted ? CountedCalls.completed(q, max: maxRetire) : q.completed(max: maxRetire)
             let t3 = bench_rdtsc()
             polls += 1
             if c.count == 0 && !c.hadError {
                 empty += 1
+                // Under callgrind the threads take turns: let the engine run (the count
+                // excludes empty polls, so how many there are does not matter).
+                if counted { sched_yield() }
                 continue
             }
             let dt = t3 &- t2 &- rdtscCost
@@ -174,14 +201,45 @@ public struct StreamWorkload {
         r.preempted = preempted
         r.polls = polls
         r.emptyPolls = empty
+        r.batches = batches
+        r.capacityChecks = checks
         if failure == nil {
-            // Drain anything left (only after a failure would there be), then check the data.
             if memcmp(destination.base, source.base, touched) != 0 { failure = "destination differs from source" }
         }
         r.failure = failure
         r.verified = failure == nil
         return r
     }
+}
+
+/// The ``CopyQueue`` calls of the stream loop in count mode, one function each, never inlined:
+/// callgrind's inclusive cost of each is what the call costs (the queue's code, the provider's
+/// and the model's register writes it makes, and the function's own call and return), the
+/// counterpart of `Scripts/peer/dma_peer.c`'s `counted_*` wrappers around DPDK's inline API.
+/// The names are what `netdma-peer counts` looks for in callgrind's output.
+public enum CountedCalls {
+    @inline(never)
+    public static func countedFreeSlots(_ q: CopyQueue) -> Int { q.freeSlots }
+
+    @inline(never)
+    public static func countedEnqueueCopy(_ q: CopyQueue, source: UInt64, destination: UInt64,
+                                          length: Int) throws(DriverError) -> UInt16 {
+        try q.enqueueCopy(source: source, destination: destination, length: length)
+    }
+
+    @inline(never)
+    public static func countedSubmit(_ q: CopyQueue) throws(DriverError) { try q.submit() }
+
+    @inline(never)
+    public static func countedCompleted(_ q: CopyQueue, max: Int) -> CopyCompletion { q.completed(max: max) }
+
+    @inline(__always) static func freeSlots(_ q: CopyQueue) -> Int { countedFreeSlots(q) }
+    @inline(__always) static func enqueueCopy(_ q: CopyQueue, source: UInt64, destination: UInt64,
+                                              length: Int) throws(DriverError) -> UInt16 {
+        try countedEnqueueCopy(q, source: source, destination: destination, length: length)
+    }
+    @inline(__always) static func submit(_ q: CopyQueue) throws(DriverError) { try countedSubmit(q) }
+    @inline(__always) static func completed(_ q: CopyQueue, max: Int) -> CopyCompletion { countedCompleted(q, max: max) }
 }
 
 /// One core's memcpy over the same slots (the "memcpy" column).

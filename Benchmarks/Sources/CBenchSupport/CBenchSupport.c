@@ -55,3 +55,27 @@ int bench_cpu_ticks(uint64_t *machine_busy, uint64_t *process) {
 }
 
 long bench_clock_ticks_per_second(void) { return sysconf(_SC_CLK_TCK); }
+
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define BENCH_HAVE_CALLGRIND 1
+#endif
+#endif
+
+#ifdef BENCH_HAVE_CALLGRIND
+// Callgrind's own client requests (CALLGRIND_ZERO_STATS, CALLGRIND_DUMP_STATS_AT) act on the
+// calling thread only; its monitor commands, sent here from the program itself, act on every
+// thread (callgrind's "zero" and "dump <hint>").
+int bench_under_callgrind(void) { return RUNNING_ON_VALGRIND ? 1 : 0; }
+void bench_callgrind_zero(void) { VALGRIND_MONITOR_COMMAND("zero"); }
+void bench_callgrind_dump(const char *reason) {
+    char command[256];
+    snprintf(command, sizeof command, "dump %s", reason);
+    VALGRIND_MONITOR_COMMAND(command);
+}
+#else
+int bench_under_callgrind(void) { return 0; }
+void bench_callgrind_zero(void) {}
+void bench_callgrind_dump(const char *reason) { (void)reason; }
+#endif

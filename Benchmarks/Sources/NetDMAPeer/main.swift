@@ -4,7 +4,11 @@
 //   netdma-peer run [options]     runs the stream workload on CopyQueue over the CBDMA (or, with
 //                                 --profile dsa, the DSA) device
 //                                 model and one core's memcpy; prints RESULT/MEMCPY lines
-//   netdma-peer report FILE...    reads RESULT/MEMCPY lines (both sides) and prints the table
+//   netdma-peer run --count ...   count mode, under valgrind --tool=callgrind: each repetition
+//                                 between callgrind dumps (WINDOW lines instead of RESULT lines)
+//   netdma-peer counts ...        reads a count-mode run's WINDOW lines and callgrind dumps and
+//                                 prints COUNT lines (instructions per op; see Counts.swift)
+//   netdma-peer report FILE...    reads RESULT/MEMCPY/COUNT lines (both sides) and prints the tables
 //
 // The line format is shared with Scripts/peer/dma_peer.c: `KIND key=value ...`.
 import BenchRig
@@ -56,6 +60,9 @@ func run(_ args: [String]) {
     var engineCPU: Int? = 1
     var doMemcpy = true
     var warmup = 20_000
+    var cpuCopyThreshold = 0
+    var fixedOps: Int? = nil
+    var counting = false
     var i = 0
     func value() -> String {
         i += 1
@@ -75,17 +82,23 @@ func run(_ args: [String]) {
         case "--engine-cpu": engineCPU = Int(value())
         case "--no-memcpy": doMemcpy = false
         case "--warmup": warmup = need(Int(value()), "bad --warmup")
+        case "--cpu-copy-threshold": cpuCopyThreshold = need(Int(value()).flatMap { $0 >= 0 ? $0 : nil }, "bad --cpu-copy-threshold")
+        case "-o", "--ops": fixedOps = need(parseBytes(value()), "bad --ops")
+        case "-c", "--count": counting = true
         default: fail("unknown option \(args[i])")
         }
         i += 1
+    }
+    if counting && bench_under_callgrind() == 0 {
+        fail("--count needs valgrind --tool=callgrind (and a build with <valgrind/callgrind.h>)")
     }
     let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     if let c = submitterCPU, c < cpus { _ = bench_pin_thread(0, Int32(c)) }
     let rig: any ModelRig
     do {
         let pin = engineCPU.flatMap { $0 < cpus ? $0 : nil }
-        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin)
-                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin)
+        rig = profile == "dsa" ? try DSAModelRig(ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
+                               : try IOATModelRig(profile: profile, ringSize: ring, engineCPU: pin, cpuCopyThreshold: cpuCopyThreshold)
     } catch {
         fail("cannot bring up the \(profile) model: \(error)")
     }
@@ -114,13 +127,21 @@ func run(_ args: [String]) {
             warn("size \(size) skipped (maximum transfer \(rig.channel.maximumTransferSize), working set \(workingSet))")
             continue
         }
-        let ops = opsForSize(size, totalBytes: totalBytes, workingSet: workingSet)
+        // --ops: that many, but no more than --bytes' worth, and at least 256.
+        let ops = fixedOps.map { min($0, max(256, totalBytes / size)) }
+            ?? opsForSize(size, totalBytes: totalBytes, workingSet: workingSet)
         // Warm-up: wake the engine thread and fault in the translations.
         if warmup > 0 {
             let warm = StreamWorkload(size: size, ops: min(ops, warmup), batch: batch, workingSet: workingSet)
             _ = warm.run(rig.queue, source: src, destination: dst, rdtscCost: cost) { rig.engineCPUNanoseconds }
         }
         let w = StreamWorkload(size: size, ops: ops, batch: batch, workingSet: workingSet)
+        if counting {
+            for _ in 0..<reps where !countWindow(w, rig: rig, impl: impl, source: src, destination: dst, rdtscCost: cost) {
+                failed = true
+            }
+            continue
+        }
         for _ in 0..<reps {
             let r = w.run(rig.queue, source: src, destination: dst, rdtscCost: cost) { rig.engineCPUNanoseconds }
             if let f = r.failure {
@@ -138,108 +159,52 @@ func run(_ args: [String]) {
     exit(failed ? 1 : 0)
 }
 
-// MARK: - report
-
-struct Row {
-    var kind: String
-    var fields: [String: String]
-    func d(_ k: String) -> Double? { fields[k].flatMap(Double.init) }
-}
-
-func median(_ xs: [Double]) -> Double? {
-    guard !xs.isEmpty else { return nil }
-    let s = xs.sorted()
-    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-}
-
-func fmt(_ v: Double?, _ digits: Int = 2) -> String {
-    guard let v, v.isFinite else { return "-" }
-    var p = 1.0
-    for _ in 0..<digits { p *= 10 }
-    let r = (v * p).rounded() / p
-    var s = String(r)
-    if digits == 0, s.hasSuffix(".0") { s.removeLast(2) }
-    if let dot = s.firstIndex(of: "."), digits > 0 {
-        let decimals = s.distance(from: dot, to: s.endIndex) - 1
-        if decimals < digits { s += String(repeating: "0", count: digits - decimals) }
+/// Count mode: one repetition between callgrind dumps, then an idle window (the same sequence
+/// as `count_window` in Scripts/peer/dma_peer.c):
+///
+///   zero counters; the stream (``CountedCalls``; a `sched_yield` after each empty poll, so that
+///   the engine gets its turn); dump `stream-SIZE`; `emptyPollCalls` counted polls of the
+///   drained queue; dump `empty-SIZE` (what one empty poll costs); one 64-byte copy, polled to
+///   completion; 100 ms nap (the engine polls an empty channel, then sleeps); dump `idle-SIZE`.
+///
+/// Prints a WINDOW line; `netdma-peer counts` reads it with the dumps. Returns whether it verified.
+func countWindow(_ w: StreamWorkload, rig: any ModelRig, impl: String, source: BufferBox, destination: BufferBox,
+                 rdtscCost: UInt64) -> Bool {
+    let emptyPollCalls = 1000
+    bench_callgrind_zero()
+    let r = w.run(rig.queue, source: source, destination: destination, rdtscCost: rdtscCost, counted: true) { 0 }
+    bench_callgrind_dump("stream-\(w.size)")
+    var nonEmpty = 0
+    for _ in 0..<emptyPollCalls {
+        let c = CountedCalls.countedCompleted(rig.queue, max: rig.queue.capacity)
+        if c.count != 0 || c.hadError { nonEmpty += 1 }
     }
-    return s
-}
-
-func sizeName(_ n: Int) -> String {
-    n >= 1 << 20 && n % (1 << 20) == 0 ? "\(n >> 20) MiB" : n >= 1024 && n % 1024 == 0 ? "\(n >> 10) KiB" : "\(n) B"
-}
-
-func report(_ files: [String]) {
-    var rows: [Row] = []
-    for f in files {
-        guard let fp = fopen(f, "r") else { fail("cannot read \(f)") }
-        var line: UnsafeMutablePointer<CChar>? = nil
-        var cap = 0
-        while getline(&line, &cap, fp) > 0 {
-            let s = String(cString: line!).trimmingSuffixNewline()
-            let parts = s.split(separator: " ")
-            guard let kind = parts.first, kind == "RESULT" || kind == "MEMCPY" else { continue }
-            var fields: [String: String] = [:]
-            for p in parts.dropFirst() {
-                if let eq = p.firstIndex(of: "=") { fields[String(p[..<eq])] = String(p[p.index(after: eq)...]) }
-            }
-            rows.append(Row(kind: String(kind), fields: fields))
+    bench_callgrind_dump("empty-\(w.size)")
+    var primed = false
+    do {
+        _ = try rig.queue.enqueueCopy(source: source.iova, destination: destination.iova, length: 64)
+        try rig.queue.submit()
+        while true {
+            let c = rig.queue.completed(max: 1)
+            if c.hadError { break }
+            if c.count == 1 { primed = true; break }
         }
-        free(line)
-        fclose(fp)
+    } catch {
+        warn("size \(w.size): the idle window's copy failed: \(error)")
     }
-    let results = rows.filter { $0.kind == "RESULT" }
-    let impls = Array(Set(results.compactMap { $0.fields["impl"] })).sorted()
-    guard let peer = impls.first(where: { $0.hasPrefix("dpdk") }) ?? impls.first else { fail("no RESULT lines") }
-    let ours = impls.filter { $0 != peer }
-    let sizes = Array(Set(results.compactMap { $0.fields["size"].flatMap { Int($0) } })).sorted()
+    napMilliseconds(100)
+    bench_callgrind_dump("idle-\(w.size)")
+    if let f = r.failure { warn("size \(w.size): \(f)") }
+    if nonEmpty > 0 { warn("size \(w.size): \(nonEmpty) polls of a drained queue returned ops") }
+    let ok = r.verified && nonEmpty == 0 && primed
+    print("WINDOW impl=\(impl) size=\(w.size) ops=\(r.ops) batches=\(r.batches) polls=\(r.polls) empty_polls=\(r.emptyPolls) capacity_checks=\(r.capacityChecks) empty_poll_calls=\(emptyPollCalls) stream=stream-\(w.size) empty=empty-\(w.size) idle=idle-\(w.size) verified=\(ok ? 1 : 0)")
+    fflush(nil)
+    return ok
+}
 
-    struct Stat { var mops: Double?; var gbs: Double?; var api: Double?; var sub: Double?; var worker: Double?; var load: Double?; var n: Int; var bad: Int }
-    func stat(_ impl: String, _ size: Int) -> Stat {
-        let rs = results.filter { $0.fields["impl"] == impl && $0.fields["size"] == String(size) }
-        func per(_ f: (Row) -> Double?) -> Double? { median(rs.compactMap(f)) }
-        return Stat(
-            mops: per { r in r.d("ops").flatMap { o in r.d("wall_ns").map { o / $0 * 1e3 } } },
-            gbs: per { r in r.d("ops").flatMap { o in r.d("wall_ns").map { o * Double(size) / $0 } } },
-            api: per { r in r.d("api_cycles").flatMap { a in r.d("ops").map { a / $0 } } },
-            sub: per { r in
-                guard let c = r.d("sub_cpu_ns"), let hz = r.d("tsc_hz"), let o = r.d("ops") else { return nil }
-                return c * hz / 1e9 / o
-            },
-            worker: per { r in
-                guard let c = r.d("worker_cpu_ns"), c > 0, let hz = r.d("tsc_hz"), let o = r.d("ops") else { return nil }
-                return c * hz / 1e9 / o
-            },
-            load: per { $0.d("other_load") },
-            n: rs.count,
-            bad: rs.filter { $0.fields["verified"] != "1" }.count)
-    }
-    func memcpyGBs(_ size: Int) -> Double? {
-        median(rows.filter { $0.kind == "MEMCPY" && $0.fields["size"] == String(size) }.compactMap { r in
-            r.d("ops").flatMap { o in r.d("wall_ns").map { o * Double(size) / $0 } }
-        })
-    }
-
-    for o in ours {
-        print("")
-        print("DPDK = \(peer) (DPDK dmadev API on the software dma_skeleton); NetDMA = \(o) (CopyQueue on the device model).")
-        print("Medians over repetitions; cycles are TSC cycles per op; ratios are NetDMA over DPDK and NetDMA over memcpy.")
-        print("")
-        print("| size | DPDK Mops/s | NetDMA Mops/s | NetDMA / DPDK | DPDK GB/s | NetDMA GB/s | memcpy GB/s (1 core) | NetDMA / memcpy | submitter API cycles/op DPDK / NetDMA | submitter CPU cycles/op DPDK / NetDMA | worker CPU cycles/op DPDK / NetDMA | other load (CPUs) DPDK / NetDMA | reps (failed) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for size in sizes {
-            let p = stat(peer, size), u = stat(o, size)
-            let m = memcpyGBs(size)
-            let ratio = (p.mops != nil && u.mops != nil && p.mops! > 0) ? u.mops! / p.mops! : nil
-            let vsMemcpy = (m != nil && u.gbs != nil && m! > 0) ? u.gbs! / m! : nil
-            print("| \(sizeName(size)) | \(fmt(p.mops, 3)) | \(fmt(u.mops, 3)) | \(fmt(ratio)) | \(fmt(p.gbs)) | \(fmt(u.gbs)) | \(fmt(m)) | \(fmt(vsMemcpy)) | \(fmt(p.api, 0)) / \(fmt(u.api, 0)) | \(fmt(p.sub, 0)) / \(fmt(u.sub, 0)) | \(fmt(p.worker, 0)) / \(fmt(u.worker, 0)) | \(fmt(p.load)) / \(fmt(u.load)) | \(p.n)/\(u.n) (\(p.bad + u.bad)) |")
-        }
-    }
-    let bad = results.filter { $0.fields["verified"] != "1" }.count
-    print("")
-    print("\(results.count) stream repetitions, \(bad) failed verification")
-    exit(bad == 0 ? 0 : 1)
+func napMilliseconds(_ ms: Int) {
+    var t = timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000)
+    nanosleep(&t, nil)
 }
 
 extension String {
@@ -254,7 +219,8 @@ let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "run": run(Array(arguments.dropFirst()))
 case "report": report(Array(arguments.dropFirst()))
+case "counts": counts(Array(arguments.dropFirst()))
 default:
-    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] | netdma-peer report FILE...")
+    warn("usage: netdma-peer run [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|skx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [--cpu-copy-threshold BYTES] [--ops N] [--count] | netdma-peer counts --run N OUTPUT CALLGRIND-PREFIX | netdma-peer report FILE...")
     exit(2)
 }

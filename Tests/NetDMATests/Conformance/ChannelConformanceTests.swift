@@ -275,6 +275,48 @@ struct ChannelConformanceTests {
         }
     }
 
+    @Test("blockUntilInterrupt: the DPC ends the wait, spinning or asleep; no interrupt times out; Free ends it",
+          arguments: TargetFactory.all)
+    func blockingWait(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 4)
+        // Nothing submitted: the spin, then the sleep, end in .timeout.
+        do {
+            _ = try c.blockUntilInterrupt(after: c.interruptGeneration, timeout: .milliseconds(20), spin: .milliseconds(5))
+            Issue.record("a wait without an interrupt returned")
+        } catch {
+            #expect(error.code == .timeout)
+        }
+        // A waiter that sleeps at once (the DPC must wake it), and one that spins first.
+        for (i, spin) in [Duration.zero, .milliseconds(200)].enumerated() {
+            setNull(pool, i, flags: [.statusUpdateOnCompletion, .interruptOnCompletion])
+            let g = c.interruptGeneration
+            let waiter = Background { () throws(DriverError) -> UInt64 in
+                try c.blockUntilInterrupt(after: g, timeout: .seconds(5), spin: spin)
+            }
+            h.target.hold(channel: c.index, true)
+            try c.start(link(pool, i..<(i + 1), counted: c.countedChains))
+            #expect(waitUntil { h.target.inFlight(channel: c.index) != 0 })
+            h.target.hold(channel: c.index, false)
+            let after = try waiter.value()
+            #expect(after > g)
+            #expect(c.lastInterruptDescriptor == pool.iova(at: i))
+        }
+        // Free wakes a waiter, which reports it.
+        let waiter = Background { () throws(DriverError) -> UInt64 in
+            try c.blockUntilInterrupt(after: c.interruptGeneration, timeout: .seconds(5), spin: .zero)
+        }
+        try c.free()
+        do {
+            _ = try waiter.value()
+            Issue.record("a wait on a freed channel returned")
+        } catch {
+            #expect(error.code == .invalidState && error.message.contains("freed"))
+        }
+    }
+
     @Test("1.x NULL-terminated chains vs 2.0 counted chains: Append continues the chain", arguments: TargetFactory.all)
     func chainFormats(_ factory: TargetFactory) throws {
         let h = try Harness(factory)

@@ -198,6 +198,33 @@ struct CopyQueueTests {
         #expect(dst.bytes(at: 0, count: 40 * 1024) == src.bytes(at: 0, count: 40 * 1024))
     }
 
+    @Test("blockUntilCompletion returns once an op can be retired, sleeping or spinning", arguments: TargetFactory.all)
+    func blockingWait(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let q = try CopyQueue(channel: try h.channel(), ringSize: 64, interrupts: true)
+        let src = try h.memory.allocate(length: 65536), dst = try h.memory.allocate(length: 65536)
+        src.fillPattern(13)
+        var retired = 0
+        for round in 0..<6 {
+            for i in 0..<8 {
+                let o = (round * 8 + i) * 1024
+                _ = try q.enqueueCopy(source: src.iova(at: o), destination: dst.iova(at: o), length: 1024)
+            }
+            try q.submit()
+            while retired < (round + 1) * 8 {
+                try q.blockUntilCompletion(timeout: .seconds(5), spin: round.isMultiple(of: 2) ? .zero : .microseconds(50))
+                let n = q.completed(max: 64).count
+                #expect(n > 0, "blockUntilCompletion returned with nothing to retire")
+                retired += n
+            }
+        }
+        #expect(retired == 48)
+        #expect(dst.bytes(at: 0, count: 48 * 1024) == src.bytes(at: 0, count: 48 * 1024))
+        // Nothing outstanding: returns at once.
+        try q.blockUntilCompletion(timeout: .seconds(5))
+    }
+
     @Test("a queue without interrupts refuses to wait; a channel without a vector refuses interrupts")
     func noInterrupts() async throws {
         let h = try Harness(.withoutInterrupts)
@@ -208,6 +235,12 @@ struct CopyQueueTests {
         }
         let q = try CopyQueue(channel: ch, ringSize: 8)
         do { try await q.waitForCompletion(); Issue.record("waited without interrupts") } catch {
+            #expect(error.code == .unsupported)
+        }
+        do { try q.blockUntilCompletion(); Issue.record("blocked without interrupts") } catch {
+            #expect(error.code == .unsupported && error.message.contains("poll"))
+        }
+        do { _ = try ch.blockUntilInterrupt(after: 0, timeout: .seconds(1)); Issue.record("blocked without a vector") } catch {
             #expect(error.code == .unsupported)
         }
     }

@@ -112,6 +112,8 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
     let processed = Atomic<Int>(0)
     let rearms = Atomic<Int>(0)
     let interruptsRaised = Atomic<Int>(0)
+    /// The thread of every ISR call (`pthread_self`), in order.
+    let isrThreads = Mutex<[pthread_t]>([])
     /// Every chain given to Start, with its first descriptor's flags (for power-up checks).
     let startLog = Mutex<[(iova: UInt64, count: Int, flags: ControlFlags)]>([])
 
@@ -229,7 +231,8 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
     }
 
     func serviceInterrupt() -> InterruptReport {
-        regs.withLock { InterruptReport(lastCompleted: $0.lastCompleted, fault: $0.fault) }
+        isrThreads.withLock { $0.append(pthread_self()) }
+        return regs.withLock { InterruptReport(lastCompleted: $0.lastCompleted, fault: $0.fault) }
     }
 
     func rearmInterrupt() { rearms.add(1, ordering: .relaxed) }

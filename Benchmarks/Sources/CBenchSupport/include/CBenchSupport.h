@@ -34,3 +34,14 @@ void bench_set_thread_name(const char *name);
 int bench_cpu_ticks(uint64_t *machine_busy, uint64_t *process);
 /// Clock ticks per second (sysconf _SC_CLK_TCK).
 long bench_clock_ticks_per_second(void);
+
+/// Whether this build can talk to valgrind's callgrind (it was compiled with
+/// <valgrind/callgrind.h>) and the process runs under valgrind now.
+int bench_under_callgrind(void);
+/// Callgrind: zeroes every thread's counters (a no-op outside valgrind; the monitor command
+/// `zero`, which, unlike CALLGRIND_ZERO_STATS, acts on every thread).
+void bench_callgrind_zero(void);
+/// Callgrind: writes every thread's counters since the last zero or dump to one file per thread
+/// (with `--separate-threads=yes`), `reason` in each file's `desc: Trigger:` line, and zeroes
+/// them (a no-op outside valgrind; the monitor command `dump`, which acts on every thread).
+void bench_callgrind_dump(const char *reason);
