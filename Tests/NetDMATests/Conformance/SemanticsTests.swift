@@ -154,6 +154,48 @@ struct SemanticsTests {
         }
     }
 
+    @Test("the completion word names only completed STATUS descriptors: Active while work is outstanding, unchanged by descriptors without STATUS",
+          arguments: TargetFactory.all)
+    func wordFollowsStatusDescriptors(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 8192), dst = try h.memory.allocate(length: 8192)
+        src.fillPattern(48)
+        // A chain without STATUS: the word stays as Start left it (Armed), also once it ran.
+        for i in 0..<2 { setCopy(pool, i, from: src.iova(at: i * 512), to: dst.iova(at: i * 512), length: 512, flags: []) }
+        setNull(pool, 2, flags: [.interruptOnCompletion])
+        var g = c.interruptGeneration
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(c.lastInterruptDescriptor == pool.iova(at: 2))
+        #expect(c.completionWord.status == .armed, "no STATUS descriptor ran: word \(c.completionWord)")
+        #expect(dst.bytes(at: 0, count: 1024) == src.bytes(at: 0, count: 1024))
+
+        // d0 STATUS, d1 INTERRUPT; then d2 STATUS|INTERRUPT, d3 none, while the engine is held.
+        dst.zero()
+        let flags: [ControlFlags] = [[.statusUpdateOnCompletion], [.interruptOnCompletion],
+                                     [.statusUpdateOnCompletion, .interruptOnCompletion], []]
+        for i in 0..<4 { setCopy(pool, i, from: src.iova(at: i * 1024), to: dst.iova(at: i * 1024), length: 1024, flags: flags[i]) }
+        try c.start(link(pool, 0..<2, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.lastInterruptDescriptor == pool.iova(at: 1) })
+        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed.
+        #expect(c.completionWord.descriptor == pool.iova(at: 0) && c.completionWord.status != .armed,
+                "after d1: word \(c.completionWord)")
+        h.target.hold(channel: c.index, true)
+        let second = link(pool, 2..<4, counted: c.countedChains)
+        if !c.countedChains { pool.publishNext(of: 1, second.iova) }
+        try c.append(second)
+        #expect(c.completionWord.descriptor == pool.iova(at: 0), "d2 has not run: word \(c.completionWord)")
+        h.target.hold(channel: c.index, false)
+        _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord.descriptor == pool.iova(at: 2) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 2048, count: 1024) == src.bytes(at: 2048, count: 1024), "the word named d2 before its data was written")
+        #expect(c.fault == nil)
+    }
+
     @Test("allocation with an empty CPU set, or only CPUs the process may not use, is refused naming the allowed CPUs",
           arguments: TargetFactory.all)
     func emptyAffinity(_ factory: TargetFactory) throws {
