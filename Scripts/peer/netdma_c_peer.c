@@ -19,10 +19,13 @@
  * Build: cc -O2 -I Benchmarks/Sources/CBenchSupport/include Scripts/peer/netdma_c_peer.c \
  *            Benchmarks/Sources/CBenchSupport/CBenchSupport.c $(pkg-config --cflags --libs netdma) -o netdma_c_peer
  * Run:   netdma_c_peer [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] [--profile icx|...|dsa]
- *                      [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS]
+ *                      [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] [-o OPS] [-c]
+ * With -c (count mode, under valgrind --tool=callgrind) each repetition runs between callgrind
+ * dumps and prints a WINDOW line instead (see count_window; `netdma-peer counts` reads them).
  */
 #define _GNU_SOURCE
 #include <getopt.h>
+#include <sched.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,15 +83,36 @@ struct stream_result {
     size_t ops;
     int64_t wall_ns, sub_cpu_ns, worker_cpu_ns;
     uint64_t api_cycles;
-    unsigned long preempted, polls, empty_polls;
+    unsigned long preempted, polls, empty_polls, batches, capacity_checks;
     double other_load;
     int verified;
 };
 
-/* One repetition of the stream workload. Returns 0, or -1 with a message on stderr. */
-static int stream(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint64_t src_iova, uint64_t dst_iova,
+/* The C ABI calls of the stream, for count mode (-c, under callgrind): each goes through a
+ * wrapper that is never inlined or cloned (the names `netdma-peer counts` looks for, as in
+ * dma_peer.c), so that callgrind's inclusive cost of the wrapper is the cost of the call: the
+ * PLT jump into libnetdma, the entry point, CopyQueue, the provider, and the wrapper's own call
+ * and return. Outside count mode the loop calls the ABI directly. */
+#define COUNTED __attribute__((noinline, noipa, used))
+static COUNTED int counted_copy(netdma_queue *q, uint64_t src, uint64_t dst, uint32_t length) {
+    return netdma_enqueue_copy(q, src, dst, length, 0);
+}
+static COUNTED int counted_submit(netdma_queue *q) { return netdma_submit(q); }
+static COUNTED int counted_completed(netdma_queue *q, uint16_t max, uint16_t *last, bool *has_error) {
+    return netdma_completed(q, max, last, has_error);
+}
+static COUNTED int counted_capacity(netdma_queue *q) { return netdma_burst_capacity(q); }
+
+#define CALL_COPY(c, q, s, d, n) ((c) ? counted_copy(q, s, d, n) : netdma_enqueue_copy(q, s, d, n, 0))
+#define CALL_SUBMIT(c, q) ((c) ? counted_submit(q) : netdma_submit(q))
+#define CALL_COMPLETED(c, q, m, l, e) ((c) ? counted_completed(q, m, l, e) : netdma_completed(q, m, l, e))
+#define CALL_CAPACITY(c, q) ((c) ? counted_capacity(q) : netdma_burst_capacity(q))
+
+/* One repetition of the stream workload. Returns 0, or -1 with a message on stderr. Inlined
+ * twice with a constant `counting`, so the timed loop has no trace of count mode. */
+static inline __attribute__((always_inline)) int stream(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint64_t src_iova, uint64_t dst_iova,
                   size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid,
-                  struct stream_result *r) {
+                  struct stream_result *r, int counting) {
     size_t slots = ws / size ? ws / size : 1;
     size_t touched = (ops < slots ? ops : slots) * size;
     memset(dst, 0, touched);
@@ -96,7 +120,7 @@ static int stream(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint
     uint16_t expected = 0;
     int first = 1, bad = 0;
     uint64_t api = 0;
-    unsigned long preempted = 0, polls = 0, empty = 0;
+    unsigned long preempted = 0, polls = 0, empty = 0, batches = 0, checks = 0;
     struct load_meter meter;
     load_start(&meter);
     int64_t e0 = worker_tid > 0 ? bench_thread_cpu_ns(worker_tid) : 0;
@@ -104,29 +128,37 @@ static int stream(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint
     int64_t w0 = now_ns(CLOCK_MONOTONIC);
     while (done < ops) {
         size_t want = ops - issued < batch ? ops - issued : batch;
-        if (want > 0 && (size_t)netdma_burst_capacity(q) >= want) {
+        if (want > 0) checks++;
+        if (want > 0 && (size_t)CALL_CAPACITY(counting, q) >= want) {
             uint64_t t0 = bench_rdtsc();
             for (size_t i = 0; i < want; i++) {
                 uint64_t off = (uint64_t)(slot * size);
-                int ticket = netdma_enqueue_copy(q, src_iova + off, dst_iova + off, (uint32_t)size, 0);
+                int ticket = CALL_COPY(counting, q, src_iova + off, dst_iova + off, (uint32_t)size);
                 if (ticket < 0) { fprintf(stderr, "netdma_c_peer: enqueue: %s\n", netdma_last_error()); return -1; }
                 if (first) { expected = (uint16_t)ticket; first = 0; }
                 if (++slot == slots) slot = 0;
             }
-            int rc = netdma_submit(q);
+            int rc = CALL_SUBMIT(counting, q);
             uint64_t t1 = bench_rdtsc();
             if (rc < 0) { fprintf(stderr, "netdma_c_peer: submit: %s\n", netdma_last_error()); return -1; }
             uint64_t dt = t1 - t0 - tsc_cost;
             if (dt > 20000 + 400 * want) preempted++; else api += dt;
             issued += want;
+            batches++;
         }
         uint16_t last = 0;
         bool has_error = false;
         uint64_t t2 = bench_rdtsc();
-        int n = netdma_completed(q, capacity, &last, &has_error);
+        int n = CALL_COMPLETED(counting, q, capacity, &last, &has_error);
         uint64_t t3 = bench_rdtsc();
         polls++;
-        if (n == 0 && !has_error) { empty++; continue; }
+        if (n == 0 && !has_error) {
+            empty++;
+            /* Under callgrind the threads take turns: let the engine run (the count excludes
+             * empty polls, so how many there are does not matter). */
+            if (counting) sched_yield();
+            continue;
+        }
         uint64_t dt = t3 - t2 - tsc_cost;
         if (dt > 20000 + 400 * (uint64_t)n) preempted++; else api += dt;
         if (n < 0 || has_error) { fprintf(stderr, "netdma_c_peer: an op failed\n"); bad = 1; break; }
@@ -150,14 +182,60 @@ static int stream(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint
     r->preempted = preempted;
     r->polls = polls;
     r->empty_polls = empty;
+    r->batches = batches;
+    r->capacity_checks = checks;
     if (!bad && memcmp(dst, src, touched) != 0) { fprintf(stderr, "netdma_c_peer: destination differs from source\n"); bad = 1; }
     r->verified = !bad;
     return bad ? -1 : 0;
 }
 
+/* Count mode: one repetition between callgrind dumps, then an idle window, as dma_peer.c's
+ * count_window and `netdma-peer run --count`: zero counters; the stream (counted calls);
+ * dump "stream-SIZE"; EMPTY_POLLS counted polls of the drained queue; dump "empty-SIZE"; one
+ * 64-byte copy polled to completion; 100 ms nap; dump "idle-SIZE". Prints a WINDOW line for
+ * `netdma-peer counts`. */
+#define EMPTY_POLLS 1000
+static int count_window(netdma_queue *q, uint16_t capacity, char *src, char *dst, uint64_t src_iova, uint64_t dst_iova,
+                        size_t size, size_t ws, size_t ops, unsigned batch, uint64_t tsc_cost, int worker_tid,
+                        const char *impl) {
+    struct stream_result r;
+    memset(&r, 0, sizeof r);
+    char reason[64];
+    bench_callgrind_zero();
+    int rc = stream(q, capacity, src, dst, src_iova, dst_iova, size, ws, ops, batch, tsc_cost, worker_tid, &r, 1);
+    snprintf(reason, sizeof reason, "stream-%zu", size);
+    bench_callgrind_dump(reason);
+    unsigned long nonempty = 0;
+    for (int i = 0; i < EMPTY_POLLS; i++) {
+        uint16_t last = 0;
+        bool has_error = false;
+        if (counted_completed(q, capacity, &last, &has_error) != 0 || has_error) nonempty++;
+    }
+    snprintf(reason, sizeof reason, "empty-%zu", size);
+    bench_callgrind_dump(reason);
+    if (netdma_enqueue_copy(q, src_iova, dst_iova, 64, NETDMA_OP_SUBMIT) < 0) rc = -1;
+    for (int got = 0; rc == 0 && got == 0;) {
+        bool has_error = false;
+        got = netdma_completed(q, 1, NULL, &has_error);
+        if (has_error || got < 0) rc = -1;
+    }
+    struct timespec nap = {0, 100000000};
+    nanosleep(&nap, NULL);
+    snprintf(reason, sizeof reason, "idle-%zu", size);
+    bench_callgrind_dump(reason);
+    if (nonempty) { fprintf(stderr, "netdma_c_peer: %lu polls of a drained queue returned ops\n", nonempty); rc = -1; }
+    printf("WINDOW impl=%s size=%zu ops=%zu batches=%lu polls=%lu empty_polls=%lu capacity_checks=%lu"
+           " empty_poll_calls=%d stream=stream-%zu empty=empty-%zu idle=idle-%zu verified=%d\n",
+           impl, size, r.ops, r.batches, r.polls, r.empty_polls, r.capacity_checks, EMPTY_POLLS, size, size, size,
+           rc == 0 && r.verified);
+    fflush(stdout);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     char sizes_arg[256] = "64,256,1k,4k,64k,1m", profile[32] = "icx";
-    unsigned reps = 1, batch = 32, ring = 1024, do_memcpy = 1;
+    unsigned reps = 1, batch = 32, ring = 1024, do_memcpy = 1, counting = 0;
+    size_t fixed_ops = 0;
     size_t ws = 32u << 20, total = (size_t)2 << 30, warmup = 20000;
     int submitter_cpu = 0, engine_cpu = 1;
     static const struct option longs[] = {
@@ -166,10 +244,11 @@ int main(int argc, char **argv) {
         {"working-set", required_argument, 0, 'w'}, {"bytes", required_argument, 0, 't'},
         {"profile", required_argument, 0, 'p'}, {"submitter-cpu", required_argument, 0, 'S'},
         {"engine-cpu", required_argument, 0, 'E'}, {"no-memcpy", no_argument, 0, 'n'},
-        {"warmup", required_argument, 0, 'W'}, {0, 0, 0, 0},
+        {"warmup", required_argument, 0, 'W'}, {"ops", required_argument, 0, 'o'},
+        {"count", no_argument, 0, 'c'}, {0, 0, 0, 0},
     };
     int opt;
-    while ((opt = getopt_long(argc, argv, "s:r:b:q:w:t:n", longs, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "s:r:b:q:w:t:o:nc", longs, NULL)) != -1) {
         switch (opt) {
         case 's': snprintf(sizes_arg, sizeof sizes_arg, "%s", optarg); break;
         case 'r': reps = (unsigned)atoi(optarg); break;
@@ -182,11 +261,18 @@ int main(int argc, char **argv) {
         case 'E': engine_cpu = atoi(optarg); break;
         case 'n': do_memcpy = 0; break;
         case 'W': warmup = (size_t)atol(optarg); break;
+        case 'o': fixed_ops = parse_bytes(optarg); break;
+        case 'c': counting = 1; break;
         default:
             fprintf(stderr, "usage: netdma_c_peer [-s SIZES] [-r REPS] [-b BATCH] [-q RING] [-w BYTES] [-t BYTES] "
-                            "[--profile icx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS]\n");
+                            "[--profile icx|...|dsa] [--submitter-cpu N] [--engine-cpu N] [--no-memcpy] [--warmup OPS] "
+                            "[-o OPS] [-c (count mode, under callgrind)]\n");
             return 2;
         }
+    }
+    if (counting && !bench_under_callgrind()) {
+        fprintf(stderr, "netdma_c_peer: -c needs valgrind --tool=callgrind (and a build with <valgrind/callgrind.h>)\n");
+        return 2;
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     if (submitter_cpu >= 0 && submitter_cpu < cpus) bench_pin_thread(0, submitter_cpu);
@@ -250,14 +336,21 @@ int main(int argc, char **argv) {
             continue;
         }
         size_t ops = ops_for_size(size, total, ws);
+        if (fixed_ops) ops = fixed_ops;
         struct stream_result r;
         if (warmup > 0) {
             size_t warm = ops < warmup ? ops : warmup;
-            if (stream(q, capacity, src, dst, sb.iova, db.iova, size, ws, warm, batch, tsc_cost, info.model_thread, &r) != 0) failed = 1;
+            if (stream(q, capacity, src, dst, sb.iova, db.iova, size, ws, warm, batch, tsc_cost, info.model_thread, &r, 0) != 0) failed = 1;
+        }
+        if (counting) {
+            for (unsigned rep = 0; rep < reps; rep++)
+                if (count_window(q, capacity, src, dst, sb.iova, db.iova, size, ws, ops, batch, tsc_cost, info.model_thread, impl) != 0)
+                    failed = 1;
+            continue;
         }
         for (unsigned rep = 0; rep < reps; rep++) {
             memset(&r, 0, sizeof r);
-            if (stream(q, capacity, src, dst, sb.iova, db.iova, size, ws, ops, batch, tsc_cost, info.model_thread, &r) != 0) failed = 1;
+            if (stream(q, capacity, src, dst, sb.iova, db.iova, size, ws, ops, batch, tsc_cost, info.model_thread, &r, 0) != 0) failed = 1;
             printf("RESULT impl=%s size=%zu ops=%zu wall_ns=%" PRId64 " api_cycles=%" PRIu64 " preempted=%lu sub_cpu_ns=%" PRId64
                    " worker_cpu_ns=%" PRId64 " polls=%lu empty_polls=%lu other_load=%.3f verified=%d tsc_hz=%" PRIu64 "\n",
                    impl, size, r.ops, r.wall_ns, r.api_cycles, r.preempted, r.sub_cpu_ns, r.worker_cpu_ns, r.polls, r.empty_polls,

@@ -849,7 +849,7 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
 
     private func raiseInterrupt() {
         guard let fd = interruptEventFD else { return }
-        interruptsSignalled.add(1, ordering: .relaxed)
+        interruptsSignalled.add(1, ordering: .releasing)
         var one: UInt64 = 1
         _ = Glibc.write(fd, &one, 8)
     }

@@ -712,9 +712,10 @@ extension IOATDeviceCore {
         }
         let fd = interruptFDs[vector].load(ordering: .acquiring)
         guard fd >= 0 else { interruptsLost.add(1, ordering: .relaxed); return }
+        // Counted before the write: whoever sees the eventfd's value sees the count include it.
+        interruptsSignalled.add(1, ordering: .releasing)
         var one: UInt64 = 1
         _ = Glibc.write(fd, &one, 8)
-        interruptsSignalled.add(1, ordering: .relaxed)
     }
 
     /// Delivers vectors pending in the PBA that are now unmasked.

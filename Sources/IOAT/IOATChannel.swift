@@ -199,9 +199,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// for a NULL-terminated chain on CB ≥ 2 (where `chain.count` is only informational) the
     /// length up to NULL.
     ///
-    /// On the way it gives NULL descriptors with a zero TransferSize a size of 1: NetDMA lets
-    /// the engine ignore the size of a NULL transfer, but CBDMA rejects size 0 with DXSERR
-    /// (ioat.md §7.1; every CBDMA driver uses a non-zero size). One load per descriptor, cached.
+    /// On the way it makes every descriptor that NetDMA allows but the engine would halt on
+    /// into one the engine accepts (see ``conformNoData(_:size:control:)``): zero-length
+    /// transfers, and NULL transfers whose size or flags CBDMA checks. One 8-byte load per
+    /// descriptor, cached.
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
         if countedChains {
@@ -223,10 +224,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         var n = 0
         while n < max, let p = d {
             n += 1
-            let control = p.load(fromByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
-            if control & IOAT.DescriptorControl.null != 0,
-               p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt32.self) == 0 {
-                p.storeBytes(of: UInt32(1), toByteOffset: IOAT.DescriptorField.size, as: UInt32.self)
+            // TransferSize (bits 31:0) and ControlFlags (63:32) in one load.
+            let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+                conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
             }
             if n == max { break }
             let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
@@ -242,6 +243,34 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             iova = next
         }
         return (Swift.max(n, 1), iova)
+    }
+
+    /// Rewrites a descriptor that moves no data into the NULL descriptor CBDMA accepts, keeping
+    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints).
+    ///
+    /// NetDMA allows a transfer of TransferSize 0 (it completes, writes nothing and still
+    /// does its STATUS and INTERRUPT; netdma.md §9.1) and lets the engine ignore the size and
+    /// addresses of a NULL transfer. CBDMA checks them: size 0 or above 2^XFERCAP halts the
+    /// channel with DXSERR on every generation (the CB 3.0 NULL erratum, ioat.md §4.4, §7.1),
+    /// page-break bits on a part without page break and a fill on a part without block fill
+    /// halt it with DCERR. So such a descriptor becomes op COPY with the null bit, size 1 (what
+    /// Linux writes) and no page break, as SPDK turns zero-length copies into NULL descriptors.
+    /// The engine then moves nothing and reads no address. A descriptor that moves data is
+    /// never rewritten: the engine reports what it cannot execute (DCERR, DXSERR) as a fault.
+    /// Cold: a few descriptors of a chain at most.
+    @inline(never)
+    private func conformNoData(_ p: UnsafeMutableRawPointer, size: UInt32, control: UInt32) {
+        let kept = IOAT.DescriptorControl.intEnable | IOAT.DescriptorControl.sourceSnoopDisable
+            | IOAT.DescriptorControl.destinationSnoopDisable | IOAT.DescriptorControl.completionWrite
+            | IOAT.DescriptorControl.fence
+        let nullControl = control & kept | IOAT.DescriptorControl.null
+        let nullSize: UInt32 = size == 0 || Int(size) > device.maximumTransferSize ? 1 : size
+        if nullControl != control {
+            p.storeBytes(of: nullControl, toByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+        }
+        if nullSize != size {
+            p.storeBytes(of: nullSize, toByteOffset: IOAT.DescriptorField.size, as: UInt32.self)
+        }
     }
 
     /// CHAINADDR = `iova`: the engine's count restarts at 0 (ARMED).
@@ -431,12 +460,18 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private func stepsToTail(from first: UInt64) -> Int? {
         var iova = first
         var n = 1
-        while iova != tail {
-            guard n < Int(UInt16.max), let d = hostAddress(ofDescriptor: iova) else { return nil }
+        while true {
+            guard let d = hostAddress(ofDescriptor: iova) else { return nil }
+            // The client may have edited the chain while suspended.
+            let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+                conformNoData(d, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
+            }
+            if iova == tail { return n }
+            guard n < Int(UInt16.max) else { return nil }
             iova = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
             n += 1
         }
-        return n
     }
 
     /// `ProviderAbortDma`: CHANCMD.ABORT stops the engine (the current copy may be partial)

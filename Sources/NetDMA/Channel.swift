@@ -110,6 +110,9 @@ public final class NetDMAChannel: @unchecked Sendable {
     private let reseeded = Atomic<Bool>(false)
     /// Set by the DPC when the channel halted with a fault; cleared by Start and by ``CopyQueue``.
     let faultPending = Atomic<Bool>(false)
+    /// Set by the ISR when it reported a fault (the engine's error interrupt was consumed);
+    /// cleared by Start and Reset. See ``consumeErrorInterrupt()``.
+    private let errorInterruptSeen = Atomic<Bool>(false)
     /// Odd while an Append is between its power check and its end (single writer: the client;
     /// relaxed stores, no read-modify-write). PowerDown and PowerUp wait for it to be even.
     private let appendSequence = Atomic<UInt64>(0)
@@ -239,7 +242,9 @@ public final class NetDMAChannel: @unchecked Sendable {
             lastInterruptCompleted.store(0, ordering: .releasing)
         }
         reseeded.store(false, ordering: .relaxed)
+        consumeErrorInterrupt()
         try engine.start(chain)
+        errorInterruptSeen.store(false, ordering: .releasing)
         // After the provider cleared its fault: a DPC (which runs under the same lock) either
         // ran before and its flag is dropped here, or runs after and sees no fault.
         faultPending.store(false, ordering: .releasing)
@@ -351,7 +356,9 @@ public final class NetDMAChannel: @unchecked Sendable {
             }
             guard callbacks.contains(.reset) else { throw Self.missing("ResetChannel") }
             try checkDeviceOn("Reset")
+            consumeErrorInterrupt()
             try engine.reset()
+            errorInterruptSeen.store(false, ordering: .releasing)
             noteChain(nil)
             lastInterruptCompleted.store(0, ordering: .releasing)
             reseeded.store(false, ordering: .relaxed)
@@ -558,7 +565,41 @@ public final class NetDMAChannel: @unchecked Sendable {
     }
 
     /// The ISR half, called on the interrupt thread.
-    func serviceInterrupt() -> InterruptReport { engine.serviceInterrupt() }
+    func serviceInterrupt() -> InterruptReport {
+        let report = engine.serviceInterrupt()
+        if report.fault != nil { errorInterruptSeen.store(true, ordering: .releasing) }
+        return report
+    }
+
+    /// Before a Start or Reset of a channel that halted with a fault: waits (bounded by
+    /// ``errorInterruptWait``) until the interrupt thread has taken the engine's error interrupt.
+    ///
+    /// An engine with an interrupt vector raises one when it halts with an error (CBDMA with
+    /// CHANCTRL.ERR_INT_EN; the DSA provider and the fixture signal their eventfd), and it
+    /// does so after the completion word reads Halted. A client that saw the failure by
+    /// polling and starts again at once would otherwise have that interrupt land on its new
+    /// chain: its wait would end on an interrupt it never asked for, and the eventfd would
+    /// count one more than it submitted (the VFIO selftest's `mix_and_match`). Once the ISR has
+    /// taken it, the DPC that follows reports a fault this Start or Reset cleared, and
+    /// ``runDPC(_:)`` drops it. Cold: only after a fault.
+    private func consumeErrorInterrupt() {
+        guard engine.interruptEventFD != nil, engine.fault != nil else { return }
+        let deadline = ContinuousClock.now.advanced(by: Self.errorInterruptWait)
+        var n = 0
+        while !errorInterruptSeen.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+            n += 1
+            if n < 64 {
+                sched_yield()
+            } else {
+                var ts = timespec(tv_sec: 0, tv_nsec: 10_000)
+                nanosleep(&ts, nil)
+            }
+        }
+    }
+
+    /// How long a Start or Reset after a fault waits for the interrupt thread to take the
+    /// engine's error interrupt (an engine that raises none costs this once per recovery).
+    static let errorInterruptWait: Duration = .milliseconds(100)
 
     /// `NetDmaInterruptDpc`: re-arm, retire descriptors up to the last completed one, note a
     /// halt, then tell the client. Runs on the interrupt thread pinned to ``cpu``.
@@ -566,6 +607,9 @@ public final class NetDMAChannel: @unchecked Sendable {
         let g: UInt64? = control.withLock { _ in
             guard stateRaw.load(ordering: .acquiring) != ChannelState.freed.rawValue else { return nil }
             engine.rearmInterrupt()
+            // The error interrupt of a fault that a Start or Reset already cleared (see
+            // consumeErrorInterrupt): consumed, it is no event of the current chain.
+            if report.fault != nil && engine.fault == nil { return nil }
             if report.lastCompleted != 0 { lastInterruptCompleted.store(report.lastCompleted, ordering: .releasing) }
             // A fault that a Start or Reset already cleared is stale.
             if report.fault != nil, engine.fault != nil {

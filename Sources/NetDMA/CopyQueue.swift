@@ -80,8 +80,8 @@ public enum CopyStatus: UInt8, Sendable, Hashable {
 ///   of the engine's reach, or a fill on an engine without fill throws either way): whether an
 ///   op may be enqueued never depends on the engine's progress.
 /// - A zero-length copy or fill touches no memory and succeeds: on the CPU, and as a NULL
-///   descriptor when a fence sends it to the engine (CBDMA would fail a transfer size of 0), so
-///   its outcome never depends on where it ran. A NULL op without a fence never needs the
+///   descriptor when a fence (or a queue without the fallback) sends it to the engine (CBDMA and
+///   DSA fail a transfer size of 0), so its outcome never depends on where it ran. A NULL op without a fence never needs the
 ///   engine (its report still proves that every earlier op finished).
 /// - CPU ops translate IOVAs through a ``DMARegionSnapshot``: no lock and no allocation unless
 ///   the memory's regions changed.
@@ -121,6 +121,10 @@ public final class CopyQueue {
     private let opCapacity: UInt64
     /// `cpuCopyThreshold`; 0 when every op goes to the engine.
     private let cpuLimit: UInt64
+    /// Copies and fills shorter than this take ``putShort``: `max(cpuLimit, 1)`, so that a
+    /// zero-length one takes it with the fallback off too (one compare either way), and
+    /// becomes a NULL descriptor instead of a transfer size of 0, which CBDMA and DSA fail.
+    private let shortLimit: UInt64
     /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
     private let cpuOps: UnsafeMutablePointer<CPUOp>
     @exclusivity(unchecked) private var regions: DMARegionSnapshot
@@ -203,6 +207,7 @@ public final class CopyQueue {
         status.initialize(repeating: .successful, count: ringSize)
         opCapacity = UInt64(ringSize - 1)
         cpuLimit = UInt64(cpuCopyThreshold)
+        shortLimit = max(UInt64(cpuCopyThreshold), 1)
         cpuOps = .allocate(capacity: cpuCopyThreshold > 0 ? ringSize : 1)
         regions = DMARegionSnapshot(channel.dmaMemory)
     }
@@ -246,7 +251,8 @@ public final class CopyQueue {
     /// Enqueues a copy of `length` bytes from IOVA `source` to IOVA `destination`.
     ///
     /// A copy shorter than ``cpuCopyThreshold`` runs on the CPU at the next ``submit()`` (see
-    /// "CPU fallback" for when it goes to the engine anyway).
+    /// "CPU fallback" for when it goes to the engine anyway). A zero-length copy moves nothing
+    /// and succeeds (on the engine, as a NULL descriptor).
     ///
     /// - Parameter fence: finish this op's writes before the next op reads (`NET_DMA_SERIALIZE_TRANSFER`).
     /// - Returns: the op's ticket (DPDK's ring index).
@@ -258,7 +264,7 @@ public final class CopyQueue {
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length),
               source <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+        if UInt64(truncatingIfNeeded: length) < shortLimit {
             return try putShort(.copy, length: length, source: source, destination: destination, fence: fence)
         }
         var flags: UInt32 = 0
@@ -278,7 +284,7 @@ public final class CopyQueue {
         guard canFill else { throw Self.noFill }
         guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
         guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        if UInt64(truncatingIfNeeded: length) < cpuLimit {
+        if UInt64(truncatingIfNeeded: length) < shortLimit {
             return try putShort(.fill, length: length, source: pattern, destination: destination, fence: fence)
         }
         var flags = UInt32(Operation.fill.rawValue) << 24
@@ -307,14 +313,16 @@ public final class CopyQueue {
     /// a fence stands in the way (a fenced engine op before it is unfinished, or it is fenced
     /// and an engine op before it is unfinished): then it goes to the engine, which orders it.
     /// Before deciding so, it looks at the completion word once more. Routed to the engine, a
-    /// zero-length copy or fill becomes a NULL descriptor (CBDMA refuses a transfer size of 0):
-    /// it succeeds wherever it runs.
+    /// zero-length copy or fill becomes a NULL descriptor (CBDMA and DSA fail a transfer size
+    /// of 0): it succeeds wherever it runs. With the fallback off, only zero-length copies and
+    /// fills come here, and all go to the engine that way.
     @inline(never)
     private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
                           fence: Bool) throws(DriverError) -> UInt16 {
         guard issued &- retiredOps < opCapacity else { throw Self.full }
-        var free = fenceEnd <= finished && (!fence || enqueued == finished)
-        if !free && finished != submitted {
+        // With the fallback off only zero-length ops come here: they go to the engine.
+        var free = cpuLimit != 0 && fenceEnd <= finished && (!fence || enqueued == finished)
+        if !free && cpuLimit != 0 && finished != submitted {
             refresh()
             free = fenceEnd <= finished && (!fence || enqueued == finished)
         }

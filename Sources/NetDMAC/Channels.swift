@@ -47,6 +47,7 @@ func cpuSet(_ mask: UnsafeRawPointer, bytes: Int) -> CPUSet {
 public func netdma_channel_alloc(_ engines: OpaquePointer?, _ engine: Int32, _ cpus: UnsafeRawPointer?, _ cpusSize: Int,
                                  _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let engines else { return null("netdma_channel_alloc", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_channel_alloc", "engines", madeBy: "netdma_open") { return e }
     guard let out else { return null("netdma_channel_alloc", "out") }
     out.pointee = nil
     var affinity: CPUSet?
@@ -81,6 +82,7 @@ public func netdma_channel_alloc(_ engines: OpaquePointer?, _ engine: Int32, _ c
 @c @implementation
 public func netdma_channel_free(_ channel: OpaquePointer?) -> Int32 {
     guard let channel else { return null("netdma_channel_free", "channel") }
+    if let e = CChannel.notLive(channel, "netdma_channel_free", "channel", madeBy: "netdma_channel_alloc") { return e }
     let result: Int32 = CChannel.with(channel) { c in
         guard !c.hasQueue else {
             return fail(NETDMA_EBUSY, "netdma_channel_free: a queue is on this channel; destroy it (netdma_queue_destroy) first.")
@@ -102,6 +104,7 @@ public func netdma_channel_free(_ channel: OpaquePointer?) -> Int32 {
 @c @implementation
 public func netdma_channel_info_get(_ channel: OpaquePointer?, _ info: UnsafeMutablePointer<netdma_channel_info>?) -> Int32 {
     guard let channel else { return null("netdma_channel_info_get", "channel") }
+    if let e = CChannel.notLive(channel, "netdma_channel_info_get", "channel", madeBy: "netdma_channel_alloc") { return e }
     guard let info else { return null("netdma_channel_info_get", "info") }
     return CChannel.with(channel) { c in
         let ch = c.channel
@@ -123,6 +126,7 @@ public func netdma_channel_info_get(_ channel: OpaquePointer?, _ info: UnsafeMut
 @c @implementation
 public func netdma_channel_eventfd(_ channel: OpaquePointer?) -> Int32 {
     guard let channel else { return null("netdma_channel_eventfd", "channel") }
+    if let e = CChannel.notLive(channel, "netdma_channel_eventfd", "channel", madeBy: "netdma_channel_alloc") { return e }
     return CChannel.with(channel) { c in
         if let events = c.events { return events.fd.rawValue }
         guard c.channel.interruptEventFD != nil else {

@@ -166,6 +166,7 @@ public func netdma_open(_ params: UnsafePointer<netdma_open_params>?, _ out: Uns
 @c @implementation
 public func netdma_close(_ engines: OpaquePointer?) -> Int32 {
     guard let engines else { return null("netdma_close", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_close", "engines", madeBy: "netdma_open") { return e }
     let e = Unmanaged<CEngines>.fromOpaque(UnsafeRawPointer(engines)).takeUnretainedValue()
     let channels = e.resources.withLock { $0.channels }
     guard channels == 0 else {
@@ -188,12 +189,14 @@ public func netdma_close(_ engines: OpaquePointer?) -> Int32 {
 @c @implementation
 public func netdma_headline(_ engines: OpaquePointer?) -> UnsafePointer<CChar>? {
     guard let engines else { _ = null("netdma_headline", "engines"); return nil }
+    if CEngines.notLive(engines, "netdma_headline", "engines", madeBy: "netdma_open") != nil { return nil }
     return CEngines.with(engines) { UnsafePointer($0.headline) }
 }
 
 @c @implementation
 public func netdma_engine_count(_ engines: OpaquePointer?) -> Int32 {
     guard let engines else { return null("netdma_engine_count", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_engine_count", "engines", madeBy: "netdma_open") { return e }
     return CEngines.with(engines) { Int32($0.set.engines.count) }
 }
 
@@ -201,6 +204,7 @@ public func netdma_engine_count(_ engines: OpaquePointer?) -> Int32 {
 public func netdma_engine_info_get(_ engines: OpaquePointer?, _ index: UInt32,
                                    _ info: UnsafeMutablePointer<netdma_engine_info>?) -> Int32 {
     guard let engines else { return null("netdma_engine_info_get", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_engine_info_get", "engines", madeBy: "netdma_open") { return e }
     guard let info else { return null("netdma_engine_info_get", "info") }
     return CEngines.with(engines) { e in
         let engine: Engine
@@ -232,6 +236,7 @@ public func netdma_engine_info_get(_ engines: OpaquePointer?, _ index: UInt32,
 @c @implementation
 public func netdma_engine_power_down(_ engines: OpaquePointer?, _ index: UInt32) -> Int32 {
     guard let engines else { return null("netdma_engine_power_down", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_engine_power_down", "engines", madeBy: "netdma_open") { return e }
     return CEngines.with(engines) { e in
         do throws(DriverError) {
             try e.engine(index, "netdma_engine_power_down").get().powerDown()
@@ -245,6 +250,7 @@ public func netdma_engine_power_down(_ engines: OpaquePointer?, _ index: UInt32)
 @c @implementation
 public func netdma_engine_power_up(_ engines: OpaquePointer?, _ index: UInt32) -> Int32 {
     guard let engines else { return null("netdma_engine_power_up", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_engine_power_up", "engines", madeBy: "netdma_open") { return e }
     return CEngines.with(engines) { e in
         do throws(DriverError) {
             try e.engine(index, "netdma_engine_power_up").get().powerUp()
@@ -266,6 +272,7 @@ struct NotificationTarget: @unchecked Sendable {
 public func netdma_set_notification_callback(_ engines: OpaquePointer?, _ fn: netdma_notify_fn?,
                                              _ user: UnsafeMutableRawPointer?) -> Int32 {
     guard let engines else { return null("netdma_set_notification_callback", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_set_notification_callback", "engines", madeBy: "netdma_open") { return e }
     return CEngines.with(engines) { e in
         var registration: ClientRegistration?
         if let fn {

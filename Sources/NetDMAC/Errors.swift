@@ -1,5 +1,6 @@
 import CNetDMA
 import NetDMAEngines
+import Synchronization
 
 // Errors cross the ABI as a stable negative code (netdma.h's `netdma_error_code`) plus the
 // calling thread's last-error message (kept in C thread-local storage by `cnetdma_fail`).
@@ -67,9 +68,21 @@ import Glibc
 /// A Swift object behind an opaque C handle: retained while the C side holds it.
 protocol CHandle: AnyObject {}
 
+/// The handles C holds (given out and not yet released), by address, with their type: what
+/// the calls that release a handle, and the other calls off the hot path, check first, so that
+/// a handle released already (a second netdma_close, netdma_channel_free or
+/// netdma_queue_destroy) or of the wrong type is an NETDMA_EINVAL instead of a use after free.
+/// The hot path (enqueue, submit, completed, burst capacity) and the NetDMA-level calls take
+/// no lock: they check for NULL only.
+let liveHandles = Mutex<[UInt: ObjectIdentifier]>([:])
+
 extension CHandle {
-    /// A +1 handle for C; ``release(_:)`` balances it.
-    var retainedHandle: OpaquePointer { OpaquePointer(Unmanaged.passRetained(self).toOpaque()) }
+    /// A +1 handle for C, recorded as live; ``release(_:)`` balances it.
+    var retainedHandle: OpaquePointer {
+        let handle = OpaquePointer(Unmanaged.passRetained(self).toOpaque())
+        liveHandles.withLock { $0[UInt(bitPattern: handle)] = ObjectIdentifier(Self.self) }
+        return handle
+    }
 
     /// Runs `body` on the object behind `handle` without retaining it (the caller's handle
     /// keeps it alive for the call): the hot path's access, no retain/release.
@@ -78,8 +91,21 @@ extension CHandle {
         Unmanaged<Self>.fromOpaque(UnsafeRawPointer(handle))._withUnsafeGuaranteedRef(body)
     }
 
-    /// Takes the handle's reference back (the object goes away with the last one).
+    /// nil when `handle` is a live handle of this type; else records the error (the function
+    /// and the argument, and which call makes such handles) and returns its code.
+    @inline(never)
+    static func notLive(_ handle: OpaquePointer, _ function: StaticString, _ argument: StaticString,
+                        madeBy maker: StaticString) -> Int32? {
+        let live = liveHandles.withLock { $0[UInt(bitPattern: handle)] == ObjectIdentifier(Self.self) }
+        if live { return nil }
+        return fail(NETDMA_EINVAL,
+            "\(function): \(argument) is not a live handle: released already (each handle is released once), or not from \(maker).")
+    }
+
+    /// Takes the handle's reference back (the object goes away with the last one); the handle
+    /// is no longer live.
     static func release(_ handle: OpaquePointer) {
+        liveHandles.withLock { _ = $0.removeValue(forKey: UInt(bitPattern: handle)) }
         Unmanaged<Self>.fromOpaque(UnsafeRawPointer(handle)).release()
     }
 }

@@ -8,6 +8,7 @@ import NetDMAEngines
 public func netdma_mem_alloc(_ engines: OpaquePointer?, _ length: Int, _ numaNode: Int32,
                              _ out: UnsafeMutablePointer<netdma_buffer>?) -> Int32 {
     guard let engines else { return null("netdma_mem_alloc", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_mem_alloc", "engines", madeBy: "netdma_open") { return e }
     guard let out else { return null("netdma_mem_alloc", "out") }
     out.pointee = netdma_buffer(addr: nil, iova: 0, length: 0)
     guard numaNode >= -1 else {
@@ -28,6 +29,7 @@ public func netdma_mem_alloc(_ engines: OpaquePointer?, _ length: Int, _ numaNod
 @c @implementation
 public func netdma_mem_free(_ engines: OpaquePointer?, _ addr: UnsafeMutableRawPointer?) -> Int32 {
     guard let engines else { return null("netdma_mem_free", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_mem_free", "engines", madeBy: "netdma_open") { return e }
     guard let addr else { return null("netdma_mem_free", "addr") }
     return CEngines.with(engines) { e in
         let box = e.resources.withLock { $0.buffers.removeValue(forKey: UInt(bitPattern: addr)) }
@@ -43,6 +45,7 @@ public func netdma_mem_free(_ engines: OpaquePointer?, _ addr: UnsafeMutableRawP
 public func netdma_mem_register(_ engines: OpaquePointer?, _ addr: UnsafeMutableRawPointer?, _ length: Int,
                                 _ iova: UnsafeMutablePointer<UInt64>?) -> Int32 {
     guard let engines else { return null("netdma_mem_register", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_mem_register", "engines", madeBy: "netdma_open") { return e }
     guard let addr else { return null("netdma_mem_register", "addr") }
     guard let iova else { return null("netdma_mem_register", "iova") }
     return CEngines.with(engines) { e in
@@ -59,6 +62,7 @@ public func netdma_mem_register(_ engines: OpaquePointer?, _ addr: UnsafeMutable
 @c @implementation
 public func netdma_mem_unregister(_ engines: OpaquePointer?, _ addr: UnsafeMutableRawPointer?) -> Int32 {
     guard let engines else { return null("netdma_mem_unregister", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_mem_unregister", "engines", madeBy: "netdma_open") { return e }
     guard let addr else { return null("netdma_mem_unregister", "addr") }
     return CEngines.with(engines) { e in
         do throws(DriverError) {
@@ -80,6 +84,7 @@ public func netdma_mem_unregister(_ engines: OpaquePointer?, _ addr: UnsafeMutab
 @c @implementation
 public func netdma_mem_iova(_ engines: OpaquePointer?, _ addr: UnsafeRawPointer?, _ iova: UnsafeMutablePointer<UInt64>?) -> Int32 {
     guard let engines else { return null("netdma_mem_iova", "engines") }
+    if let e = CEngines.notLive(engines, "netdma_mem_iova", "engines", madeBy: "netdma_open") { return e }
     guard let addr else { return null("netdma_mem_iova", "addr") }
     guard let iova else { return null("netdma_mem_iova", "iova") }
     return CEngines.with(engines) { e in

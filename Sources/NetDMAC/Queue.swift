@@ -34,6 +34,7 @@ extension netdma_queue_params {
 public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePointer<netdma_queue_params>?,
                                 _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guard let channel else { return null("netdma_queue_create", "channel") }
+    if let e = CChannel.notLive(channel, "netdma_queue_create", "channel", madeBy: "netdma_channel_alloc") { return e }
     guard let out else { return null("netdma_queue_create", "out") }
     out.pointee = nil
     var p = netdma_queue_params.defaults
@@ -47,16 +48,14 @@ public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePoint
     guard p.flags & ~NETDMA_QUEUE_INTERRUPTS == 0 else {
         return fail(NETDMA_EINVAL, "netdma_queue_create: flags 0x\(String(p.flags, radix: 16)) has bits netdma.h does not define; use NETDMA_QUEUE_INTERRUPTS.")
     }
-    guard p.cpu_copy_threshold == 0 else {
-        return fail(NETDMA_ENOTSUP, "netdma_queue_create: this build has no CPU-copy fallback; set cpu_copy_threshold to 0.")
-    }
     return CChannel.with(channel) { c in
         guard !c.hasQueue else {
             return fail(NETDMA_EBUSY, "netdma_queue_create: the channel already has a queue; one queue per channel.")
         }
         do throws(DriverError) {
             let q = try CopyQueue(channel: c.channel, ringSize: p.ring_size == 0 ? 1024 : Int(p.ring_size),
-                                  interrupts: p.flags & NETDMA_QUEUE_INTERRUPTS != 0)
+                                  interrupts: p.flags & NETDMA_QUEUE_INTERRUPTS != 0,
+                                  cpuCopyThreshold: Int(p.cpu_copy_threshold))
             c.hasQueue = true
             out.pointee = CQueue(q, channel: c).retainedHandle
             return 0
@@ -73,6 +72,7 @@ public func netdma_queue_create(_ channel: OpaquePointer?, _ params: UnsafePoint
 @c @implementation
 public func netdma_queue_destroy(_ queue: OpaquePointer?) -> Int32 {
     guard let queue else { return null("netdma_queue_destroy", "queue") }
+    if let e = CQueue.notLive(queue, "netdma_queue_destroy", "queue", madeBy: "netdma_queue_create") { return e }
     CQueue.with(queue) { $0.channel.hasQueue = false }
     CQueue.release(queue)  // the CopyQueue goes away here: a running channel is Reset
     return 0
@@ -206,6 +206,7 @@ public func netdma_burst_capacity(_ queue: OpaquePointer?) -> Int32 {
 @c @implementation
 public func netdma_queue_stats_get(_ queue: OpaquePointer?, _ stats: UnsafeMutablePointer<netdma_queue_stats>?) -> Int32 {
     guard let queue else { return null("netdma_queue_stats_get", "queue") }
+    if let e = CQueue.notLive(queue, "netdma_queue_stats_get", "queue", madeBy: "netdma_queue_create") { return e }
     guard let stats else { return null("netdma_queue_stats_get", "stats") }
     return CQueue.with(queue) { q in
         let cq = q.queue
@@ -215,7 +216,7 @@ public func netdma_queue_stats_get(_ queue: OpaquePointer?, _ stats: UnsafeMutab
         s.pending = UInt32(cq.pendingSubmission)
         s.outstanding = UInt32(cq.outstanding)
         s.failed = UInt64(cq.failedCount)
-        s.cpu_ops = 0
+        s.cpu_ops = UInt64(cq.cpuOpCount)
         copyCString(cq.lastFault?.description ?? "", into: &s.last_fault)
         stats.pointee = s
         return 0

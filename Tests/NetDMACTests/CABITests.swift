@@ -244,10 +244,27 @@ enum CBuildError: Error, CustomStringConvertible {
         let copy = try CBuild.run(try CBuild.program(["Examples/c/copy.c"], name: "copy"), [])
         #expect(copy.status == 0, "\(copy.stderr)")
         #expect(copy.stdout == "copied 1 MiB on model:ioat/icx and verified it\n")
-        let receive = try CBuild.run(try CBuild.program(["Examples/c/receive_copy.c"], name: "receive_copy"),
-                                     ["--datagrams", "3000", "--threshold", "0"])
+        let receiveCopy = try CBuild.program(["Examples/c/receive_copy.c"], name: "receive_copy")
+        let receive = try CBuild.run(receiveCopy, ["--datagrams", "3000", "--threshold", "0"])
         #expect(receive.status == 0, "\(receive.stderr)")
         #expect(receive.stdout.contains("  engine: every byte verified; 3000 datagrams copied by the engine, 0 by the CPU"))
         #expect(receive.stdout.contains("  memcpy: every byte verified"))
+        // Its default threshold (512 B): the small datagrams (64-256 B, about half) go to the CPU.
+        let fallback = try CBuild.run(receiveCopy, ["--datagrams", "3000"])
+        #expect(fallback.status == 0, "\(fallback.stderr)")
+        let split = Self.copiedBy(fallback.stdout)
+        #expect(split.map { $0.engine + $0.cpu } == 3000 && split.map { $0.engine > 500 && $0.cpu > 500 } == true,
+                "\(fallback.stdout)")
+        #expect(fallback.stdout.contains("CPU-copy threshold 512 B") && fallback.stdout.contains("  memcpy: every byte verified"))
+    }
+
+    /// The "N datagrams copied by the engine, M by the CPU" of receive_copy's output.
+    static func copiedBy(_ output: String) -> (engine: Int, cpu: Int)? {
+        guard let line = output.split(separator: "\n").first(where: { $0.contains("copied by the engine") }) else { return nil }
+        let words = line.split(separator: " ")
+        // "... 1500 datagrams copied by the engine, 1500 by the CPU; ..."
+        guard let e = words.firstIndex(of: "datagrams"), e > 0, let engine = Int(words[e - 1]),
+              let c = words.firstIndex(of: "CPU;"), c >= 3, let cpu = Int(words[c - 3]) else { return nil }
+        return (engine, cpu)
     }
 }

@@ -204,7 +204,7 @@ struct IOATInterruptTests {
         let ch = try IOATDirectChannel(rig)
         let pool = try DescriptorPool(memory: rig.memory, count: 4)
         IOATChain.null(pool, 0, [.interruptOnCompletion, .statusUpdateOnCompletion])
-        pool[1].pointee = Descriptor(transferSize: 0, controlFlags: [.statusUpdateOnCompletion])  // DXSERR
+        pool[1].pointee = Descriptor(transferSize: .max, controlFlags: [.statusUpdateOnCompletion])  // DXSERR: above 2^XFERCAP
         _ = IOATChain.link(pool, 0..<4, counted: true)
         try ch.channel.start(pool.chain(from: 0, count: 2))
         rig.device.runUntilIdle()

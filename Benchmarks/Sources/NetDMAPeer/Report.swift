@@ -95,26 +95,37 @@ func report(_ arguments: [String]) {
     let results = rows.filter { $0.kind == "RESULT" }
     let countRows = rows.filter { $0.kind == "COUNT" }
     let impls = Array(Set((results + countRows).map(\.impl))).sorted()
-    guard let peer = impls.first(where: { $0.hasPrefix("dpdk") }) ?? impls.first else { fail("no RESULT or COUNT lines") }
+    // The baseline: DPDK when it ran (Scripts/peer-bench), else the Swift API (peer-bench --c-api:
+    // the C ABI, impl netdma-c-*, against CopyQueue called from Swift).
+    guard let peer = impls.first(where: { $0.hasPrefix("dpdk") }) ?? impls.first(where: { !$0.hasPrefix("netdma-c-") })
+            ?? impls.first else { fail("no RESULT or COUNT lines") }
     let ours = impls.filter { $0 != peer }
     var checkFailures = 0
     var bad = results.filter { $0.fields["verified"] != "1" }.count + countRows.filter { $0.fields["verified"] != "1" }.count
+    let dpdk = peer.hasPrefix("dpdk")
+    let names = dpdk ? Names(peer: "DPDK", ours: "NetDMA") : Names(peer: "Swift", ours: "C")
 
     for o in ours {
         print("")
-        print("DPDK = \(peer) (DPDK dmadev API on the software dma_skeleton); NetDMA = \(o) (CopyQueue on the device model).")
+        if dpdk {
+            print("DPDK = \(peer) (DPDK dmadev API on the software dma_skeleton); NetDMA = \(o) (CopyQueue on the device model).")
+        } else {
+            print("Swift = \(peer) (CopyQueue called from Swift); C = \(o) (the same workload through libnetdma's C ABI).")
+        }
         if !countRows.isEmpty {
-            let failures = instructionTable(countRows, peer: peer, ours: o)
+            let failures = instructionTable(countRows, peer: peer, ours: o, names: names)
             if check {
-                for f in failures { print("CHECK FAILED: \(f)") }
-                if failures.isEmpty { print("CHECK OK: submitter <= \(CountCeilings.submitterRatio)x, worker <= \(CountCeilings.workerRatio)x DPDK, runs within \(CountCeilings.runSpreadPercent) % at every size") }
-                checkFailures += failures.count
+                // The ceilings are ratios to DPDK's skeleton.
+                let all = dpdk ? failures : ["no DPDK counts to check against (the ceilings are ratios to DPDK's)"]
+                for f in all { print("CHECK FAILED: \(f)") }
+                if all.isEmpty { print("CHECK OK: submitter <= \(CountCeilings.submitterRatio)x, worker <= \(CountCeilings.workerRatio)x DPDK, runs within \(CountCeilings.runSpreadPercent) % at every size") }
+                checkFailures += all.count
             }
         } else if check {
             print("CHECK FAILED: no instruction counts (run without --no-count)")
             checkFailures += 1
         }
-        if !results.isEmpty { wallTable(rows, peer: peer, ours: o) }
+        if !results.isEmpty { wallTable(rows, peer: peer, ours: o, names: names) }
     }
     print("")
     print("\(results.count) stream repetitions, \(countRows.count) counted windows, \(bad) failed verification")
@@ -123,9 +134,15 @@ func report(_ arguments: [String]) {
     exit(bad == 0 && checkFailures == 0 ? 0 : 1)
 }
 
+/// What the two sides are called in the tables' headings.
+struct Names {
+    var peer: String
+    var ours: String
+}
+
 /// Table 1: instructions per op (COUNT lines), one column per count run. Returns what exceeds
 /// ``CountCeilings`` (checked with `--check`).
-func instructionTable(_ rows: [Row], peer: String, ours: String) -> [String] {
+func instructionTable(_ rows: [Row], peer: String, ours: String, names n: Names) -> [String] {
     var failures: [String] = []
     let runs = Array(Set(rows.compactMap { $0.fields["run"].flatMap { Int($0) } })).sorted()
     let sizes = Array(Set(rows.compactMap(\.size))).sorted()
@@ -141,7 +158,8 @@ func instructionTable(_ rows: [Row], peer: String, ours: String) -> [String] {
     print("enqueue + submit + non-empty completed, through never-inlined wrappers (their call and return included);")
     print("worker = the dma_skel_0 / model engine thread, its idle polling, naps and futex waits left out.")
     print("")
-    print("| size | submitter API DPDK | submitter API NetDMA | NetDMA / DPDK | worker DPDK | worker NetDMA | NetDMA / DPDK | NetDMA enqueue + submit + completed | DPDK copy + submit + completed | one empty poll DPDK / NetDMA | runs differ by |")
+    let (p, o) = (n.peer, n.ours)
+    print("| size | submitter API \(p) | submitter API \(o) | \(o) / \(p) | worker \(p) | worker \(o) | \(o) / \(p) | \(o) enqueue + submit + completed | \(p) copy + submit + completed | one empty poll \(p) / \(o) | runs differ by |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes {
         let pa = values(peer, size, "api_ir"), ua = values(ours, size, "api_ir")
@@ -173,7 +191,7 @@ func instructionTable(_ rows: [Row], peer: String, ours: String) -> [String] {
 }
 
 /// Table 2: wall clock over the alternations (RESULT/MEMCPY lines).
-func wallTable(_ rows: [Row], peer: String, ours: String) {
+func wallTable(_ rows: [Row], peer: String, ours: String, names n: Names) {
     let results = rows.filter { $0.kind == "RESULT" }
     let memcpys = rows.filter { $0.kind == "MEMCPY" }
     let sizes = Array(Set(results.compactMap(\.size))).sorted()
@@ -186,15 +204,18 @@ func wallTable(_ rows: [Row], peer: String, ours: String) {
     }
     print("")
     print("Wall clock: median [min–max] over \(rounds.count) alternation\(rounds.count == 1 ? "" : "s"); ratios are taken within each alternation")
-    print("(NetDMA over the DPDK run next to it; NetDMA over one core's memcpy in the same alternation). Cycles are TSC cycles per op.")
+    let (pn, on) = (n.peer, n.ours)
+    print("(\(on) over the \(pn) run next to it; \(on) over one core's memcpy in the same alternation). Cycles are TSC cycles per op;")
+    print("submitter API cycles/op are median [min–max] over the repetitions, their ratio median [min–max] over the alternations.")
     print("")
-    print("| size | DPDK Mops/s | NetDMA Mops/s | NetDMA / DPDK | NetDMA / memcpy | memcpy GB/s (1 core) | submitter API cycles/op DPDK / NetDMA | worker CPU cycles/op DPDK / NetDMA | other load (CPUs, max) DPDK / NetDMA | reps (failed) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| size | \(pn) Mops/s | \(on) Mops/s | \(on) / \(pn) | \(on) / memcpy | memcpy GB/s (1 core) | submitter API cycles/op \(pn) | submitter API cycles/op \(on) | \(on) / \(pn) API cycles | worker CPU cycles/op \(pn) / \(on) | other load (CPUs, max) \(pn) / \(on) | reps (failed) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes {
         let p = results.filter { $0.impl == peer && $0.size == size }
         let u = results.filter { $0.impl == ours && $0.size == size }
         let m = memcpys.filter { $0.size == size }
-        var vsPeer: [Double] = [], vsMemcpy: [Double] = []
+        var vsPeer: [Double] = [], vsMemcpy: [Double] = [], apiRatio: [Double] = []
+        func api(_ r: Row) -> Double? { r.d("api_cycles").flatMap { a in r.d("ops").map { a / $0 } } }
         for round in rounds {
             let pm = median(p.filter { $0.round == round }.compactMap(mops))
             let um = median(u.filter { $0.round == round }.compactMap(mops))
@@ -202,9 +223,11 @@ func wallTable(_ rows: [Row], peer: String, ours: String) {
             let mg = median(m.filter { $0.round == round }.compactMap { gbs($0, size) })
             if let pm, let um, pm > 0 { vsPeer.append(um / pm) }
             if let ug, let mg, mg > 0 { vsMemcpy.append(ug / mg) }
+            if let pa = median(p.filter { $0.round == round }.compactMap(api)),
+               let ua = median(u.filter { $0.round == round }.compactMap(api)), pa > 0 { apiRatio.append(ua / pa) }
         }
         func med(_ rs: [Row], _ f: (Row) -> Double?) -> String { fmt(median(rs.compactMap(f)), 0) }
         let failed = (p + u).filter { $0.fields["verified"] != "1" }.count
-        print("| \(sizeName(size)) | \(spread(p.compactMap(mops), 3)) | \(spread(u.compactMap(mops), 3)) | \(spread(vsPeer)) | \(spread(vsMemcpy)) | \(fmt(median(m.compactMap { gbs($0, size) }))) | \(med(p) { r in r.d("api_cycles").flatMap { a in r.d("ops").map { a / $0 } } }) / \(med(u) { r in r.d("api_cycles").flatMap { a in r.d("ops").map { a / $0 } } }) | \(med(p) { cycles($0, "worker_cpu_ns") }) / \(med(u) { cycles($0, "worker_cpu_ns") }) | \(fmt(p.compactMap { $0.d("other_load") }.max())) / \(fmt(u.compactMap { $0.d("other_load") }.max())) | \(p.count)/\(u.count) (\(failed)) |")
+        print("| \(sizeName(size)) | \(spread(p.compactMap(mops), 3)) | \(spread(u.compactMap(mops), 3)) | \(spread(vsPeer)) | \(spread(vsMemcpy)) | \(fmt(median(m.compactMap { gbs($0, size) }))) | \(spread(p.compactMap(api), 0)) | \(spread(u.compactMap(api), 0)) | \(spread(apiRatio)) | \(med(p) { cycles($0, "worker_cpu_ns") }) / \(med(u) { cycles($0, "worker_cpu_ns") }) | \(fmt(p.compactMap { $0.d("other_load") }.max())) / \(fmt(u.compactMap { $0.d("other_load") }.max())) | \(p.count)/\(u.count) (\(failed)) |")
     }
 }

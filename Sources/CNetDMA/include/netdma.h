@@ -11,13 +11,18 @@
  *     Abort/Reset, and the 64-bit completion word.
  *
  * Build:  cc $(pkg-config --cflags --libs netdma) app.c
+ *         (installed by Scripts/install --prefix DIR outside the dynamic linker's path: run
+ *         with LD_LIBRARY_PATH=DIR/lib, or link with -Wl,-rpath,DIR/lib; netdma.pc has no rpath)
  *
  * Conventions (every function):
  *   - Return value: 0 or a non-negative result on success, a negative NETDMA_E* code on
  *     failure. netdma_last_error() then says, for this thread, what failed and what to do.
  *     A successful call does not clear it (like errno).
  *   - Handles (netdma_engines, netdma_channel, netdma_queue) are opaque. NULL is refused
- *     with NETDMA_EINVAL. A handle is invalid once the call that releases it returns.
+ *     with NETDMA_EINVAL. A handle is invalid once the call that releases it returns; calls
+ *     off the hot path refuse a released handle (a second close, free or destroy) or one of
+ *     another kind with NETDMA_EINVAL, until a later call hands out the same address again.
+ *     The hot path and the NetDMA-level calls check only for NULL.
  *   - Threads: calls on a netdma_engines (open, close, memory, channel allocation, power) may
  *     be made from any thread. A channel and the queue on it belong to one thread at a time
  *     (as a DPDK vchan): enqueue, submit, completed and the NetDMA-level calls on one channel
@@ -404,9 +409,12 @@ typedef struct netdma_queue_params {
     uint32_t size;               /* sizeof(netdma_queue_params) */
     uint32_t ring_size;          /* descriptors in the ring, a power of two from 2 to 65536 (0: 1024); capacity is one less */
     uint32_t flags;              /* NETDMA_QUEUE_* */
-    uint32_t cpu_copy_threshold; /* copies and fills shorter than this many bytes run on the calling CPU
-                                    inside netdma_submit, with tickets and completions in order (Linux's
-                                    copybreak; `netdma bench` prints the engine's copy threshold); 0: none */
+    uint32_t cpu_copy_threshold; /* CPU fallback (Linux's copybreak): copies and fills shorter than this many
+                                    bytes run on the calling CPU inside netdma_submit, with tickets from the
+                                    same sequence, retired in ticket order with the engine's ops, sharing the
+                                    capacity, fences honoured; one whose IOVAs are not DMA memory is reported
+                                    failed (nothing written). Use the copy threshold `netdma bench` prints for
+                                    the engine; 0: every op goes to the engine */
 } netdma_queue_params;
 
 #define NETDMA_QUEUE_PARAMS_INIT { sizeof(netdma_queue_params), 0, 0, 0 }
@@ -430,7 +438,7 @@ int netdma_queue_destroy(netdma_queue *queue);
 
 /** Enqueues a copy of length bytes from IOVA src to IOVA dst. Returns its ticket (0-65535,
  *  wrapping: DPDK's ring index) or NETDMA_EFULL, NETDMA_ETOOLARGE, NETDMA_EINVAL (unknown flag).
- *  Nothing moves before netdma_submit. [thread: the channel's; hot path; owns: nothing] */
+ *  Nothing moves before netdma_submit. Length 0 moves nothing and succeeds (as fills do). [thread: the channel's; hot path; owns: nothing] */
 int netdma_enqueue_copy(netdma_queue *queue, uint64_t src, uint64_t dst, uint32_t length, uint64_t flags);
 
 /** Enqueues a fill: the 8-byte pattern repeated over length bytes at IOVA dst. Returns its

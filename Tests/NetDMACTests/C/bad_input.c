@@ -49,6 +49,39 @@ int main(void) {
     CHECK_CODE(netdma_engine_info_get(dma, 0, NULL), NETDMA_EINVAL, "info is NULL");
     CHECK(netdma_headline(NULL) == NULL, "a NULL set has no headline");
     CHECK(netdma_channel_completion_word(NULL) == 0, "a NULL channel has no word");
+    /* Every other function that takes a handle. */
+    {
+        netdma_buffer nb;
+        uint64_t iova;
+        netdma_channel_info ci;
+        netdma_queue_stats qs;
+        netdma_descriptor d;
+        memset(&d, 0, sizeof d);
+        CHECK_CODE(netdma_engine_count(NULL), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_engine_info_get(NULL, 0, NULL), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_set_notification_callback(NULL, NULL, NULL), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_engine_power_down(NULL, 0), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_engine_power_up(NULL, 0), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_mem_alloc(NULL, 64, -1, &nb), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_mem_free(NULL, a.addr), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_mem_register(NULL, a.addr, 64, &iova), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_mem_unregister(NULL, a.addr), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_mem_iova(NULL, a.addr, &iova), NETDMA_EINVAL, "engines is NULL");
+        CHECK_CODE(netdma_channel_info_get(NULL, &ci), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_eventfd(NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_state(NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_start(NULL, &d, 0, 1), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_append(NULL, &d, 0, 1), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_suspend(NULL, NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_resume(NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_abort(NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_channel_reset(NULL), NETDMA_EINVAL, "channel is NULL");
+        CHECK_CODE(netdma_queue_destroy(NULL), NETDMA_EINVAL, "queue is NULL");
+        CHECK_CODE(netdma_queue_stats_get(NULL, &qs), NETDMA_EINVAL, "queue is NULL");
+        CHECK_CODE(netdma_queue_stats_get(q, NULL), NETDMA_EINVAL, "stats is NULL");
+        CHECK_CODE(netdma_channel_info_get(ch, NULL), NETDMA_EINVAL, "info is NULL");
+        CHECK_CODE(netdma_queue_create(ch, NULL, NULL), NETDMA_EINVAL, "out is NULL");
+    }
 
     CASE("X2"); /* netdma_open: what to open */
     {
@@ -257,6 +290,34 @@ int main(void) {
         CHECK(q2 == NULL, "no queue after a failure");
         CHECK_OK(netdma_channel_free(c2));
         CHECK_OK(netdma_close(dsa));
+    }
+
+    CASE("X13"); /* handles released already, or of another kind: an error, not a use after free */
+    {
+        netdma_engines *e2 = open_model("ioat", NULL, 0);
+        netdma_channel *c2 = NULL;
+        netdma_queue *q2 = NULL;
+        CHECK_OK(netdma_channel_alloc(e2, -1, NULL, 0, &c2));
+        CHECK_OK(netdma_queue_create(c2, NULL, &q2));
+        /* A handle of one kind where another is expected. */
+        CHECK_CODE(netdma_queue_destroy((netdma_queue *)c2), NETDMA_EINVAL, "not from netdma_queue_create");
+        CHECK_CODE(netdma_channel_free((netdma_channel *)q2), NETDMA_EINVAL, "not from netdma_channel_alloc");
+        CHECK_CODE(netdma_close((netdma_engines *)c2), NETDMA_EINVAL, "not from netdma_open");
+        CHECK_OK(netdma_queue_destroy(q2));
+        CHECK_CODE(netdma_queue_destroy(q2), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_queue_stats_get(q2, &(netdma_queue_stats){0}), NETDMA_EINVAL, "released already");
+        CHECK_OK(netdma_channel_free(c2));
+        CHECK_CODE(netdma_channel_free(c2), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_queue_create(c2, NULL, &q2), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_channel_info_get(c2, &(netdma_channel_info){0}), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_channel_eventfd(c2), NETDMA_EINVAL, "released already");
+        CHECK_OK(netdma_close(e2));
+        CHECK_CODE(netdma_close(e2), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_channel_alloc(e2, -1, NULL, 0, &c2), NETDMA_EINVAL, "released already");
+        netdma_buffer nb;
+        CHECK_CODE(netdma_mem_alloc(e2, 64, -1, &nb), NETDMA_EINVAL, "released already");
+        CHECK_CODE(netdma_engine_count(e2), NETDMA_EINVAL, "released already");
+        CHECK(netdma_headline(e2) == NULL, "no headline for a closed set");
     }
 
     CHECK_OK(netdma_queue_destroy(q));

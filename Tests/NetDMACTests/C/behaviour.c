@@ -1,6 +1,6 @@
 /* What the C ABI does on both device models: engines and their info, notifications, channel
  * CPU choice, copy/fill/NULL ops and their tickets, registered memory, the eventfd, and the
- * NetDMA level (descriptor chains, the completion word, Suspend/Resume/Abort/Reset, 1.x
+ * CPU fallback below cpu_copy_threshold, the NetDMA level (descriptor chains, the completion word, Suspend/Resume/Abort/Reset, 1.x
  * NULL-terminated chains). Run by CABITests.swift; exit status = failures. */
 #define _GNU_SOURCE
 #include "check.h"
@@ -122,6 +122,149 @@ static void queue_ops(netdma_engines *dma, const char *what) {
 
     CHECK_OK(netdma_mem_unregister(dma, mine));
     free(mine);
+    CHECK_OK(netdma_queue_destroy(q));
+    CHECK_OK(netdma_mem_free(dma, src.addr));
+    CHECK_OK(netdma_mem_free(dma, dst.addr));
+    CHECK_OK(netdma_channel_free(ch));
+}
+
+/* The CPU fallback (cpu_copy_threshold): ops shorter than it run on this thread inside
+ * netdma_submit, share the ticket sequence, and are retired in ticket order with the engine's;
+ * an op from an IOVA that is not DMA memory is reported failed, once, and writes nothing. */
+static void cpu_fallback(netdma_engines *dma, const char *what) {
+    printf("CPU fallback on %s\n", what);
+    netdma_channel *ch;
+    CHECK_OK(netdma_channel_alloc(dma, -1, NULL, 0, &ch));
+    netdma_queue_params qp = NETDMA_QUEUE_PARAMS_INIT;
+    qp.ring_size = 64;
+    qp.cpu_copy_threshold = 256;
+    netdma_queue *q;
+    CHECK_OK(netdma_queue_create(ch, &qp, &q));
+    netdma_buffer src, dst;
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &src));
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &dst));
+    for (size_t i = 0; i < src.length; i++) ((unsigned char *)src.addr)[i] = (unsigned char)(i * 29 + 3);
+    memset(dst.addr, 0, dst.length);
+    unsigned char *mine = aligned_alloc(4096, 8192);
+    memset(mine, 0, 8192);
+    uint64_t mine_iova;
+    CHECK_OK(netdma_mem_register(dma, mine, 8192, &mine_iova));
+
+    int t0 = netdma_enqueue_copy(q, src.iova, dst.iova, 64, 0);                  /* CPU */
+    int t1 = netdma_enqueue_copy(q, src.iova + 4096, dst.iova + 4096, 4096, 0);  /* engine */
+    int t2 = netdma_enqueue_copy(q, src.iova + 100, mine_iova + 9, 255, 0);      /* CPU, into registered memory */
+    int t3 = netdma_enqueue_copy(q, 0x10000, dst.iova + 12000, 64, 0);           /* CPU, not DMA memory: fails */
+    int t4 = netdma_enqueue_copy(q, src.iova + 300, dst.iova + 300, 256, 0);     /* engine (not shorter than 256) */
+    CHECK(t0 >= 0 && t1 == t0 + 1 && t2 == t0 + 2 && t3 == t0 + 3 && t4 == t0 + 4, "tickets %d %d %d %d %d", t0, t1, t2, t3, t4);
+    netdma_queue_stats s;
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.pending == 5 && s.cpu_ops == 0 && ((unsigned char *)dst.addr)[0] == 0 && mine[9] == 0,
+          "nothing runs before netdma_submit (pending %u, cpu_ops %llu)", s.pending, (unsigned long long)s.cpu_ops);
+    CHECK_OK(netdma_submit(q));
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.cpu_ops == 3 && s.pending == 0, "submit ran the three short ops on the CPU (cpu_ops %llu)",
+          (unsigned long long)s.cpu_ops);
+    uint16_t last = 0;
+    bool failed = false;
+    int n = 0;
+    for (long spins = 0; !failed && spins < 100000000L; spins++) n += netdma_completed(q, 8, &last, &failed);
+    CHECK(failed && n == 3 && last == (uint16_t)t2, "three ops, then the failed one (n %d, last %u)", n, last);
+    failed = false;
+    CHECK(drain(q, 1, &failed) == 1 && !failed, "the op after the failed one completes");
+    CHECK(memcmp(dst.addr, src.addr, 64) == 0, "CPU copy");
+    CHECK(memcmp((char *)dst.addr + 4096, (char *)src.addr + 4096, 4096) == 0, "engine copy");
+    CHECK(memcmp(mine + 9, (char *)src.addr + 100, 255) == 0 && mine[8] == 0 && mine[264] == 0,
+          "CPU copy into registered memory, nothing around it");
+    CHECK(memcmp((char *)dst.addr + 300, (char *)src.addr + 300, 256) == 0, "engine copy of 256 B");
+    unsigned char zero[64] = {0};
+    CHECK(memcmp((char *)dst.addr + 12000, zero, 64) == 0, "the failed CPU op wrote nothing");
+    CHECK_OK(netdma_queue_stats_get(q, &s));
+    CHECK(s.failed == 1 && strstr(s.last_fault, "0x10000") != NULL && s.outstanding == 0 && s.free_slots == 63,
+          "stats: failed %llu, fault '%s'", (unsigned long long)s.failed, s.last_fault);
+
+    /* netdma_completed_status reports CPU ops too, in ticket order. */
+    CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova + 20000, 8, 0));
+    CHECK_OK(netdma_enqueue_copy(q, 0x10000, dst.iova + 20100, 8, 0));
+    CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova + 24576, 4096, NETDMA_OP_SUBMIT));
+    uint8_t st[3] = {9, 9, 9};
+    n = 0;
+    for (long spins = 0; n < 3 && spins < 100000000L; spins++) n += netdma_completed_status(q, (uint16_t)(3 - n), &last, st + n);
+    CHECK(n == 3 && st[0] == NETDMA_OP_STATUS_SUCCESSFUL && st[1] == NETDMA_OP_STATUS_FAILED &&
+              st[2] == NETDMA_OP_STATUS_SUCCESSFUL && last == (uint16_t)(t4 + 3),
+          "statuses %u %u %u (last %u)", st[0], st[1], st[2], last);
+
+    CHECK_OK(netdma_mem_unregister(dma, mine));
+    free(mine);
+    CHECK_OK(netdma_queue_destroy(q));
+    CHECK_OK(netdma_mem_free(dma, src.addr));
+    CHECK_OK(netdma_mem_free(dma, dst.addr));
+    CHECK_OK(netdma_channel_free(ch));
+}
+
+/* Legal corner cases: completed and submit on an empty queue, zero-length copies and fills
+ * (with and without the CPU fallback), destroying a queue with ops outstanding, a new queue on
+ * the same channel after it. */
+static void corner_cases(netdma_engines *dma, const char *what) {
+    printf("corner cases on %s\n", what);
+    netdma_channel *ch;
+    CHECK_OK(netdma_channel_alloc(dma, -1, NULL, 0, &ch));
+    netdma_channel_info ci;
+    CHECK_OK(netdma_channel_info_get(ch, &ci));
+    bool fill = ci.flags & NETDMA_CHANNEL_FILL;
+    netdma_buffer src, dst;
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &src));
+    CHECK_OK(netdma_mem_alloc(dma, 1 << 16, -1, &dst));
+    memset(src.addr, 0xA5, src.length);
+    for (uint32_t threshold = 0; threshold <= 64; threshold += 64) {
+        netdma_queue_params qp = NETDMA_QUEUE_PARAMS_INIT;
+        qp.ring_size = 16;
+        qp.cpu_copy_threshold = threshold;
+        netdma_queue *q;
+        CHECK_OK(netdma_queue_create(ch, &qp, &q));
+        /* Nothing enqueued yet. */
+        uint16_t last = 1234;
+        bool failed = true;
+        CHECK(netdma_completed(q, 16, &last, &failed) == 0 && last == 0xFFFF && !failed,
+              "completed on a fresh queue: 0, last 0xFFFF, no error (last %u, threshold %u)", last, threshold);
+        CHECK(netdma_completed(q, 0, NULL, NULL) == 0, "completed with max 0");
+        CHECK(netdma_completed_status(q, 0, NULL, NULL) == 0, "completed_status with max 0 and no status array");
+        CHECK(netdma_submit(q) == 0, "submit with nothing enqueued succeeds (threshold %u)", threshold);
+        CHECK(netdma_burst_capacity(q) == 15, "capacity unchanged");
+        /* Zero-length ops touch nothing and succeed, with or without a fence. */
+        memset(dst.addr, 0, 4096);
+        int t0 = netdma_enqueue_copy(q, src.iova, dst.iova, 0, 0);
+        int t1 = netdma_enqueue_copy(q, src.iova, dst.iova + 64, 0, NETDMA_OP_FENCE);
+        int t2 = fill ? netdma_enqueue_fill(q, ~0ull, dst.iova + 128, 0, 0) : netdma_enqueue_null(q, 0);
+        int t3 = netdma_enqueue_copy(q, src.iova, dst.iova + 256, 8, NETDMA_OP_SUBMIT);
+        CHECK(t0 == 0 && t1 == 1 && t2 == 2 && t3 == 3, "tickets %d %d %d %d (threshold %u)", t0, t1, t2, t3, threshold);
+        uint8_t st[4] = {9, 9, 9, 9};
+        int n = 0;
+        for (long spins = 0; n < 4 && spins < 100000000L; spins++) n += netdma_completed_status(q, (uint16_t)(4 - n), &last, st + n);
+        CHECK(n == 4 && last == 3 && st[0] == 0 && st[1] == 0 && st[2] == 0 && st[3] == 0,
+              "zero-length ops succeed (n %d, statuses %u %u %u %u, threshold %u)", n, st[0], st[1], st[2], st[3], threshold);
+        unsigned char zero[256] = {0};
+        CHECK(memcmp(dst.addr, zero, 256) == 0 && ((unsigned char *)dst.addr)[256] == 0xA5,
+              "zero-length ops wrote nothing (threshold %u)", threshold);
+        /* Retired already: an empty poll says so and keeps the last ticket. */
+        last = 77;
+        failed = true;
+        CHECK(netdma_completed(q, 16, &last, &failed) == 0 && last == 3 && !failed, "empty poll after ops (last %u)", last);
+        CHECK(netdma_submit(q) == 0, "submit again with nothing enqueued");
+        /* Destroying a queue with ops enqueued and submitted: abandoned, the channel reset. */
+        for (int i = 0; i < 6; i++) CHECK_OK(netdma_enqueue_copy(q, src.iova + i * 4096, dst.iova + i * 4096, 4096, 0));
+        CHECK_OK(netdma_submit(q));
+        for (int i = 0; i < 4; i++) CHECK_OK(netdma_enqueue_copy(q, src.iova, dst.iova, 64, 0)); /* never submitted */
+        CHECK_OK(netdma_queue_destroy(q));
+        CHECK(netdma_channel_state(ch) == NETDMA_STATE_ALLOCATED, "destroy left the channel allocated (state %d)",
+              netdma_channel_state(ch));
+    }
+    /* The channel takes a new queue; its tickets start again at 0. */
+    netdma_queue *q;
+    CHECK_OK(netdma_queue_create(ch, NULL, &q));
+    CHECK(netdma_enqueue_copy(q, src.iova, dst.iova + 8192, 512, NETDMA_OP_SUBMIT) == 0, "a fresh queue's first ticket is 0");
+    bool failed = false;
+    CHECK(drain(q, 1, &failed) == 1 && !failed && memcmp((char *)dst.addr + 8192, src.addr, 512) == 0,
+          "the new queue copies");
     CHECK_OK(netdma_queue_destroy(q));
     CHECK_OK(netdma_mem_free(dma, src.addr));
     CHECK_OK(netdma_mem_free(dma, dst.addr));
@@ -303,6 +446,8 @@ int main(void) {
     CHECK(ev.count[NETDMA_NOTIFY_CHANNEL_ARRIVAL] == 1, "CHANNEL_ARRIVAL when a channel is freed");
 
     queue_ops(dma, "the CBDMA model");
+    cpu_fallback(dma, "the CBDMA model");
+    corner_cases(dma, "the CBDMA model");
     eventfd_wait(dma);
     netdma_level(dma, "the CBDMA model (NetDMA 2.0)");
     CHECK_OK(netdma_close(dma));
@@ -321,10 +466,13 @@ int main(void) {
     dma = open_model("ioat", "cb1");
     netdma_level(dma, "the CBDMA 1.2 model (NetDMA 1.1: NULL-terminated chains)");
     queue_ops(dma, "the CBDMA 1.2 model");
+    corner_cases(dma, "the CBDMA 1.2 model");
     CHECK_OK(netdma_close(dma));
 
     dma = open_model("dsa", NULL);
     queue_ops(dma, "the DSA model");
+    cpu_fallback(dma, "the DSA model");
+    corner_cases(dma, "the DSA model");
     eventfd_wait(dma);
     netdma_level(dma, "the DSA model");
     CHECK_OK(netdma_close(dma));

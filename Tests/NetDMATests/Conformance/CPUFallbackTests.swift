@@ -139,6 +139,27 @@ struct CPUFallbackTests {
         #expect(q.failedCount == 0)
     }
 
+    @Test("without the fallback, zero-length copies and fills succeed on the engine (a NULL descriptor, not size 0)",
+          arguments: TargetFactory.all)
+    func zeroLengthOnTheEngine(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let channel = try h.channel()
+        let q = try CopyQueue(channel: channel, ringSize: 16)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(9)
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova, length: 0)
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova(at: 64), length: 0, fence: true)
+        if channel.providerFlags.contains(.fill) { _ = try q.enqueueFill(pattern: ~0, destination: dst.iova(at: 128), length: 0) }
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova(at: 256), length: 8)
+        try q.submit()
+        var statuses: [CopyStatus] = []
+        #expect(CopyQueueTests.drainStatuses(q, into: &statuses))
+        #expect(statuses.allSatisfy { $0 == .successful } && q.failedCount == 0 && q.cpuOpCount == 0, "\(statuses)")
+        #expect(dst.bytes(at: 0, count: 256).allSatisfy { $0 == 0 }, "zero-length ops wrote nothing")
+        #expect(dst.bytes(at: 256, count: 8) == src.bytes(at: 0, count: 8))
+    }
+
     @Test("a CPU op is never reported before an earlier engine op, however long the engine takes",
           arguments: TargetFactory.all)
     func ticketOrderBehindTheEngine(_ factory: TargetFactory) throws {

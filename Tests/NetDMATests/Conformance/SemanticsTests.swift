@@ -13,6 +13,189 @@ import Glibc
 struct SemanticsTests {
     static let unmapped: UInt64 = 0xF0_0000_0000
 
+    @Test("a zero-length copy (and fill) completes, writes nothing, and still does its STATUS and INTERRUPT",
+          arguments: TargetFactory.all)
+    func zeroLengthTransfer(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(41)
+        memset(dst.base, 0xA5, dst.length)
+        let canary = [UInt8](repeating: 0xA5, count: 64)
+        setCopy(pool, 0, from: src.iova, to: dst.iova, length: 0, flags: [.statusUpdateOnCompletion, .interruptOnCompletion])
+        let fills = c.providerFlags.contains(.fill)
+        if fills {
+            setCopy(pool, 1, from: 0x1122_3344_5566_7788, to: dst.iova(at: 64), length: 0, flags: [.statusUpdateOnCompletion])
+            pool[1].pointee.flags.operation = .fill
+        } else {
+            setCopy(pool, 1, from: src.iova(at: 64), to: dst.iova(at: 64), length: 0, flags: [.statusUpdateOnCompletion])
+        }
+        setCopy(pool, 2, from: src.iova(at: 1024), to: dst.iova(at: 1024), length: 256)
+        let g = c.interruptGeneration
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) },
+                "the chain completes (word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none"))")
+        #expect(c.fault == nil, "a zero-length transfer is not an error")
+        #expect(c.state == .running)
+        #expect(c.lastInterruptDescriptor != 0, "the zero-length copy's interrupt came as a completion, not an error")
+        #expect(dst.bytes(at: 0, count: 64) == canary, "a zero-length copy writes nothing")
+        #expect(dst.bytes(at: 64, count: 64) == canary, "a zero-length \(fills ? "fill" : "copy") writes nothing")
+        #expect(dst.bytes(at: 1024, count: 256) == src.bytes(at: 1024, count: 256))
+
+        // The same through a CopyQueue: every op reported successful, exactly once.
+        try c.reset()
+        let q = try CopyQueue(channel: c, ringSize: 16)
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova(at: 2048), length: 0)
+        if fills { _ = try q.enqueueFill(pattern: 7, destination: dst.iova(at: 2048), length: 0) }
+        _ = try q.enqueueCopy(source: src.iova, destination: dst.iova(at: 3072), length: 100)
+        try q.submit()
+        var statuses: [CopyStatus] = []
+        #expect(CopyQueueTests.drainStatuses(q, into: &statuses))
+        #expect(statuses == [CopyStatus](repeating: .successful, count: fills ? 3 : 2))
+        #expect(dst.bytes(at: 2048, count: 64) == canary)
+        #expect(dst.bytes(at: 3072, count: 100) == src.bytes(at: 0, count: 100))
+    }
+
+    @Test("a NULL transfer's size, addresses, operation and page-break bits are not looked at",
+          arguments: TargetFactory.all)
+    func nullIgnoresFields(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(45)
+        let next0 = pool[0].pointee.next
+        pool[0].pointee = Descriptor(transferSize: .max, controlFlags: [.nullTransfer, .statusUpdateOnCompletion],
+                                     source: Self.unmapped, destination: Self.unmapped, next: next0)
+        setNull(pool, 1, flags: [.sourcePageBreak, .destinationPageBreak, .statusUpdateOnCompletion])
+        pool[1].pointee.nextSource = Self.unmapped
+        pool[1].pointee.nextDestination = Self.unmapped
+        setNull(pool, 2, flags: [.statusUpdateOnCompletion])
+        pool[2].pointee.flags.operation = .fill
+        pool[2].pointee.transferSize = 64
+        pool[2].pointee.destination = Self.unmapped
+        setCopy(pool, 3, from: src.iova, to: dst.iova, length: 256, flags: [.statusUpdateOnCompletion, .interruptOnCompletion])
+        let g = c.interruptGeneration
+        try c.start(link(pool, 0..<4, counted: c.countedChains))
+        _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .idle) },
+                "word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none")")
+        #expect(c.fault == nil)
+        #expect(dst.bytes(at: 0, count: 256) == src.bytes(at: 0, count: 256))
+    }
+
+    @Test("a zero-length copy put into the chain while suspended completes after Resume", arguments: TargetFactory.all)
+    func zeroLengthEditedWhileSuspended(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(46)
+        for i in 0..<3 { setCopy(pool, i, from: src.iova(at: i * 256), to: dst.iova(at: i * 256), length: 256) }
+        h.target.hold(channel: c.index, true)
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == pool.iova(at: 0) })
+        let suspended = Background { () throws(DriverError) in try c.suspend() }
+        #expect(waitUntil { h.target.suspendRequested(channel: c.index) })
+        h.target.hold(channel: c.index, false)
+        #expect(try suspended.value() == pool.iova(at: 0))
+        pool[1].pointee.transferSize = 0  // the client edits the chain: descriptor 1 moves nothing now
+        try c.resume()
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) },
+                "word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none")")
+        #expect(c.fault == nil)
+        #expect(dst.bytes(at: 256, count: 256) == [UInt8](repeating: 0, count: 256))
+        #expect(dst.bytes(at: 512, count: 256) == src.bytes(at: 512, count: 256))
+    }
+
+    @Test("mix and match (the VFIO selftest's loop): after a failed copy is reported, one interrupt asked for is counted once",
+          arguments: TargetFactory.all)
+    func mixAndMatch(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 4)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(47)
+        for round in 0..<10 {
+            // A good copy (no interrupt asked for).
+            dst.zero()
+            setCopy(pool, 0, from: src.iova, to: dst.iova, length: 512)
+            try c.start(link(pool, 0..<1, counted: c.countedChains))
+            #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .idle) },
+                    "round \(round): good copy, word \(c.completionWord)")
+            #expect(dst.bytes(at: 0, count: 512) == src.bytes(at: 0, count: 512))
+            // A bad copy: it fails, and the client sees it by polling, as the selftest does
+            // (the completion word reads Halted, the channel names the fault).
+            setCopy(pool, 1, from: Self.unmapped, to: dst.iova(at: 1024), length: 512)
+            try c.start(link(pool, 1..<2, counted: c.countedChains))
+            #expect(waitUntil { c.completionWord.status == .halted && c.fault != nil },
+                    "round \(round): the failure is reported (word \(c.completionWord))")
+            // The selftest driver resets a channel it finds halted; so does this client.
+            try c.reset()
+            // send_msi: one copy that asks for an interrupt.
+            let raised = h.target.interruptsRaised(channel: c.index)
+            let g = c.interruptGeneration
+            setCopy(pool, 2, from: src.iova, to: dst.iova(at: 2048), length: 8, flags: [.statusUpdateOnCompletion, .interruptOnCompletion])
+            try c.start(link(pool, 2..<3, counted: c.countedChains))
+            let after = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+            #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) })
+            #expect(waitUntil { c.lastInterruptDescriptor == pool.iova(at: 2) })
+            #expect(c.interruptGeneration == g + 1, "round \(round): \(c.interruptGeneration - g) DPCs in all")
+            #expect(h.target.interruptsRaised(channel: c.index) - raised == 1,
+                    "round \(round): \(h.target.interruptsRaised(channel: c.index) - raised) interrupts for one asked for")
+            #expect(after == g + 1, "round \(round): \(after - g) DPCs for one interrupt asked for")
+            #expect(c.fault == nil)
+        }
+    }
+
+    @Test("the completion word names only completed STATUS descriptors: Active while work is outstanding, unchanged by descriptors without STATUS",
+          arguments: TargetFactory.all)
+    func wordFollowsStatusDescriptors(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 8192), dst = try h.memory.allocate(length: 8192)
+        src.fillPattern(48)
+        // A chain without STATUS: the word stays as Start left it (Armed), also once it ran.
+        for i in 0..<2 { setCopy(pool, i, from: src.iova(at: i * 512), to: dst.iova(at: i * 512), length: 512, flags: []) }
+        setNull(pool, 2, flags: [.interruptOnCompletion])
+        var g = c.interruptGeneration
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(c.lastInterruptDescriptor == pool.iova(at: 2))
+        #expect(c.completionWord.status == .armed, "no STATUS descriptor ran: word \(c.completionWord)")
+        #expect(dst.bytes(at: 0, count: 1024) == src.bytes(at: 0, count: 1024))
+
+        // d0 STATUS, d1 INTERRUPT; then d2 STATUS|INTERRUPT, d3 none, while the engine is held.
+        dst.zero()
+        let flags: [ControlFlags] = [[.statusUpdateOnCompletion], [.interruptOnCompletion],
+                                     [.statusUpdateOnCompletion, .interruptOnCompletion], []]
+        for i in 0..<4 { setCopy(pool, i, from: src.iova(at: i * 1024), to: dst.iova(at: i * 1024), length: 1024, flags: flags[i]) }
+        try c.start(link(pool, 0..<2, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.lastInterruptDescriptor == pool.iova(at: 1) })
+        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed.
+        #expect(c.completionWord.descriptor == pool.iova(at: 0) && c.completionWord.status != .armed,
+                "after d1: word \(c.completionWord)")
+        h.target.hold(channel: c.index, true)
+        let second = link(pool, 2..<4, counted: c.countedChains)
+        if !c.countedChains { pool.publishNext(of: 1, second.iova) }
+        try c.append(second)
+        #expect(c.completionWord.descriptor == pool.iova(at: 0), "d2 has not run: word \(c.completionWord)")
+        h.target.hold(channel: c.index, false)
+        _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord.descriptor == pool.iova(at: 2) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 2048, count: 1024) == src.bytes(at: 2048, count: 1024), "the word named d2 before its data was written")
+        #expect(c.fault == nil)
+    }
+
     @Test("allocation with an empty CPU set, or only CPUs the process may not use, is refused naming the allowed CPUs",
           arguments: TargetFactory.all)
     func emptyAffinity(_ factory: TargetFactory) throws {
