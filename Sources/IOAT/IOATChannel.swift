@@ -616,8 +616,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         let w = loadCompletion()
         let last = w.status == .armed ? 0 : w.descriptor
         if last == 0 { return chainHead == 0 ? nil : chainHead }
-        guard let d = device.memory.address(ofIOVA: last) else { return nil }
-        return d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        // Read under the DMA memory table's lock: the client may be freeing the descriptors.
+        guard last & 63 == 0 else { return nil }
+        return device.memory.loadUInt64(atIOVA: last &+ UInt64(IOAT.DescriptorField.next))
     }
 
     // MARK: - Completion word
