@@ -599,13 +599,33 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             return latchedFault.withLock { $0.epoch == epoch ? $0.fault : nil }
         }
         let err = IOAT.ChanErr(rawValue: e)
-        let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+        let failing = failingDescriptor()
+        var causes = err.causes
+        if err.contains(.transferSize), let failing, movesNoData(failing) {
+            causes.append(Self.fetchedBeforeAppend)
+        }
+        let f = ChannelFault(rawValue: UInt64(e), causes: causes, descriptor: failing)
         // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry
         // would see all-ones).
         // (PowerDown kept the fault before it stopped register reads: report that one.)
         guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         latchedFault.withLock { if $0.epoch == epoch && $0.fault == nil { $0.fault = f } }
         return f
+    }
+
+    /// Whether the descriptor at `iova` is a zero-length or NULL transfer (``prepare(_:)``
+    /// conforms these, so one that halted with DXSERR was fetched before the provider saw it).
+    private func movesNoData(_ iova: UInt64) -> Bool {
+        guard iova & 63 == 0, let d = device.memory.address(ofIOVA: iova) else { return false }
+        let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+        return UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0
+    }
+
+    /// The cause a DXSERR on a descriptor that moves no data adds: the one case the provider
+    /// cannot conform it. CB 1.x (no DMACOUNT) follows `next` as soon as the client links the
+    /// old tail, which NetDMA 1.x has it do before Append.
+    static var fetchedBeforeAppend: String {
+        "the descriptor moves no data: the engine fetched it through the old tail's next before Append could make it a NULL of TransferSize 1 (CB 1.x follows next at once); link zero-length and NULL descriptors to a running chain as NULL_TRANSFER with TransferSize 1, then Start at it"
     }
 
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
