@@ -181,17 +181,21 @@ struct SemanticsTests {
         try c.start(link(pool, 0..<2, counted: c.countedChains))
         g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
         #expect(waitUntil { c.lastInterruptDescriptor == pool.iova(at: 1) })
-        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed.
-        #expect(c.completionWord.descriptor == pool.iova(at: 0) && c.completionWord.status != .armed,
+        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed,
+        // Active (d1 was outstanding when d0 completed).
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .active),
                 "after d1: word \(c.completionWord)")
         h.target.hold(channel: c.index, true)
         let second = link(pool, 2..<4, counted: c.countedChains)
         if !c.countedChains { pool.publishNext(of: 1, second.iova) }
         try c.append(second)
-        #expect(c.completionWord.descriptor == pool.iova(at: 0), "d2 has not run: word \(c.completionWord)")
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .active),
+                "d2 has not run: word \(c.completionWord)")
         h.target.hold(channel: c.index, false)
         _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
-        #expect(waitUntil { c.completionWord.descriptor == pool.iova(at: 2) }, "word \(c.completionWord)")
+        // d2 names itself Active (d3 was outstanding); d3, without STATUS, leaves it so.
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .active) },
+                "word \(c.completionWord)")
         #expect(dst.bytes(at: 2048, count: 1024) == src.bytes(at: 2048, count: 1024), "the word named d2 before its data was written")
         #expect(c.fault == nil)
     }
