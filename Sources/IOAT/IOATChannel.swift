@@ -408,7 +408,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// descriptors from it up to the last one submitted (2.0: found by walking to the chain's
     /// tail, so inserted or removed descriptors count; 1.x: up to NULL; CB 1.x: CHANCMD.START).
     /// Only documented register behaviour is used (CHAINADDR from SUSPENDED, as the Linux VFIO
-    /// selftest driver does after every suspend). When nothing is left the channel stays
+    /// selftest driver does after every suspend). The completion word is not written. When nothing is left the channel stays
     /// parked and the next Append points it at its chain. If an edited 2.0 chain no longer
     /// reaches its tail, the engine is told CHANCMD.RESUME with its own count instead.
     ///
@@ -418,9 +418,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if let f = fault {
             throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
         }
+        // The completion word keeps Suspend's status until a STATUS descriptor completes
+        // (NetDMA §7.1 names its writers: STATUS descriptors, Suspend, Abort, Reset).
         let last = suspendedAt
-        storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
-                                  : CompletionWord(descriptor: last, status: .active))
         suspended = false
         var first = chainHead
         if last != 0 {

@@ -113,6 +113,38 @@ struct SemanticsTests {
         #expect(dst.bytes(at: 512, count: 256) == src.bytes(at: 512, count: 256))
     }
 
+    @Test("Resume writes nothing to the completion word (it keeps Suspend's); the next STATUS descriptor does",
+          arguments: TargetFactory.all)
+    func resumeLeavesTheWord(_ factory: TargetFactory) throws {
+        // NetDMA §7.1: the word is written by STATUS descriptors (Active/Idle), Suspend,
+        // Abort and Reset; a Resume is none of them.
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(49)
+        for i in 0..<3 { setCopy(pool, i, from: src.iova(at: i * 256), to: dst.iova(at: i * 256), length: 256, flags: []) }
+        setCopy(pool, 3, from: src.iova(at: 768), to: dst.iova(at: 768), length: 256)
+        h.target.hold(channel: c.index, true)
+        try c.start(link(pool, 0..<4, counted: c.countedChains))
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == pool.iova(at: 0) })
+        let suspended = Background { () throws(DriverError) in try c.suspend() }
+        #expect(waitUntil { h.target.suspendRequested(channel: c.index) })
+        h.target.hold(channel: c.index, false)
+        #expect(try suspended.value() == pool.iova(at: 0))
+        let word = CompletionWord(descriptor: pool.iova(at: 0), status: .suspend)
+        #expect(c.completionWord == word)
+        // Held, so that no STATUS descriptor completes meanwhile (d1 and d2 have none).
+        h.target.hold(channel: c.index, true)
+        try c.resume()
+        #expect(c.completionWord == word, "Resume wrote \(c.completionWord)")
+        h.target.hold(channel: c.index, false)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .idle) },
+                "word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none")")
+        #expect(dst.bytes(at: 0, count: 1024) == src.bytes(at: 0, count: 1024))
+    }
+
     @Test("mix and match (the VFIO selftest's loop): after a failed copy is reported, one interrupt asked for is counted once",
           arguments: TargetFactory.all)
     func mixAndMatch(_ factory: TargetFactory) async throws {
