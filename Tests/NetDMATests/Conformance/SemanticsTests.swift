@@ -217,6 +217,9 @@ struct SemanticsTests {
         // Active (d1 was outstanding when d0 completed).
         #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .active),
                 "after d1: word \(c.completionWord)")
+        // The engine has left d1 (a 1.x Append on CB >= 2 waits for an engine still on the
+        // old tail, which a held engine never leaves).
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == 0 })
         h.target.hold(channel: c.index, true)
         let second = link(pool, 2..<4, counted: c.countedChains)
         if !c.countedChains { pool.publishNext(of: 1, second.iova) }
