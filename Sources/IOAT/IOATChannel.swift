@@ -201,7 +201,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     ///
     /// On the way it makes every descriptor that NetDMA allows but the engine would halt on
     /// into one the engine accepts (see ``conformNoData(_:size:control:)``): zero-length
-    /// transfers, and NULL transfers whose size or flags CBDMA checks. One 8-byte load per
+    /// transfers, NULL transfers whose size or flags CBDMA checks, and dest_dca. One 8-byte load per
     /// descriptor, cached.
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
@@ -226,7 +226,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             n += 1
             // TransferSize (bits 31:0) and ControlFlags (63:32) in one load.
             let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
                 conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
             }
             if n == max { break }
@@ -245,8 +245,14 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         return (Swift.max(n, 1), iova)
     }
 
+    /// Control bits that make a descriptor one ``conformNoData(_:size:control:)`` rewrites: the
+    /// NULL bit, and dest_dca, which NetDMA's DESTINATION_DCA_ENABLE (the same bit) sets but a
+    /// provider without DCA must ignore (ioat.md §2.2: never set it).
+    static var conformedControl: UInt32 { IOAT.DescriptorControl.null | IOAT.DescriptorControl.destinationDCA }
+
     /// Rewrites a descriptor that moves no data into the NULL descriptor CBDMA accepts, keeping
-    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints).
+    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints); of one that moves
+    /// data, only clears dest_dca (the provider declares no DCA, so the flag is ignored).
     ///
     /// NetDMA allows a transfer of TransferSize 0 (it completes, writes nothing and still
     /// does its STATUS and INTERRUPT; netdma.md §9.1) and lets the engine ignore the size and
@@ -260,6 +266,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// Cold: a few descriptors of a chain at most.
     @inline(never)
     private func conformNoData(_ p: UnsafeMutableRawPointer, size: UInt32, control: UInt32) {
+        if size != 0 && control & IOAT.DescriptorControl.null == 0 {
+            p.storeBytes(of: control & ~IOAT.DescriptorControl.destinationDCA, toByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+            return
+        }
         let kept = IOAT.DescriptorControl.intEnable | IOAT.DescriptorControl.sourceSnoopDisable
             | IOAT.DescriptorControl.destinationSnoopDisable | IOAT.DescriptorControl.completionWrite
             | IOAT.DescriptorControl.fence
@@ -464,7 +474,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             guard let d = hostAddress(ofDescriptor: iova) else { return nil }
             // The client may have edited the chain while suspended.
             let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
                 conformNoData(d, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
             }
             if iova == tail { return n }

@@ -350,4 +350,33 @@ struct IOATSemanticsTests {
         #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 4), status: .idle),
                 "word \(t.channel.completionWord)")
     }
+
+    @Test("NET_DMA_DESTINATION_DCA_ENABLE is ignored: the engine never sees dest_dca (Start, Append, an edit while suspended)",
+          arguments: [("icx", NetDMAVersion.v2_0), ("tbg", .v2_0), ("skx", .v1_0), ("cb1", .v1_1)])
+    func destinationDCAIgnored(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        // The provider declares no DCA, so NetDMA has it ignore the flag; CBDMA's bit 9 is
+        // dest_dca, which a userspace driver must never set (ioat.md §2.2).
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        let counted = arg.version.countedChains
+        for i in 0..<6 { t.copy(i, [.statusUpdateOnCompletion, .destinationDCAEnable]) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<3, counted: counted))
+        #expect((0..<3).allSatisfy { t.pool[$0].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0 },
+                "Start handed dest_dca to the engine")
+        t.step(untilExecuted: t.executed + 1)
+        let channel = t.channel
+        _ = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        t.copy(2, [.statusUpdateOnCompletion, .destinationDCAEnable])  // edited while suspended
+        try t.channel.resume()
+        #expect(t.pool[2].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0, "Resume handed dest_dca to the engine")
+        t.rig.device.runUntilIdle()
+        if !counted { DescriptorPool.publishNext(of: t.pool[2], t.pool.iova(at: 3)) }
+        let chain = IOATChain.link(t.pool, 3..<6, counted: counted)
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(chain) }
+        #expect((3..<6).allSatisfy { t.pool[$0].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0 },
+                "Append handed dest_dca to the engine")
+        t.rig.device.runUntilIdle()
+        for i in 0..<6 { #expect(t.copied(i), "descriptor \(i)") }
+        #expect(t.channel.fault == nil)
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 5), status: .idle))
+    }
 }
