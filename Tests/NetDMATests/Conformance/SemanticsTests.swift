@@ -145,6 +145,76 @@ struct SemanticsTests {
         #expect(dst.bytes(at: 0, count: 1024) == src.bytes(at: 0, count: 1024))
     }
 
+    @Test("corners: calls in the wrong state, empty chains, NULL-only chains, Suspend/Abort/Reset on an idle channel, Reset twice",
+          arguments: TargetFactory.all)
+    func corners(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(50)
+        func refused(_ what: String, _ code: DriverError.Code, _ body: () throws(DriverError) -> Void) {
+            do throws(DriverError) { try body(); Issue.record("\(what) was accepted") } catch {
+                #expect(error.code == code, "\(what): \(error)")
+                #expect(!error.message.isEmpty)
+            }
+        }
+        // A fresh channel: only Start (of at least one descriptor), Reset and Free.
+        setNull(pool, 0)
+        refused("Suspend on a fresh channel", .invalidState) { () throws(DriverError) in _ = try c.suspend() }
+        refused("Resume on a fresh channel", .invalidState) { () throws(DriverError) in try c.resume() }
+        refused("Abort on a fresh channel", .invalidState) { () throws(DriverError) in try c.abort() }
+        refused("Append on a fresh channel", .invalidState) { () throws(DriverError) in try c.append(pool.chain(from: 0, count: 1)) }
+        refused("Start of 0 descriptors", .invalidArgument) { () throws(DriverError) in try c.start(pool.chain(from: 0, count: 0)) }
+        try c.reset()
+        try c.reset()
+        #expect(c.state == .allocated)
+        let raised = h.target.interruptsRaised(channel: c.index)
+
+        // A NULL-only chain, STATUS and INTERRUPT on its last descriptor only.
+        for i in 0..<3 { setNull(pool, i, flags: i == 2 ? [.statusUpdateOnCompletion, .interruptOnCompletion] : []) }
+        var g = c.interruptGeneration
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) }, "word \(c.completionWord)")
+        refused("Resume while running", .invalidState) { () throws(DriverError) in try c.resume() }
+        refused("Append of 0 descriptors", .invalidArgument) { () throws(DriverError) in
+            try c.append(pool.chain(from: 3, count: 0))
+        }
+
+        // Suspend on a channel that has run its chain: the last descriptor, Resume parks it,
+        // and an Append runs on.
+        let last = try c.suspend()
+        #expect(last == pool.iova(at: 2))
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .suspend))
+        try c.resume()
+        setCopy(pool, 3, from: src.iova, to: dst.iova, length: 512)
+        let more = link(pool, 3..<4, counted: c.countedChains)
+        if !c.countedChains { pool.publishNext(of: 2, more.iova) }
+        try c.append(more)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .idle) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 0, count: 512) == src.bytes(at: 0, count: 512))
+
+        // Abort on a channel with nothing left: Halted naming the last; Append refused, Start runs.
+        try c.abort()
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .halted))
+        #expect(c.fault == nil)
+        refused("Append after Abort", .invalidState) { () throws(DriverError) in try c.append(pool.chain(from: 4, count: 1)) }
+        refused("Abort twice", .invalidState) { () throws(DriverError) in try c.abort() }
+        setCopy(pool, 4, from: src.iova(at: 1024), to: dst.iova(at: 1024), length: 512)
+        try c.start(link(pool, 4..<5, counted: c.countedChains))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 4), status: .idle) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 1024, count: 512) == src.bytes(at: 1024, count: 512))
+        try c.reset()
+        try c.reset()
+        #expect(c.state == .allocated && c.fault == nil)
+        // Only the one interrupt asked for was raised.
+        #expect(h.target.interruptsRaised(channel: c.index) - raised == 1,
+                "\(h.target.interruptsRaised(channel: c.index) - raised) interrupts for one asked for")
+        #expect(c.interruptGeneration == g)
+    }
+
     @Test("mix and match (the VFIO selftest's loop): after a failed copy is reported, one interrupt asked for is counted once",
           arguments: TargetFactory.all)
     func mixAndMatch(_ factory: TargetFactory) async throws {
