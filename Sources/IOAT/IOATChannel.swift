@@ -201,7 +201,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     ///
     /// On the way it makes every descriptor that NetDMA allows but the engine would halt on
     /// into one the engine accepts (see ``conformNoData(_:size:control:)``): zero-length
-    /// transfers, and NULL transfers whose size or flags CBDMA checks. One 8-byte load per
+    /// transfers, NULL transfers whose size or flags CBDMA checks, and dest_dca. One 8-byte load per
     /// descriptor, cached.
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
@@ -226,7 +226,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             n += 1
             // TransferSize (bits 31:0) and ControlFlags (63:32) in one load.
             let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
                 conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
             }
             if n == max { break }
@@ -245,8 +245,14 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         return (Swift.max(n, 1), iova)
     }
 
+    /// Control bits that make a descriptor one ``conformNoData(_:size:control:)`` rewrites: the
+    /// NULL bit, and dest_dca, which NetDMA's DESTINATION_DCA_ENABLE (the same bit) sets but a
+    /// provider without DCA must ignore (ioat.md §2.2: never set it).
+    static var conformedControl: UInt32 { IOAT.DescriptorControl.null | IOAT.DescriptorControl.destinationDCA }
+
     /// Rewrites a descriptor that moves no data into the NULL descriptor CBDMA accepts, keeping
-    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints).
+    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints); of one that moves
+    /// data, only clears dest_dca (the provider declares no DCA, so the flag is ignored).
     ///
     /// NetDMA allows a transfer of TransferSize 0 (it completes, writes nothing and still
     /// does its STATUS and INTERRUPT; netdma.md §9.1) and lets the engine ignore the size and
@@ -260,6 +266,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// Cold: a few descriptors of a chain at most.
     @inline(never)
     private func conformNoData(_ p: UnsafeMutableRawPointer, size: UInt32, control: UInt32) {
+        if size != 0 && control & IOAT.DescriptorControl.null == 0 {
+            p.storeBytes(of: control & ~IOAT.DescriptorControl.destinationDCA, toByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+            return
+        }
         let kept = IOAT.DescriptorControl.intEnable | IOAT.DescriptorControl.sourceSnoopDisable
             | IOAT.DescriptorControl.destinationSnoopDisable | IOAT.DescriptorControl.completionWrite
             | IOAT.DescriptorControl.fence
@@ -408,7 +418,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// descriptors from it up to the last one submitted (2.0: found by walking to the chain's
     /// tail, so inserted or removed descriptors count; 1.x: up to NULL; CB 1.x: CHANCMD.START).
     /// Only documented register behaviour is used (CHAINADDR from SUSPENDED, as the Linux VFIO
-    /// selftest driver does after every suspend). When nothing is left the channel stays
+    /// selftest driver does after every suspend). The completion word is not written. When nothing is left the channel stays
     /// parked and the next Append points it at its chain. If an edited 2.0 chain no longer
     /// reaches its tail, the engine is told CHANCMD.RESUME with its own count instead.
     ///
@@ -418,9 +428,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if let f = fault {
             throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
         }
+        // The completion word keeps Suspend's status until a STATUS descriptor completes
+        // (NetDMA §7.1 names its writers: STATUS descriptors, Suspend, Abort, Reset).
         let last = suspendedAt
-        storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
-                                  : CompletionWord(descriptor: last, status: .active))
         suspended = false
         var first = chainHead
         if last != 0 {
@@ -464,7 +474,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             guard let d = hostAddress(ofDescriptor: iova) else { return nil }
             // The client may have edited the chain while suspended.
             let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0 {
+            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
                 conformNoData(d, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
             }
             if iova == tail { return n }
@@ -599,13 +609,33 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             return latchedFault.withLock { $0.epoch == epoch ? $0.fault : nil }
         }
         let err = IOAT.ChanErr(rawValue: e)
-        let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+        let failing = failingDescriptor()
+        var causes = err.causes
+        if err.contains(.transferSize), let failing, movesNoData(failing) {
+            causes.append(Self.fetchedBeforeAppend)
+        }
+        let f = ChannelFault(rawValue: UInt64(e), causes: causes, descriptor: failing)
         // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry
         // would see all-ones).
         // (PowerDown kept the fault before it stopped register reads: report that one.)
         guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         latchedFault.withLock { if $0.epoch == epoch && $0.fault == nil { $0.fault = f } }
         return f
+    }
+
+    /// Whether the descriptor at `iova` is a zero-length or NULL transfer (``prepare(_:)``
+    /// conforms these, so one that halted with DXSERR was fetched before the provider saw it).
+    private func movesNoData(_ iova: UInt64) -> Bool {
+        guard iova & 63 == 0, let d = device.memory.address(ofIOVA: iova) else { return false }
+        let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+        return UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0
+    }
+
+    /// The cause a DXSERR on a descriptor that moves no data adds: the one case the provider
+    /// cannot conform it. CB 1.x (no DMACOUNT) follows `next` as soon as the client links the
+    /// old tail, which NetDMA 1.x has it do before Append.
+    static var fetchedBeforeAppend: String {
+        "the descriptor moves no data: the engine fetched it through the old tail's next before Append could make it a NULL of TransferSize 1 (CB 1.x follows next at once); link zero-length and NULL descriptors to a running chain as NULL_TRANSFER with TransferSize 1, then Start at it"
     }
 
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of

@@ -227,9 +227,7 @@ public final class NetDMAChannel: @unchecked Sendable {
                 throw Self.refused("Start", s, allowed: "allocated, running or halted")
             }
             try checkPowered("Start")
-            guard chain.count >= 1 else {
-                throw DriverError(.invalidArgument, "Start needs a chain of at least one descriptor, got count \(chain.count).")
-            }
+            guard chain.count >= 1 else { throw Self.emptyChain("Start", chain.count) }
             try startLocked(chain)
         }
     }
@@ -259,13 +257,15 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// Hot path: no lock, no allocation, no retain/release (error paths excepted).
     ///
     /// - Throws: `.invalidState` unless running (Append after Allocate, Abort, Reset or a halt
-    ///   needs a Start first), or while powered down; the provider's error.
+    ///   needs a Start first), or while powered down; `.invalidArgument` for an empty chain;
+    ///   the provider's error.
     public func append(_ chain: DescriptorChain) throws(DriverError) {
         let s = stateRaw.load(ordering: .acquiring)
         guard s == ChannelState.running.rawValue else { throw Self.refused("Append", ChannelState(rawValue: s)!, allowed: "running") }
         guard word.pointee.load(ordering: .acquiring) & CompletionWord.statusMask != UInt64(TransferStatus.halted.rawValue) else {
             throw Self.refused("Append", .halted, allowed: "running")
         }
+        guard chain.count >= 1 else { throw Self.emptyChain("Append", chain.count) }
         // Announce the Append before the power check: PowerDown and PowerUp wait for an
         // Append in progress (see `waitForAppend`). Two relaxed stores, one load.
         appendCount &+= 1
@@ -770,6 +770,13 @@ public final class NetDMAChannel: @unchecked Sendable {
     @inline(never)
     static func refused(_ call: String, _ state: ChannelState, allowed: String) -> DriverError {
         DriverError(.invalidState, "\(call) is not allowed on a channel in state \(state) (allowed: \(allowed)).")
+    }
+
+    /// A chain of `count` < 1 descriptors (2.0: nothing to add to the count, and providers
+    /// would take the chain's first descriptor for its tail; 1.x: Start requires one too).
+    @inline(never)
+    static func emptyChain(_ call: String, _ count: Int) -> DriverError {
+        DriverError(.invalidArgument, "\(call) needs a chain of at least one descriptor, got count \(count); pass the number of descriptors in the chain (a NULL descriptor if there is nothing to do).")
     }
 
     @inline(never)

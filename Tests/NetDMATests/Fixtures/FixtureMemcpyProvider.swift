@@ -191,13 +191,17 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
 
     func resume() throws(DriverError) {
         regs.withLock { r in
+            let counted = provider?.characteristics.version.countedChains ?? true
+            var more = true
             if r.processedSinceStart, let d = provider?.readDescriptor(r.lastCompleted) {
-                r.next = d.next
+                // 1.x with nothing after the last processed descriptor: stay on it (the tail),
+                // which the next Append re-reads.
+                more = d.next != 0
+                r.next = counted || more ? d.next : r.lastCompleted
             } else {
                 r.next = r.chainStart
             }
-            let counted = provider?.characteristics.version.countedChains ?? true
-            r.status = (counted ? r.remaining > 0 : r.next != 0) ? .active : .idle
+            r.status = (counted ? r.remaining > 0 : more) ? .active : .idle
         }
         provider?.doorbell.signal()
     }
