@@ -29,7 +29,9 @@ import Synchronization
 ///
 /// Calls on one channel are serialised by the NetDMA interface (one client per channel);
 /// ``serviceInterrupt()``, ``rearmInterrupt()`` and ``fault`` may run concurrently with them
-/// on the interrupt thread and read only registers and the completion word.
+/// on the interrupt thread and read only registers and the completion word, except for the
+/// ISR's halt handling (``hidesFetchedZeroLength``), which takes the halt lock that the
+/// control calls (not Append) hold around their register sequences.
 public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @unchecked Sendable {
     // @unchecked: the plain `var`s below are touched only by the NetDMA calls, which the
     // interface serialises per channel; what the interrupt thread reads is immutable or atomic.
