@@ -561,13 +561,15 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         return Self.loadNext(p) != 0
     }
 
-    /// The next NetDMA descriptor of the walk, consumed.
+    /// The next NetDMA descriptor of the walk, consumed. Counted chains: one of `available`
+    /// (read from `pending`, to which the caller's one subtraction returns what it consumed:
+    /// an atomic read-modify-write per batch, not per descriptor).
     @inline(__always)
-    private func nextDescriptor() -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
+    private func nextDescriptor(available: inout Int) -> (iova: UInt64, pointer: UnsafeMutablePointer<Descriptor>)? {
         if countedChains {
-            guard pending.load(ordering: .acquiring) > 0 else { return nil }
+            guard available > 0 else { return nil }
             guard let p = descriptor(at: cursorIOVA) else { return unreachable(cursorIOVA) }
-            pending.subtract(1, ordering: .relaxed)
+            available -= 1
             let iova = cursorIOVA
             cursorIOVA = p.pointee.next
             return (iova, p)
@@ -638,11 +640,14 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
             let s = tail % workQueueSize
             let base = s * batchLimit
             var n = 0
-            while n < batchLimit, let (iova, p) = nextDescriptor() {
+            // Only this thread (holding `busy`) takes from `pending`; appends only add to it.
+            var available = countedChains ? min(pending.load(ordering: .acquiring), batchLimit) : 0
+            while n < batchLimit, let (iova, p) = nextDescriptor(available: &available) {
                 build(p, iova: iova, member: base + n, inBatch: n > 0)
                 n += 1
                 if p.pointee.controlFlags & bits.interruptOnCompletion != 0 { break }
             }
+            if countedChains && n > 0 { pending.subtract(n, ordering: .relaxed) }
             guard n > 0 else { return }
             if n >= minimumBatch {
                 submitBatch(slot: s, count: n)
