@@ -791,9 +791,10 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     /// Members `base..<base+count` completed: the completion word for the last that asked.
     @inline(__always)
     private func complete(_ base: Int, count: Int) {
-        var statusMember = -1
-        for k in 0..<count where memberFlags[base + k] & bits.statusUpdateOnCompletion != 0 {
-            statusMember = k
+        // The last member that asked (searched from the end: CopyQueue asks on the last).
+        var statusMember = count - 1
+        while statusMember >= 0 && memberFlags[base + statusMember] & bits.statusUpdateOnCompletion == 0 {
+            statusMember -= 1
         }
         let last = memberIOVA[base + count - 1]
         lastCompleted = last
