@@ -638,13 +638,13 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
     private func fill() {
         while tail - head < workQueueSize {
             let s = tail % workQueueSize
-            let base = s * batchLimit
+            let base = s &* batchLimit
             var n = 0
             // Only this thread (holding `busy`) takes from `pending`; appends only add to it.
             var available = countedChains ? min(pending.load(ordering: .acquiring), batchLimit) : 0
             while n < batchLimit, let (iova, p) = nextDescriptor(available: &available) {
-                build(p, iova: iova, member: base + n, inBatch: n > 0)
-                n += 1
+                build(p, iova: iova, member: base &+ n, inBatch: n > 0)
+                n &+= 1
                 if p.pointee.controlFlags & bits.interruptOnCompletion != 0 { break }
             }
             if countedChains && n > 0 { pending.subtract(n, ordering: .relaxed) }
@@ -711,14 +711,15 @@ public final class DSAChannel<BAR: RegisterIO & ~Copyable, Portals: PortalIO & ~
         var flags = descriptorFlags
         if op == DSA.Opcode.noop { flags &= ~DSA.Flags.cacheControl }
         if inBatch && c & bits.serializeTransfer != 0 { flags |= DSA.Flags.fence }
-        let p = members + m * 64
+        // (m < slots × batchLimit, sizes the init allocated: wrapping arithmetic, no overflow traps.)
+        let p = members + m &* 64
         DSA.WorkDescriptor(opcode: op, flags: flags,
-                           completionAddress: memberRecordsIOVA &+ UInt64(m) &* 32,
+                           completionAddress: memberRecordsIOVA &+ UInt64(truncatingIfNeeded: m) &* 32,
                            source: src, destination: dst, transferSize: len).store(to: p)
         memberIOVA[m] = iova
         memberFlags[m] = c
         // Zero the record's status byte before the device can write it.
-        (memberRecords + m * 32).storeBytes(of: UInt8(0), as: UInt8.self)
+        (memberRecords + m &* 32).storeBytes(of: UInt8(0), as: UInt8.self)
     }
 
     /// A lone descriptor: its record is the slot's record (RCR), with RCI if asked.
