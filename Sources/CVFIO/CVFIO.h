@@ -492,7 +492,8 @@ typedef struct {
  *  and destination apart, as IOVAs and in host memory); the IOMMU generation is checked
  *  before each. Stops before the first member of another kind (nothing done for it). Returns
  *  the members executed. */
-CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) {
+static __attribute__((noinline, unused))
+uint32_t cvfio_dsa_run_members_loop(cvfio_dsa_run *_Nonnull r) {
     const uint64_t generation = r->generation, lbase = r->list.base, lreach = r->list.reach;
     const uint64_t sbase = r->source.base, sreach = r->source.reach;
     const uint64_t tbase = r->destination.base, treach = r->destination.reach;
@@ -546,6 +547,8 @@ CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) {
     r->remaining = left;
     return done;
 }
+/* (Out of line: inlined into its Swift caller, the loop's state no longer fit in registers.) */
+CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) { return cvfio_dsa_run_members_loop(r); }
 #else
 CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) { (void)r; return 0; }
 #endif
