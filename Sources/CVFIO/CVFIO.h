@@ -456,6 +456,103 @@ CVFIO_INLINE int cvfio_ioat_run_copies(cvfio_ioat_run *_Nonnull r, int avx2) {
 CVFIO_INLINE int cvfio_ioat_run_copies(cvfio_ioat_run *_Nonnull r, int avx2) { (void)r; (void)avx2; return 0; }
 #endif
 
+/* ---------------------------------------------------------------- device models: DSA fast path */
+
+/* The DSA model's batch members of the common kinds: memory move, fill and no-op that succeed
+ * and write no completion record (DeviceModels' DSADeviceCore.runFast says what it runs and
+ * why that is what the general path, in Swift, does). Like the CBDMA loop, C so that the loop
+ * keeps its state in registers. */
+
+/* Descriptor fields the loop reads (dsa.md §5.1) and the completion-record-valid flag. */
+static const uint32_t CVFIO_DSA_CRAV __attribute__((unused)) = 1u << 2;
+
+/** One run over the members of a batch. The windows are cached IOMMU translations (see
+ *  cvfio_window; here `reach` is the window's last byte offset for the source and
+ *  destination, the last 64-byte descriptor's offset for the list). */
+typedef struct {
+    cvfio_window list;
+    cvfio_window source;       /* a mapping the device may read */
+    cvfio_window destination;  /* a mapping the device may write */
+    const uint64_t *_Nonnull generation_word;
+    uint64_t generation;
+    uint64_t largest;          /* sizes 1 … largest run here (the WQ's maximum transfer, capped) */
+    /* Flags (bits 23:0) a member may carry here, by opcode 0 … 4 (0: the opcode does not run
+     * here): what the general path accepts, without completion record or interrupt requests. */
+    uint32_t allowed[5];
+    int avx2;
+    /* In and out: the next member's IOVA, the members left. */
+    uint64_t address;
+    uint32_t remaining;
+} cvfio_dsa_run;
+
+#if defined(__x86_64__)
+/** Runs members from r->address while they are a no-op, a memory move or a fill whose flags
+ *  `allowed` permits, with zero reserved bytes (38–63), an aligned completion record address
+ *  when one is valid, a size of 1 … largest, and buffers inside the windows (a move's source
+ *  and destination apart, as IOVAs and in host memory); the IOMMU generation is checked
+ *  before each. Stops before the first member of another kind (nothing done for it). Returns
+ *  the members executed. */
+static __attribute__((noinline, unused))
+uint32_t cvfio_dsa_run_members_loop(cvfio_dsa_run *_Nonnull r) {
+    const uint64_t generation = r->generation, lbase = r->list.base, lreach = r->list.reach;
+    const uint64_t sbase = r->source.base, sreach = r->source.reach;
+    const uint64_t tbase = r->destination.base, treach = r->destination.reach;
+    char *const lbias = r->list.host - lbase;
+    char *const sbias = r->source.host - sbase, *const tbias = r->destination.host - tbase;
+    const uint64_t largest = r->largest;
+    uint64_t address = r->address;
+    uint32_t left = r->remaining, done = 0;
+    while (left != 0) {
+        if (address - lbase > lreach || __atomic_load_n(r->generation_word, __ATOMIC_ACQUIRE) != generation) break;
+        const char *const d = lbias + address;
+        uint32_t word, size;
+        uint16_t reserved;
+        uint64_t record, src, dst, o0, o1, o2;
+        __builtin_memcpy(&word, d + 4, 4);
+        const uint32_t op = word >> 24, flags = word & 0xFFFFFFu;
+        if (op > 4 || r->allowed[op] == 0 || (flags & ~r->allowed[op]) != 0) break;
+        __builtin_memcpy(&reserved, d + 38, 2);
+        __builtin_memcpy(&o0, d + 40, 8);
+        __builtin_memcpy(&o1, d + 48, 8);
+        __builtin_memcpy(&o2, d + 56, 8);
+        __builtin_memcpy(&record, d + 8, 8);
+        if ((reserved | o0 | o1 | o2) != 0 || ((flags & CVFIO_DSA_CRAV) && (record & 31))) break;
+        if (op != 0) {
+            __builtin_memcpy(&src, d + 16, 8);
+            __builtin_memcpy(&dst, d + 24, 8);
+            __builtin_memcpy(&size, d + 32, 4);
+            const uint64_t n = size, n1 = n - 1;
+            /* Size 0 or above largest; the destination's first and last bytes in its window. */
+            const uint64_t toff = dst - tbase;
+            if (n1 >= largest || toff > treach || n1 > treach - toff) break;
+            char *const tp = tbias + dst;
+            if (op == 3) {
+                const uint64_t soff = src - sbase;
+                if (soff > sreach || n1 > sreach - soff) break;
+                char *const sp = sbias + src;
+                /* Overlapping buffers (as IOVAs, or in host memory: |a - b| < n): the general path. */
+                if (src - dst + n1 < 2 * n - 1 || (uint64_t)((uintptr_t)sp - (uintptr_t)tp) + n1 < 2 * n - 1) break;
+                cvfio_copy(tp, sp, (size_t)n, r->avx2);
+            } else { /* fill: the 8-byte pattern repeated, the last bytes its first bytes */
+                size_t i = 0;
+                for (; i + 8 <= n; i += 8) __builtin_memcpy(tp + i, &src, 8);
+                for (; i < n; i++) tp[i] = (char)(src >> ((i & 7) * 8));
+            }
+        }
+        address += 64;
+        left--;
+        done++;
+    }
+    r->address = address;
+    r->remaining = left;
+    return done;
+}
+/* (Out of line: inlined into its Swift caller, the loop's state no longer fit in registers.) */
+CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) { return cvfio_dsa_run_members_loop(r); }
+#else
+CVFIO_INLINE uint32_t cvfio_dsa_run_members(cvfio_dsa_run *_Nonnull r) { (void)r; return 0; }
+#endif
+
 /* ---------------------------------------------------------------- DSA portal writes */
 
 #if defined(__x86_64__)

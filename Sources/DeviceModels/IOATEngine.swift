@@ -61,7 +61,7 @@ extension IOATDeviceCore {
     /// What a descriptor on the general path counts against a pass's budget (see ``service``).
     static let generalPathWork = 4
     /// The highest address the engine reaches (48 bits; ``resolve`` rejects any above).
-    static let addressLimit: UInt64 = (1 << 48) - 1
+    static let addressLimit: UInt64 = SoftIOMMU.addressLimit
 
     /// Translates `length` bytes at `iova` for `access`. Returns the host address, or nil and
     /// sets `exists` to whether any mapping contains `iova` (a data error rather than an address error).

@@ -1,3 +1,4 @@
+import CVFIO
 import Hardware
 import Platform
 import Synchronization
@@ -127,22 +128,7 @@ extension DSADeviceCore {
 
         // 2. Flags.
         let gencap = genCap
-        var allowed = DSA.Flags.generalMask
-        if version < 0x200 { allowed &= ~(DSA.Flags.completionRecordSteering | DSA.Flags.destinationSteering) }
-        if !gencap.cacheControlMemory { allowed &= ~DSA.Flags.cacheControl }
-        if !gencap.destinationReadback { allowed &= ~DSA.Flags.destinationReadback }
-        let wqBOF = dword(wqcfg(wq, DSA.WQCfg.mode)) & DSA.WQCfg.blockOnFault != 0
-        if !wqBOF || op == DSA.Opcode.drain { allowed &= ~DSA.Flags.blockOnFault }
-        if op != DSA.Opcode.compare && op != DSA.Opcode.comparePattern && op != DSA.Opcode.createDelta {
-            allowed &= ~DSA.Flags.checkResult
-        }
-        if op == DSA.Opcode.crcGenerate || op == DSA.Opcode.copyCRC {
-            // Bypass of data reflection (bit 18) is not modelled: refused as an invalid flag.
-            allowed |= DSA.Flags.crcReadSeed | DSA.Flags.crcBypassInversion
-        }
-        if flags & DSA.Flags.completionRecordValid == 0 { allowed &= ~DSA.Flags.requestCompletionRecord }
-        if options.strictFence && !inBatch { allowed &= ~DSA.Flags.fence }
-        let invalid = flags & ~allowed
+        let invalid = flags & ~allowedFlags(op, wq: wq, inBatch: inBatch, completionRecordValid: flags & DSA.Flags.completionRecordValid != 0)
         if invalid != 0 { return .error(.invalidFlags, extra: invalid) }
 
         // 3. Completion record alignment; 4. interrupt handle.
@@ -230,7 +216,28 @@ extension DSADeviceCore {
         }
     }
 
-    private func opcodeAllowed(_ op: UInt8, wq: Int) -> Bool {
+    /// The flags a descriptor with opcode `op` may carry on WQ `wq` (others: invalid flags, 0x11).
+    func allowedFlags(_ op: UInt8, wq: Int, inBatch: Bool, completionRecordValid: Bool) -> UInt32 {
+        let gencap = genCap
+        var allowed = DSA.Flags.generalMask
+        if version < 0x200 { allowed &= ~(DSA.Flags.completionRecordSteering | DSA.Flags.destinationSteering) }
+        if !gencap.cacheControlMemory { allowed &= ~DSA.Flags.cacheControl }
+        if !gencap.destinationReadback { allowed &= ~DSA.Flags.destinationReadback }
+        let wqBOF = dword(wqcfg(wq, DSA.WQCfg.mode)) & DSA.WQCfg.blockOnFault != 0
+        if !wqBOF || op == DSA.Opcode.drain { allowed &= ~DSA.Flags.blockOnFault }
+        if op != DSA.Opcode.compare && op != DSA.Opcode.comparePattern && op != DSA.Opcode.createDelta {
+            allowed &= ~DSA.Flags.checkResult
+        }
+        if op == DSA.Opcode.crcGenerate || op == DSA.Opcode.copyCRC {
+            // Bypass of data reflection (bit 18) is not modelled: refused as an invalid flag.
+            allowed |= DSA.Flags.crcReadSeed | DSA.Flags.crcBypassInversion
+        }
+        if !completionRecordValid { allowed &= ~DSA.Flags.requestCompletionRecord }
+        if options.strictFence && !inBatch { allowed &= ~DSA.Flags.fence }
+        return allowed
+    }
+
+    func opcodeAllowed(_ op: UInt8, wq: Int) -> Bool {
         let w = Int(op) / 64, bit = UInt64(1) << UInt64(op % 64)
         if qword(DSA.OPCAP + 8 * w) & bit == 0 { return false }
         if wqCap.opConfig && wqStride >= 64 {
@@ -408,10 +415,17 @@ extension DSADeviceCore {
     }
 
     /// Runs a batch: members in order; a FENCEd member after a failure abandons the rest.
+    /// Until a member fails, runs of the common members take the fast path (``runFast(list:from:count:wq:)``).
     private func runBatch(list: UInt64, count: Int, wq: Int, ims: Bool) -> Outcome {
         let member = UnsafeMutableRawPointer(scratch + 64)
         var failed = false
-        for i in 0..<count {
+        var i = 0
+        while i < count {
+            if !failed {
+                i += runFast(list: list, from: i, count: count, wq: wq)
+                if i == count { break }
+            }
+            defer { i += 1 }
             let a = list &+ UInt64(i * 64)
             guard let p = iommu.translate(a, length: 64, access: .read) else {
                 return Outcome(status: DSA.CompletionStatus.batchPageFault.rawValue, bytes: UInt32(i), fault: a)
@@ -427,6 +441,120 @@ extension DSADeviceCore {
         }
         return Outcome(status: failed ? DSA.CompletionStatus.batchFail.rawValue : DSA.CompletionStatus.success.rawValue,
                        bytes: UInt32(count))
+    }
+
+    // MARK: The fast path
+
+    /// Executes members `from…` of the batch list at `list` (`count` members) while they are
+    /// the common kind, and returns how many it executed: a no-op, memory move or fill that
+    /// the general path (``run(_:wq:ims:batchIndex:)``) would run to success without writing a
+    /// record or raising an interrupt, so that skipping it changes nothing but the time taken.
+    /// That is a member whose opcode the WQ accepts, whose flags are those the general path
+    /// allows (``allowedFlags(_:wq:inBatch:completionRecordValid:)``) less RCR and RCI, whose
+    /// reserved bytes are zero, whose completion record address (when valid) is 32-byte
+    /// aligned, whose size is 1 … the WQ's maximum transfer (at most 64 KiB) and whose buffers
+    /// lie in one mapping each, with the access they need (a move's source and destination
+    /// apart, as IOVAs and in host memory: an overlapping move takes the general path, which
+    /// may refuse it). The IOMMU generation is checked before each member, as it is read on
+    /// each access of the general path. No injected failure may be armed
+    /// (``MockDSADevice/Fault/failDescriptor(index:status:)``): with one, every member takes
+    /// the general path, which counts them.
+    ///
+    /// The loop is C (``cvfio_dsa_run_members``). When it stops at a member whose list entry
+    /// or buffers lie outside the cached mappings, the mappings that hold them are looked up
+    /// once and the loop goes on; a member it still cannot take is the general path's
+    /// (faults, overlaps, records, interrupts, other opcodes and anything invalid).
+    func runFast(list: UInt64, from: Int, count: Int, wq: Int) -> Int {
+        guard from < count, injectCountdown.load(ordering: .acquiring) < 0 else { return 0 }
+        let r = fastRun
+        let generation = iommu.generation
+        if r.pointee.generation != generation {
+            r.pointee.list = Self.noWindow
+            r.pointee.source = Self.noWindow
+            r.pointee.destination = Self.noWindow
+            r.pointee.generation = generation
+        }
+        let limits = dword(wqcfg(wq, DSA.WQCfg.limits))
+        r.pointee.largest = UInt64(min(1 << Int(limits & DSA.WQCfg.maxTransferShiftMask), 64 << 10))
+        r.pointee.allowed = (fastFlags(DSA.Opcode.noop, wq: wq), 0, 0, fastFlags(DSA.Opcode.memmove, wq: wq),
+                             fastFlags(DSA.Opcode.fill, wq: wq))
+        r.pointee.address = list &+ UInt64(from) &* 64
+        r.pointee.remaining = UInt32(truncatingIfNeeded: count - from)
+        var done = 0
+        while true {
+            let n = Int(cvfio_dsa_run_members(r))
+            done += n
+            // Stopped at a member: once per member, look up the mappings it needs.
+            guard r.pointee.remaining != 0, refillWindows(r) else { break }
+        }
+        if done > 0 {
+            operations.add(UInt64(done), ordering: .relaxed)
+            fastOperations.add(UInt64(done), ordering: .relaxed)
+        }
+        return done
+    }
+
+    /// The flags the fast path lets a member with opcode `op` carry (0: it does not take `op`).
+    private func fastFlags(_ op: UInt8, wq: Int) -> UInt32 {
+        guard opcodeAllowed(op, wq: wq) else { return 0 }
+        let allowed = allowedFlags(op, wq: wq, inBatch: true, completionRecordValid: true)
+        return allowed & ~(DSA.Flags.requestCompletionRecord | DSA.Flags.requestCompletionInterrupt) | Self.fastTakes
+    }
+
+    /// A bit outside the flags (bits 23:0) that marks an opcode the fast path takes.
+    private static let fastTakes: UInt32 = 1 << 31
+
+    /// A window no access lies in.
+    static var noWindow: cvfio_window { cvfio_window(base: ~0, reach: 0, host: UnsafeMutablePointer(bitPattern: 0x1000)!) }
+
+    /// The fast path stopped at the member at `r.address`: replaces the cached list, source or
+    /// destination mapping that does not hold what the member needs by the mapping that does.
+    /// Returns whether one changed (false: the member is the general path's). Never allocates.
+    private func refillWindows(_ r: UnsafeMutablePointer<cvfio_dsa_run>) -> Bool {
+        let a = r.pointee.address
+        guard iommu.generation == r.pointee.generation else { return false }
+        if !Self.holds(r.pointee.list, a, 64, span: 64) {
+            guard let w = window(containing: a, access: .read, span: 64), Self.holds(w, a, 64, span: 64) else { return false }
+            r.pointee.list = w
+            return iommu.generation == r.pointee.generation
+        }
+        let d = UnsafeRawPointer(r.pointee.list.host) + Int(truncatingIfNeeded: a &- r.pointee.list.base)
+        let op = d.load(fromByteOffset: DSA.Descriptor.opcode, as: UInt8.self)
+        guard op == DSA.Opcode.memmove || op == DSA.Opcode.fill else { return false }
+        let size = UInt64(d.loadUnaligned(fromByteOffset: DSA.Descriptor.transferSize, as: UInt32.self))
+        let src = d.loadUnaligned(fromByteOffset: DSA.Descriptor.source, as: UInt64.self)
+        let dst = d.loadUnaligned(fromByteOffset: DSA.Descriptor.destination, as: UInt64.self)
+        var changed = false
+        if !Self.holds(r.pointee.destination, dst, size, span: 1) {
+            guard let w = window(containing: dst, access: .write, span: 1), Self.holds(w, dst, size, span: 1) else { return false }
+            r.pointee.destination = w
+            changed = true
+        }
+        if op == DSA.Opcode.memmove && !Self.holds(r.pointee.source, src, size, span: 1) {
+            guard let w = window(containing: src, access: .read, span: 1), Self.holds(w, src, size, span: 1) else { return false }
+            r.pointee.source = w
+            changed = true
+        }
+        return changed && iommu.generation == r.pointee.generation
+    }
+
+    /// Whether an access of `size` bytes at `a` lies in window `w`, whose reach counts
+    /// accesses of `span` bytes from its base (`size` ≥ `span`).
+    @inline(__always)
+    private static func holds(_ w: cvfio_window, _ a: UInt64, _ size: UInt64, span: UInt64) -> Bool {
+        let off = a &- w.base
+        return size >= span && off <= w.reach && size &- span <= w.reach &- off
+    }
+
+    /// The window of the mapping that contains `iova`, for accesses of `span` bytes (1: any
+    /// size up to the mapping's end, checked by the loop; 64: a descriptor), when the device
+    /// may make `access`es there; only its part below 2^48 (``SoftIOMMU/addressLimit``).
+    private func window(containing iova: UInt64, access: DMAAccess, span: UInt64) -> cvfio_window? {
+        guard let m = iommu.mapping(containing: iova), m.access.contains(access),
+              let host = UnsafeMutablePointer<CChar>(bitPattern: m.address) else { return nil }
+        let last = min(m.iova &+ UInt64(m.length) &- 1, SoftIOMMU.addressLimit)
+        guard last >= m.iova &+ (span &- 1) else { return nil }
+        return cvfio_window(base: m.iova, reach: last &- m.iova &- (span &- 1), host: host)
     }
 }
 

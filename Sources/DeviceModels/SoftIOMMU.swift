@@ -60,6 +60,11 @@ public final class SoftIOMMU: DMAAddressSpace, @unchecked Sendable {
         sequenceWord.deallocate()
     }
 
+    /// The highest IOVA the models' fast paths reach through a cached mapping (2^48 − 1): a
+    /// mapping's part above it takes their general paths, so that the fast paths' address
+    /// arithmetic cannot wrap.
+    static let addressLimit: UInt64 = (1 << 48) - 1
+
     /// How many translations have faulted since creation.
     public var faults: UInt64 { faultCount.load(ordering: .relaxed) }
 

@@ -85,13 +85,14 @@ public final class DMAMemory: Sendable {
     private let state: Mutex<State>
     private let system: MemorySyscalls
     /// Bumped whenever a region goes away; ``DMARegionCache`` checks it on every hit.
-    private let removals = Atomic<UInt64>(0)
+    @usableFromInline let removals = Atomic<UInt64>(0)
     /// Bumped whenever a region is added or goes away; ``DMARegionSnapshot`` checks it.
     @usableFromInline let changes = Atomic<UInt64>(0)
 
     /// How many regions have been removed since creation: a cache of a region's translation is
-    /// valid only while this has not changed. One acquire load (a plain load on x86-64).
-    @inline(__always)
+    /// valid only while this has not changed. One acquire load (a plain load on x86-64), inlined
+    /// into callers in other modules.
+    @inlinable @inline(__always)
     public var generation: UInt64 { removals.load(ordering: .acquiring) }
 
     /// How many times a region was added or removed since creation: a copy of the region table
