@@ -191,13 +191,16 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
 
     func resume() throws(DriverError) {
         regs.withLock { r in
+            let counted = provider?.characteristics.version.countedChains ?? true
             if r.processedSinceStart, let d = provider?.readDescriptor(r.lastCompleted) {
-                r.next = d.next
+                // 1.x with nothing after the last processed descriptor: stay on it (the tail),
+                // as the engine does when it runs out, so that the next Append re-reads it.
+                r.next = counted || d.next != 0 ? d.next : r.lastCompleted
+                r.status = (counted ? r.remaining > 0 : d.next != 0) ? .active : .idle
             } else {
                 r.next = r.chainStart
+                r.status = (counted ? r.remaining > 0 : r.next != 0) ? .active : .idle
             }
-            let counted = provider?.characteristics.version.countedChains ?? true
-            r.status = (counted ? r.remaining > 0 : r.next != 0) ? .active : .idle
         }
         provider?.doorbell.signal()
     }
