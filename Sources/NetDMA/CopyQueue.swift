@@ -117,6 +117,9 @@ public final class CopyQueue {
     /// Outcome of each op not yet retired, by op number (low log2(ringSize) bits). Entries of
     /// retired ops are reset to `.successful`, so enqueue need not write them.
     private let status: UnsafeMutablePointer<CopyStatus>
+    /// How many entries of ``status`` read `.failed` (ops failed and not yet retired). While 0,
+    /// ``completed(max:)`` retires without reading ``status``.
+    private var unretiredFailures = 0
     /// ``capacity`` as an op count.
     private let opCapacity: UInt64
     /// `cpuCopyThreshold`; 0 when every op goes to the engine.
@@ -465,6 +468,7 @@ public final class CopyQueue {
             let c = cpuOps[Int(truncatingIfNeeded: cpuRun & mask)]
             if let fault = c.run(&regions) {
                 status[Int(truncatingIfNeeded: c.op & mask)] = .failed
+                unretiredFailures += 1
                 failedCount += 1
                 lastFault = fault
             }
@@ -534,6 +538,7 @@ public final class CopyQueue {
             return
         }
         status[Int(truncatingIfNeeded: ring[Int(truncatingIfNeeded: failing & mask)].userContext1 & mask)] = .failed
+        unretiredFailures += 1
         failedCount += 1
         lastFault = fault
         finished = failing &+ 1
@@ -560,20 +565,31 @@ public final class CopyQueue {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
         let bound = retirable
+        guard unretiredFailures == 0 else { return completedPastFailures(max: max, bound: bound) }
+        // No op below `bound` failed: retire them in one step.
+        let n = Swift.min(bound &- retiredOps, UInt64(truncatingIfNeeded: Swift.max(max, 0)))
+        retiredOps &+= n
+        return CopyCompletion(count: Int(truncatingIfNeeded: n), lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1),
+                              hadError: false)
+    }
+
+    /// ``completed(max:)`` while a failed op is not yet retired: op by op up to the first
+    /// failed one. Cold (an op failed).
+    @inline(never)
+    private func completedPastFailures(max: Int, bound: UInt64) -> CopyCompletion {
         var n = 0
-        var hadError = false
         while n < max && retiredOps < bound {
             let slot = Int(truncatingIfNeeded: retiredOps & mask)
             if status[slot] == .failed {
                 status[slot] = .successful
+                unretiredFailures -= 1
                 retiredOps &+= 1
-                hadError = true
                 return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 2), hadError: true)
             }
             retiredOps &+= 1
             n += 1
         }
-        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: hadError)
+        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: false)
     }
 
     /// Retires up to `min(max, statuses.count)` ops, failed ones included, writing each op's
@@ -590,6 +606,7 @@ public final class CopyQueue {
         while n < limit && retiredOps < bound {
             let slot = Int(truncatingIfNeeded: retiredOps & mask)
             statuses[n] = status[slot]
+            if status[slot] == .failed { unretiredFailures -= 1 }
             status[slot] = .successful
             retiredOps &+= 1
             n += 1
