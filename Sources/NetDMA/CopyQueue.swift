@@ -270,11 +270,19 @@ public final class CopyQueue {
     ///   op silently: split it yourself); `.queueFull` when ``freeSlots`` is 0.
     @inlinable @inline(__always)
     public func enqueueCopy(source: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
+        if !fence, let ticket = enqueueCopyIfCommon(source: source, destination: destination, length: length) { return ticket }
+        return try enqueueChecked(.copy, source: source, destination: destination, length: length, fence: fence)
+    }
+
+    /// The common case of ``enqueueCopy(source:destination:length:fence:)`` without a fence,
+    /// inlined: an engine op of a length the engine takes, with room in the queue. Nil, with
+    /// nothing enqueued, when anything else applies (enqueueCopy's full path then decides).
+    /// For callers whose frame should hold no error path (the C ABI's entry points).
+    @inlinable @inline(__always)
+    package func enqueueCopyIfCommon(source: UInt64, destination: UInt64, length: Int) -> UInt16? {
         let n = UInt64(truncatingIfNeeded: length)
         guard n <= maximumTransfer, destination <= maximumAddress &- n, source <= maximumAddress &- n,
-              n >= shortLimit, !fence, issued &- retiredOps < opCapacity else {
-            return try enqueueChecked(.copy, source: source, destination: destination, length: length, fence: fence)
-        }
+              n >= shortLimit, issued &- retiredOps < opCapacity else { return nil }
         return write(size: UInt32(truncatingIfNeeded: length), flags: 0, source: source, destination: destination)
     }
 
@@ -284,11 +292,17 @@ public final class CopyQueue {
     ///   ``enqueueCopy(source:destination:length:fence:)`` otherwise.
     @inlinable @inline(__always)
     public func enqueueFill(pattern: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
+        if !fence, let ticket = enqueueFillIfCommon(pattern: pattern, destination: destination, length: length) { return ticket }
+        return try enqueueChecked(.fill, source: pattern, destination: destination, length: length, fence: fence)
+    }
+
+    /// The common case of ``enqueueFill(pattern:destination:length:fence:)`` without a fence,
+    /// as ``enqueueCopyIfCommon(source:destination:length:)`` is enqueueCopy's.
+    @inlinable @inline(__always)
+    package func enqueueFillIfCommon(pattern: UInt64, destination: UInt64, length: Int) -> UInt16? {
         let n = UInt64(truncatingIfNeeded: length)
-        guard canFill, n <= maximumTransfer, destination <= maximumAddress &- n,
-              n >= shortLimit, !fence, issued &- retiredOps < opCapacity else {
-            return try enqueueChecked(.fill, source: pattern, destination: destination, length: length, fence: fence)
-        }
+        guard canFill, n <= maximumTransfer, destination <= maximumAddress &- n, n >= shortLimit,
+              issued &- retiredOps < opCapacity else { return nil }
         return write(size: UInt32(truncatingIfNeeded: length), flags: Self.fillControl, source: pattern, destination: destination)
     }
 
