@@ -201,7 +201,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     ///
     /// On the way it makes every descriptor that NetDMA allows but the engine would halt on
     /// into one the engine accepts (see ``conformNoData(_:size:control:)``): zero-length
-    /// transfers, and NULL transfers whose size or flags CBDMA checks. One 8-byte load per
+    /// transfers, NULL transfers whose size or flags CBDMA checks, and dest_dca. One 8-byte load per
     /// descriptor, cached.
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
@@ -226,7 +226,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         // Where the chain ends if it is contiguous (while it is, the IOVA counts descriptors).
         let last = chain.iova &+ UInt64(truncatingIfNeeded: chain.count &- 1) &* 64
         while true {
-            conformIfNoData(p)
+            conformIfNeeded(p)
             if iova == last { return iova }
             let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
             iova &+= 64
@@ -255,7 +255,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         var n = 0
         while n < max, let p = d {
             n += 1
-            conformIfNoData(p)
+            conformIfNeeded(p)
             if n == max { break }
             let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
             if next == 0 { break }
@@ -272,23 +272,30 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         return (Swift.max(n, 1), iova)
     }
 
-    /// Conforms the descriptor at `p` if it moves no data (TransferSize 0, or the NULL bit): see
-    /// ``conformNoData(_:size:control:)``. One 8-byte load (TransferSize, bits 31:0, and
-    /// ControlFlags, 63:32) and one branch; the rewrite itself is out of line.
+    /// Control bits that make a descriptor one ``conformNoData(_:size:control:)`` rewrites: the
+    /// NULL bit, and dest_dca, which NetDMA's DESTINATION_DCA_ENABLE (the same bit) sets but a
+    /// provider without DCA must ignore (ioat.md §2.2: never set it).
+    static var conformedControl: UInt32 { IOAT.DescriptorControl.null | IOAT.DescriptorControl.destinationDCA }
+
+    /// Conforms the descriptor at `p` if it needs it (TransferSize 0, or a bit of
+    /// ``conformedControl``): see ``conformNoData(_:size:control:)``. One 8-byte load
+    /// (TransferSize, bits 31:0, and ControlFlags, 63:32) and one branch; the rewrite itself is
+    /// out of line.
     @inline(__always)
-    private func conformIfNoData(_ p: UnsafeMutableRawPointer) {
+    private func conformIfNeeded(_ p: UnsafeMutableRawPointer) {
         let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-        // TransferSize and the NULL bit: 1…2^32−1 for a descriptor that moves data. Less one,
-        // that is below 2^32; a size of 0 wraps and the NULL bit (bit 37) stays above, so one
-        // shift tells both cases apart from the common one.
-        let sizeAndNull = head & (UInt64(IOAT.DescriptorControl.null) << 32 | 0xFFFF_FFFF)
-        if _slowPath((sizeAndNull &- 1) >> 32 != 0) {
+        // TransferSize with the conformed control bits above it: 1…2^32−1 for a descriptor left
+        // as it is. Less one, that is below 2^32; a size of 0 wraps and any of those bits stays
+        // above, so one shift tells both cases apart from the common one.
+        let sizeAndConformed = head & (UInt64(Self.conformedControl) << 32 | 0xFFFF_FFFF)
+        if _slowPath((sizeAndConformed &- 1) >> 32 != 0) {
             conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
         }
     }
 
     /// Rewrites a descriptor that moves no data into the NULL descriptor CBDMA accepts, keeping
-    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints).
+    /// what NetDMA asks of it (status update, interrupt, fence, snoop hints); of one that moves
+    /// data, only clears dest_dca (the provider declares no DCA, so the flag is ignored).
     ///
     /// NetDMA allows a transfer of TransferSize 0 (it completes, writes nothing and still
     /// does its STATUS and INTERRUPT; netdma.md §9.1) and lets the engine ignore the size and
@@ -302,6 +309,10 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// Cold: a few descriptors of a chain at most.
     @inline(never)
     private func conformNoData(_ p: UnsafeMutableRawPointer, size: UInt32, control: UInt32) {
+        if size != 0 && control & IOAT.DescriptorControl.null == 0 {
+            p.storeBytes(of: control & ~IOAT.DescriptorControl.destinationDCA, toByteOffset: IOAT.DescriptorField.control, as: UInt32.self)
+            return
+        }
         let kept = IOAT.DescriptorControl.intEnable | IOAT.DescriptorControl.sourceSnoopDisable
             | IOAT.DescriptorControl.destinationSnoopDisable | IOAT.DescriptorControl.completionWrite
             | IOAT.DescriptorControl.fence
@@ -450,7 +461,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// descriptors from it up to the last one submitted (2.0: found by walking to the chain's
     /// tail, so inserted or removed descriptors count; 1.x: up to NULL; CB 1.x: CHANCMD.START).
     /// Only documented register behaviour is used (CHAINADDR from SUSPENDED, as the Linux VFIO
-    /// selftest driver does after every suspend). When nothing is left the channel stays
+    /// selftest driver does after every suspend). The completion word is not written. When nothing is left the channel stays
     /// parked and the next Append points it at its chain. If an edited 2.0 chain no longer
     /// reaches its tail, the engine is told CHANCMD.RESUME with its own count instead.
     ///
@@ -460,9 +471,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         if let f = fault {
             throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
         }
+        // The completion word keeps Suspend's status until a STATUS descriptor completes
+        // (NetDMA §7.1 names its writers: STATUS descriptors, Suspend, Abort, Reset).
         let last = suspendedAt
-        storeCompletion(last == 0 ? CompletionWord(rawValue: UInt64(TransferStatus.armed.rawValue))
-                                  : CompletionWord(descriptor: last, status: .active))
         suspended = false
         var first = chainHead
         if last != 0 {
@@ -504,7 +515,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         var n = 1
         while true {
             guard let d = hostAddress(ofDescriptor: iova) else { return nil }
-            conformIfNoData(d)  // the client may have edited the chain while suspended
+            conformIfNeeded(d)  // the client may have edited the chain while suspended
             if iova == tail { return n }
             guard n < Int(UInt16.max) else { return nil }
             iova = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
@@ -637,13 +648,33 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
             return latchedFault.withLock { $0.epoch == epoch ? $0.fault : nil }
         }
         let err = IOAT.ChanErr(rawValue: e)
-        let f = ChannelFault(rawValue: UInt64(e), causes: err.causes, descriptor: failingDescriptor())
+        let failing = failingDescriptor()
+        var causes = err.causes
+        if err.contains(.transferSize), let failing, movesNoData(failing) {
+            causes.append(Self.fetchedBeforeAppend)
+        }
+        let f = ChannelFault(rawValue: UInt64(e), causes: causes, descriptor: failing)
         // Only a fault read while still powered is kept (a read racing PowerDown's D3 entry
         // would see all-ones).
         // (PowerDown kept the fault before it stopped register reads: report that one.)
         guard powered.load(ordering: .acquiring) else { return latchedFault.withLock { $0.fault } }
         latchedFault.withLock { if $0.epoch == epoch && $0.fault == nil { $0.fault = f } }
         return f
+    }
+
+    /// Whether the descriptor at `iova` is a zero-length or NULL transfer (``prepare(_:)``
+    /// conforms these, so one that halted with DXSERR was fetched before the provider saw it).
+    private func movesNoData(_ iova: UInt64) -> Bool {
+        guard iova & 63 == 0, let d = device.memory.address(ofIOVA: iova) else { return false }
+        let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+        return UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0
+    }
+
+    /// The cause a DXSERR on a descriptor that moves no data adds: the one case the provider
+    /// cannot conform it. CB 1.x (no DMACOUNT) follows `next` as soon as the client links the
+    /// old tail, which NetDMA 1.x has it do before Append.
+    static var fetchedBeforeAppend: String {
+        "the descriptor moves no data: the engine fetched it through the old tail's next before Append could make it a NULL of TransferSize 1 (CB 1.x follows next at once); link zero-length and NULL descriptors to a running chain as NULL_TRANSFER with TransferSize 1, then Start at it"
     }
 
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
@@ -654,8 +685,9 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         let w = loadCompletion()
         let last = w.status == .armed ? 0 : w.descriptor
         if last == 0 { return chainHead == 0 ? nil : chainHead }
-        guard let d = device.memory.address(ofIOVA: last) else { return nil }
-        return d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+        // Read under the DMA memory table's lock: the client may be freeing the descriptors.
+        guard last & 63 == 0 else { return nil }
+        return device.memory.loadUInt64(atIOVA: last &+ UInt64(IOAT.DescriptorField.next))
     }
 
     // MARK: - Completion word

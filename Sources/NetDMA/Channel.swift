@@ -227,9 +227,7 @@ public final class NetDMAChannel: @unchecked Sendable {
                 throw Self.refused("Start", s, allowed: "allocated, running or halted")
             }
             try checkPowered("Start")
-            guard chain.count >= 1 else {
-                throw DriverError(.invalidArgument, "Start needs a chain of at least one descriptor, got count \(chain.count).")
-            }
+            guard chain.count >= 1 else { throw Self.emptyChain("Start", chain.count) }
             try startLocked(chain)
         }
     }
@@ -259,13 +257,15 @@ public final class NetDMAChannel: @unchecked Sendable {
     /// Hot path: no lock, no allocation, no retain/release (error paths excepted).
     ///
     /// - Throws: `.invalidState` unless running (Append after Allocate, Abort, Reset or a halt
-    ///   needs a Start first), or while powered down; the provider's error.
+    ///   needs a Start first), or while powered down; `.invalidArgument` for an empty chain;
+    ///   the provider's error.
     public func append(_ chain: DescriptorChain) throws(DriverError) {
         let s = stateRaw.load(ordering: .acquiring)
         guard s == ChannelState.running.rawValue else { throw Self.refused("Append", ChannelState(rawValue: s)!, allowed: "running") }
         guard word.pointee.load(ordering: .acquiring) & CompletionWord.statusMask != UInt64(TransferStatus.halted.rawValue) else {
             throw Self.refused("Append", .halted, allowed: "running")
         }
+        guard chain.count >= 1 else { throw Self.emptyChain("Append", chain.count) }
         // Announce the Append before the power check: PowerDown and PowerUp wait for an
         // Append in progress (see `waitForAppend`). Two relaxed stores, one load.
         appendCount &+= 1
@@ -635,22 +635,29 @@ public final class NetDMAChannel: @unchecked Sendable {
         lastChainCount.store(chain?.count ?? 0, ordering: .relaxed)
     }
 
-    /// The last descriptor submitted: the tail of the last chain, found by walking it through
-    /// the DMA memory table (never through a stored pointer: the client may have released the
-    /// descriptors since, and then nothing of them can be outstanding).
-    private func submittedTail() -> (iova: UInt64, address: UnsafeMutablePointer<Descriptor>)? {
+    /// The last descriptor submitted and its `next`: the tail of the last chain, found by
+    /// walking it through the DMA memory table, each `next` read under the table's lock (never
+    /// through a stored pointer: the client may release the descriptors at any moment, on
+    /// another thread, and then nothing of them can be outstanding).
+    private func submittedTail() -> (iova: UInt64, next: UInt64)? {
         let count = lastChainCount.load(ordering: .relaxed)
         var iova = lastChainIOVA.load(ordering: .relaxed)
-        guard count > 0, var d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { return nil }
+        guard count > 0, var next = nextField(ofDescriptorAt: iova) else { return nil }
         var steps = 1
-        while !(providerVersion.countedChains && steps >= count) && steps <= 1 << 20 {
-            let n = d.pointee.next
-            guard n != 0, let a = dmaMemory.address(ofIOVA: n) else { break }
-            iova = n
-            d = a.assumingMemoryBound(to: Descriptor.self)
+        while !(providerVersion.countedChains && steps >= count) && steps <= 1 << 20 && next != 0 {
+            guard let after = nextField(ofDescriptorAt: next) else { break }
+            iova = next
+            next = after
             steps += 1
         }
-        return (iova, d)
+        return (iova, next)
+    }
+
+    /// The `next` of the descriptor at `iova`; nil when `iova` is not a descriptor's address
+    /// (not 64-byte aligned) or not mapped now.
+    private func nextField(ofDescriptorAt iova: UInt64) -> UInt64? {
+        guard iova & 63 == 0 else { return nil }
+        return dmaMemory.loadUInt64(atIOVA: iova &+ UInt64(MemoryLayout<Descriptor>.offset(of: \.next)!))
     }
 
     /// Whether the last submitted descriptor has not been seen completing (control path).
@@ -711,13 +718,13 @@ public final class NetDMAChannel: @unchecked Sendable {
             var next: UInt64 = 0
             var count = 1
             let tail = submittedTail()
-            if drainedTail != 0, let d = dmaMemory.address(ofIOVA: drainedTail)?.assumingMemoryBound(to: Descriptor.self) {
-                next = d.pointee.next
+            if drainedTail != 0, let n = nextField(ofDescriptorAt: drainedTail) {
+                next = n
                 if providerVersion.countedChains, let tail, tail.iova != drainedTail {
                     count += steps(from: next, to: tail.iova)
                 }
             } else if providerVersion.countedChains, let tail {
-                next = tail.address.pointee.next
+                next = tail.next
             }
             // No status update: the completion word keeps naming the client's last completed
             // descriptor, which the client may not have read yet (overwriting it with the NULL
@@ -742,8 +749,8 @@ public final class NetDMAChannel: @unchecked Sendable {
         var iova = first
         var n = 1
         while iova != last && n <= 1 << 16 {
-            guard let d = dmaMemory.address(ofIOVA: iova)?.assumingMemoryBound(to: Descriptor.self) else { break }
-            iova = d.pointee.next
+            guard let following = nextField(ofDescriptorAt: iova) else { break }
+            iova = following
             n += 1
         }
         return n
@@ -763,6 +770,13 @@ public final class NetDMAChannel: @unchecked Sendable {
     @inline(never)
     static func refused(_ call: String, _ state: ChannelState, allowed: String) -> DriverError {
         DriverError(.invalidState, "\(call) is not allowed on a channel in state \(state) (allowed: \(allowed)).")
+    }
+
+    /// A chain of `count` < 1 descriptors (2.0: nothing to add to the count, and providers
+    /// would take the chain's first descriptor for its tail; 1.x: Start requires one too).
+    @inline(never)
+    static func emptyChain(_ call: String, _ count: Int) -> DriverError {
+        DriverError(.invalidArgument, "\(call) needs a chain of at least one descriptor, got count \(count); pass the number of descriptors in the chain (a NULL descriptor if there is nothing to do).")
     }
 
     @inline(never)

@@ -79,10 +79,13 @@ public enum CopyStatus: UInt8, Sendable, Hashable {
 /// - The same ops are accepted and refused with or without the fallback (an op too long, out
 ///   of the engine's reach, or a fill on an engine without fill throws either way): whether an
 ///   op may be enqueued never depends on the engine's progress.
-/// - A zero-length copy or fill touches no memory and succeeds: on the CPU, and as a NULL
-///   descriptor when a fence (or a queue without the fallback) sends it to the engine (CBDMA and
-///   DSA fail a transfer size of 0), so its outcome never depends on where it ran. A NULL op without a fence never needs the
-///   engine (its report still proves that every earlier op finished).
+/// - A zero-length copy or fill touches no memory and succeeds wherever it runs: on the CPU,
+///   or on the engine, where the provider conforms it (CBDMA halts on a transfer size of 0;
+///   the IOAT provider sends it as a NULL of size 1). On a NULL-terminated (1.x) chain the queue
+///   writes it as a NULL of size 1 itself, as it does NULL ops: NetDMA 1.x links the old tail
+///   before Append, and an engine without DMACOUNT (CB 1.x) may fetch the descriptor before
+///   the provider sees it. A NULL op without a fence never needs the engine (its report still
+///   proves that every earlier op finished).
 /// - CPU ops translate IOVAs through a ``DMARegionSnapshot``: no lock and no allocation unless
 ///   the memory's regions changed.
 ///
@@ -124,9 +127,10 @@ public final class CopyQueue {
     @usableFromInline let opCapacity: UInt64
     /// `cpuCopyThreshold`; 0 when every op goes to the engine.
     @usableFromInline let cpuLimit: UInt64
-    /// Copies and fills shorter than this take ``putShort``: `max(cpuLimit, 1)`, so that a
-    /// zero-length one takes it with the fallback off too (one compare either way), and
-    /// becomes a NULL descriptor instead of a transfer size of 0, which CBDMA and DSA fail.
+    /// Copies and fills shorter than this take ``putShort``: `cpuLimit`; on a NULL-terminated
+    /// chain at least 1, so that a zero-length one takes it with the fallback off too (one
+    /// compare either way) and becomes a NULL of size 1 before the old tail links to it (see
+    /// "CPU fallback"). On counted chains the provider conforms a transfer size of 0.
     @usableFromInline let shortLimit: UInt64
     /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
     private let cpuOps: UnsafeMutablePointer<CPUOp>
@@ -215,7 +219,7 @@ public final class CopyQueue {
         status.initialize(repeating: .successful, count: ringSize)
         opCapacity = UInt64(ringSize - 1)
         cpuLimit = UInt64(cpuCopyThreshold)
-        shortLimit = max(UInt64(cpuCopyThreshold), 1)
+        shortLimit = counted ? UInt64(cpuCopyThreshold) : max(UInt64(cpuCopyThreshold), 1)
         cpuOps = .allocate(capacity: cpuCopyThreshold > 0 ? ringSize : 1)
         regions = DMARegionSnapshot(channel.dmaMemory)
     }
@@ -261,7 +265,7 @@ public final class CopyQueue {
     ///
     /// A copy shorter than ``cpuCopyThreshold`` runs on the CPU at the next ``submit()`` (see
     /// "CPU fallback" for when it goes to the engine anyway). A zero-length copy moves nothing
-    /// and succeeds (on the engine, as a NULL descriptor).
+    /// and succeeds.
     ///
     /// - Parameter fence: finish this op's writes before the next op reads (`NET_DMA_SERIALIZE_TRANSFER`).
     /// - Returns: the op's ticket (DPDK's ring index).
@@ -348,9 +352,9 @@ public final class CopyQueue {
     /// a fence stands in the way (a fenced engine op before it is unfinished, or it is fenced
     /// and an engine op before it is unfinished): then it goes to the engine, which orders it.
     /// Before deciding so, it looks at the completion word once more. Routed to the engine, a
-    /// zero-length copy or fill becomes a NULL descriptor (CBDMA and DSA fail a transfer size
-    /// of 0): it succeeds wherever it runs. With the fallback off, only zero-length copies and
-    /// fills come here, and all go to the engine that way.
+    /// zero-length copy or fill becomes a NULL descriptor of size 1, like a NULL op (see "CPU
+    /// fallback"). With the fallback off, only zero-length copies and fills on a 1.x chain
+    /// come here, and all go to the engine that way.
     @usableFromInline @inline(never)
     func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
                   fence: Bool) throws(DriverError) -> UInt16 {

@@ -251,6 +251,23 @@ public final class DMAMemory: Sendable {
         }
     }
 
+    /// Reads the 64-bit value at `iova` while no region can be released.
+    ///
+    /// For cold paths that follow a client's descriptors after the fact (a drain check, a
+    /// fault report): the client may free them at any moment, and a region leaves the table
+    /// before its pages are unmapped, so a value read under the table's lock is never read
+    /// from unmapped memory. Returns nil when `iova` is not 8-byte aligned or the 8 bytes do
+    /// not lie inside one region.
+    public func loadUInt64(atIOVA iova: UInt64) -> UInt64? {
+        guard iova & 7 == 0 else { return nil }
+        return state.withLock { s in
+            for r in s.regions where r.length >= 8 && iova >= r.iova && iova - r.iova <= UInt64(r.length - 8) {
+                return UnsafeRawPointer(bitPattern: r.address + UInt(iova - r.iova))!.load(as: UInt64.self)
+            }
+            return nil
+        }
+    }
+
     // MARK: - internals
 
     fileprivate func release(base: UnsafeMutableRawPointer) {

@@ -101,7 +101,7 @@ struct NetDMABadInputTests {
         expectError(.invalidState, mentioning: ["stop first"]) { try s.registry.deregister(s.handle) }
     }
 
-    @Test("A7 calls in the wrong channel state: Append before Start, Resume while running, Start with no descriptors")
+    @Test("A7 calls in the wrong channel state: Append before Start, Resume while running, Start or Append with no descriptors")
     func channelState() throws {
         let s = try Started()
         let c = try s.channel()
@@ -110,6 +110,9 @@ struct NetDMABadInputTests {
         expectError(.invalidState, mentioning: ["Append", "allocated"]) { try c.append(pool.chain(from: 0, count: 1)) }
         expectError(.invalidState, mentioning: ["Resume"]) { try c.resume() }
         expectError(.invalidArgument, mentioning: ["at least one descriptor"]) { try c.start(pool.chain(from: 0, count: 0)) }
+        try c.start(pool.chain(from: 0, count: 1))
+        expectError(.invalidArgument, mentioning: ["Append", "at least one descriptor"]) { try c.append(pool.chain(from: 1, count: 0)) }
+        try c.reset()
         try c.free()
     }
 

@@ -219,4 +219,45 @@ final class CountingSyscalls: @unchecked Sendable {
             Issue.record("zero length must fail")
         } catch { #expect(error.code == .invalidArgument) }
     }
+
+    @Test func loadUInt64ReadsOnlyWholeAlignedWordsInsideARegion() throws {
+        let memory = DMAMemory(spaces: [RecordingSpace()], policy: .allocate(in: 0x10_0000...0xFFFF_FFFF), preferHugePages: false)
+        let buffer = try memory.allocate(length: 4096)
+        buffer.base.storeBytes(of: 0x1122_3344_5566_7788, toByteOffset: 64, as: UInt64.self)
+        buffer.base.storeBytes(of: 0xA5A5, toByteOffset: 4088, as: UInt64.self)
+        #expect(memory.loadUInt64(atIOVA: buffer.iova + 64) == 0x1122_3344_5566_7788)
+        #expect(memory.loadUInt64(atIOVA: buffer.iova + 4088) == 0xA5A5)  // the region's last word
+        #expect(memory.loadUInt64(atIOVA: buffer.iova + 66) == nil)  // misaligned
+        #expect(memory.loadUInt64(atIOVA: buffer.iova + 4096) == nil)  // past the end
+        #expect(memory.loadUInt64(atIOVA: buffer.iova - 8) == nil)
+    }
+
+    /// A cold path that follows a client's descriptors (a drain check on the power thread) may
+    /// race the client freeing them: the region must leave the table before its pages are
+    /// unmapped, so a read under the table's lock sees either the value or nil, never a fault.
+    @Test func loadUInt64SeesNothingOnceReleaseHasBegun() throws {
+        let seenDuringUnmap = Mutex<[UInt64?]>([])
+        let target = Atomic<UInt64>(0)
+        let box = Mutex<DMAMemory?>(nil)
+        var system = MemorySyscalls.live
+        system.checkLimit = { _ in nil }
+        system.munmap = { a, l in
+            if let m = box.withLock({ $0 }) {
+                let v = m.loadUInt64(atIOVA: target.load(ordering: .relaxed))
+                seenDuringUnmap.withLock { $0.append(v) }
+            }
+            Glibc.munmap(a, l)
+        }
+        let memory = DMAMemory(spaces: [RecordingSpace()], policy: .allocate(in: 0x10_0000...0xFFFF_FFFF),
+                               preferHugePages: false, system: system)
+        box.withLock { $0 = memory }
+        do {
+            let buffer = try memory.allocate(length: 4096)
+            buffer.base.storeBytes(of: 42, toByteOffset: 24, as: UInt64.self)
+            target.store(buffer.iova + 24, ordering: .relaxed)
+            #expect(memory.loadUInt64(atIOVA: buffer.iova + 24) == 42)
+        }
+        box.withLock { $0 = nil }
+        #expect(seenDuringUnmap.withLock { $0 } == [nil])
+    }
 }

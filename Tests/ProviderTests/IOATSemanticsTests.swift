@@ -297,4 +297,86 @@ struct IOATSemanticsTests {
         for i in 0..<4 { #expect(t.copied(i)) }
         #expect(t.channel.fault == nil)
     }
+
+    @Test("1.x: a zero-length copy linked to a running chain completes; on CB 1.x, when the engine fetched it before the Append, the fault says so and what to do",
+          arguments: [("cb1", NetDMAVersion.v1_1), ("cb1", .v1_0), ("skx", .v1_0), ("icx", .v1_1)])
+    func zeroLengthLinkedWhileRunning(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        // NetDMA 1.x has the client link the old tail to the new chain before Append. On CB
+        // 1.x (no DMACOUNT) the engine follows that link at once, so a descriptor it reaches
+        // before the Append is one the provider never saw: it cannot be conformed. With
+        // DMACOUNT the engine stops at the count, and Append conforms the chain first.
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        for i in 0..<2 { t.copy(i) }
+        IOATChain.copy(t.pool, 2, from: t.src.iova(at: 2 * IOATStepped.slot), to: t.dst.iova(at: 2 * IOATStepped.slot), 0)
+        try t.channel.start(IOATChain.link(t.pool, 0..<2, counted: false))
+        let base = t.executed
+        t.step(untilExecuted: base + 1)  // d0 done; d1 not fetched yet
+        _ = IOATChain.link(t.pool, 2..<3, counted: false)
+        DescriptorPool.publishNext(of: t.pool[1], t.pool.iova(at: 2))
+        t.rig.device.runUntilIdle()  // the engine runs on before the Append comes
+        let channel = t.channel
+        let chain = t.pool.chain(from: 2, count: 1)
+        let appended = Result { () throws(DriverError) in
+            try t.stepping(gate: false) { () throws(DriverError) in try channel.append(chain) }
+        }
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(0) && t.copied(1) && t.untouched(2))
+        guard t.rig.device.profile.isV1 else {
+            #expect(throws: Never.self) { try appended.get() }
+            #expect(t.channel.fault == nil, "\(t.channel.fault.map(\.description) ?? "")")
+            #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 2), status: .idle),
+                    "word \(t.channel.completionWord)")
+            return
+        }
+        // CB 1.x: the halt names the descriptor and says what to do; Append is refused.
+        #expect(throws: DriverError.self) { try appended.get() }
+        let fault = t.channel.fault
+        #expect(fault?.descriptor == t.pool.iova(at: 2))
+        #expect(fault?.causes.contains { $0.contains("NULL_TRANSFER with TransferSize 1") } == true,
+                "\(fault.map(\.description) ?? "no fault")")
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 1), status: .halted))
+        // The remedy: the same descriptor as a NULL of size 1, linked while running, completes.
+        t.copy(3)
+        IOATChain.null(t.pool, 4)
+        try t.channel.start(IOATChain.link(t.pool, 3..<4, counted: false))
+        _ = IOATChain.link(t.pool, 4..<5, counted: false)
+        DescriptorPool.publishNext(of: t.pool[3], t.pool.iova(at: 4))
+        t.rig.device.runUntilIdle()
+        let remedy = t.pool.chain(from: 4, count: 1)
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(remedy) }
+        t.rig.device.runUntilIdle()
+        #expect(t.channel.fault == nil)
+        #expect(t.copied(3))
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 4), status: .idle),
+                "word \(t.channel.completionWord)")
+    }
+
+    @Test("NET_DMA_DESTINATION_DCA_ENABLE is ignored: the engine never sees dest_dca (Start, Append, an edit while suspended)",
+          arguments: [("icx", NetDMAVersion.v2_0), ("tbg", .v2_0), ("skx", .v1_0), ("cb1", .v1_1)])
+    func destinationDCAIgnored(_ arg: (profile: String, version: NetDMAVersion)) throws {
+        // The provider declares no DCA, so NetDMA has it ignore the flag; CBDMA's bit 9 is
+        // dest_dca, which a userspace driver must never set (ioat.md §2.2).
+        let t = try IOATStepped(arg.profile, version: arg.version)
+        let counted = arg.version.countedChains
+        for i in 0..<6 { t.copy(i, [.statusUpdateOnCompletion, .destinationDCAEnable]) }
+        try t.channel.start(IOATChain.link(t.pool, 0..<3, counted: counted))
+        #expect((0..<3).allSatisfy { t.pool[$0].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0 },
+                "Start handed dest_dca to the engine")
+        t.step(untilExecuted: t.executed + 1)
+        let channel = t.channel
+        _ = try t.stepping { () throws(DriverError) -> UInt64 in try channel.suspend() }
+        t.copy(2, [.statusUpdateOnCompletion, .destinationDCAEnable])  // edited while suspended
+        try t.channel.resume()
+        #expect(t.pool[2].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0, "Resume handed dest_dca to the engine")
+        t.rig.device.runUntilIdle()
+        if !counted { DescriptorPool.publishNext(of: t.pool[2], t.pool.iova(at: 3)) }
+        let chain = IOATChain.link(t.pool, 3..<6, counted: counted)
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(chain) }
+        #expect((3..<6).allSatisfy { t.pool[$0].pointee.controlFlags & IOAT.DescriptorControl.destinationDCA == 0 },
+                "Append handed dest_dca to the engine")
+        t.rig.device.runUntilIdle()
+        for i in 0..<6 { #expect(t.copied(i), "descriptor \(i)") }
+        #expect(t.channel.fault == nil)
+        #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 5), status: .idle))
+    }
 }

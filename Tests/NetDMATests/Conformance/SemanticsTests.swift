@@ -113,6 +113,108 @@ struct SemanticsTests {
         #expect(dst.bytes(at: 512, count: 256) == src.bytes(at: 512, count: 256))
     }
 
+    @Test("Resume writes nothing to the completion word (it keeps Suspend's); the next STATUS descriptor does",
+          arguments: TargetFactory.all)
+    func resumeLeavesTheWord(_ factory: TargetFactory) throws {
+        // NetDMA §7.1: the word is written by STATUS descriptors (Active/Idle), Suspend,
+        // Abort and Reset; a Resume is none of them.
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(49)
+        for i in 0..<3 { setCopy(pool, i, from: src.iova(at: i * 256), to: dst.iova(at: i * 256), length: 256, flags: []) }
+        setCopy(pool, 3, from: src.iova(at: 768), to: dst.iova(at: 768), length: 256)
+        h.target.hold(channel: c.index, true)
+        try c.start(link(pool, 0..<4, counted: c.countedChains))
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == pool.iova(at: 0) })
+        let suspended = Background { () throws(DriverError) in try c.suspend() }
+        #expect(waitUntil { h.target.suspendRequested(channel: c.index) })
+        h.target.hold(channel: c.index, false)
+        #expect(try suspended.value() == pool.iova(at: 0))
+        let word = CompletionWord(descriptor: pool.iova(at: 0), status: .suspend)
+        #expect(c.completionWord == word)
+        // Held, so that no STATUS descriptor completes meanwhile (d1 and d2 have none).
+        h.target.hold(channel: c.index, true)
+        try c.resume()
+        #expect(c.completionWord == word, "Resume wrote \(c.completionWord)")
+        h.target.hold(channel: c.index, false)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .idle) },
+                "word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none")")
+        #expect(dst.bytes(at: 0, count: 1024) == src.bytes(at: 0, count: 1024))
+    }
+
+    @Test("corners: calls in the wrong state, empty chains, NULL-only chains, Suspend/Abort/Reset on an idle channel, Reset twice",
+          arguments: TargetFactory.all)
+    func corners(_ factory: TargetFactory) async throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(50)
+        func refused(_ what: String, _ code: DriverError.Code, _ body: () throws(DriverError) -> Void) {
+            do throws(DriverError) { try body(); Issue.record("\(what) was accepted") } catch {
+                #expect(error.code == code, "\(what): \(error)")
+                #expect(!error.message.isEmpty)
+            }
+        }
+        // A fresh channel: only Start (of at least one descriptor), Reset and Free.
+        setNull(pool, 0)
+        refused("Suspend on a fresh channel", .invalidState) { () throws(DriverError) in _ = try c.suspend() }
+        refused("Resume on a fresh channel", .invalidState) { () throws(DriverError) in try c.resume() }
+        refused("Abort on a fresh channel", .invalidState) { () throws(DriverError) in try c.abort() }
+        refused("Append on a fresh channel", .invalidState) { () throws(DriverError) in try c.append(pool.chain(from: 0, count: 1)) }
+        refused("Start of 0 descriptors", .invalidArgument) { () throws(DriverError) in try c.start(pool.chain(from: 0, count: 0)) }
+        try c.reset()
+        try c.reset()
+        #expect(c.state == .allocated)
+        let raised = h.target.interruptsRaised(channel: c.index)
+
+        // A NULL-only chain, STATUS and INTERRUPT on its last descriptor only.
+        for i in 0..<3 { setNull(pool, i, flags: i == 2 ? [.statusUpdateOnCompletion, .interruptOnCompletion] : []) }
+        var g = c.interruptGeneration
+        try c.start(link(pool, 0..<3, counted: c.countedChains))
+        g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) }, "word \(c.completionWord)")
+        refused("Resume while running", .invalidState) { () throws(DriverError) in try c.resume() }
+        refused("Append of 0 descriptors", .invalidArgument) { () throws(DriverError) in
+            try c.append(pool.chain(from: 3, count: 0))
+        }
+
+        // Suspend on a channel that has run its chain: the last descriptor, Resume parks it,
+        // and an Append runs on.
+        let last = try c.suspend()
+        #expect(last == pool.iova(at: 2))
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .suspend))
+        try c.resume()
+        setCopy(pool, 3, from: src.iova, to: dst.iova, length: 512)
+        let more = link(pool, 3..<4, counted: c.countedChains)
+        if !c.countedChains { pool.publishNext(of: 2, more.iova) }
+        try c.append(more)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .idle) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 0, count: 512) == src.bytes(at: 0, count: 512))
+
+        // Abort on a channel with nothing left: Halted naming the last; Append refused, Start runs.
+        try c.abort()
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 3), status: .halted))
+        #expect(c.fault == nil)
+        refused("Append after Abort", .invalidState) { () throws(DriverError) in try c.append(pool.chain(from: 4, count: 1)) }
+        refused("Abort twice", .invalidState) { () throws(DriverError) in try c.abort() }
+        setCopy(pool, 4, from: src.iova(at: 1024), to: dst.iova(at: 1024), length: 512)
+        try c.start(link(pool, 4..<5, counted: c.countedChains))
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 4), status: .idle) }, "word \(c.completionWord)")
+        #expect(dst.bytes(at: 1024, count: 512) == src.bytes(at: 1024, count: 512))
+        try c.reset()
+        try c.reset()
+        #expect(c.state == .allocated && c.fault == nil)
+        // Only the one interrupt asked for was raised.
+        #expect(h.target.interruptsRaised(channel: c.index) - raised == 1,
+                "\(h.target.interruptsRaised(channel: c.index) - raised) interrupts for one asked for")
+        #expect(c.interruptGeneration == g)
+    }
+
     @Test("a chain whose descriptors are not one after the other: those after a jump are conformed too, and Resume runs it to its tail",
           arguments: TargetFactory.all)
     func scatteredChain(_ factory: TargetFactory) throws {
@@ -225,17 +327,24 @@ struct SemanticsTests {
         try c.start(link(pool, 0..<2, counted: c.countedChains))
         g = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
         #expect(waitUntil { c.lastInterruptDescriptor == pool.iova(at: 1) })
-        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed.
-        #expect(c.completionWord.descriptor == pool.iova(at: 0) && c.completionWord.status != .armed,
+        // d1 carried no STATUS: the word still names d0, the last STATUS descriptor completed,
+        // Active (d1 was outstanding when d0 completed).
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .active),
                 "after d1: word \(c.completionWord)")
+        // The engine has left d1 (a 1.x Append on CB >= 2 waits for an engine still on the
+        // old tail, which a held engine never leaves).
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == 0 })
         h.target.hold(channel: c.index, true)
         let second = link(pool, 2..<4, counted: c.countedChains)
         if !c.countedChains { pool.publishNext(of: 1, second.iova) }
         try c.append(second)
-        #expect(c.completionWord.descriptor == pool.iova(at: 0), "d2 has not run: word \(c.completionWord)")
+        #expect(c.completionWord == CompletionWord(descriptor: pool.iova(at: 0), status: .active),
+                "d2 has not run: word \(c.completionWord)")
         h.target.hold(channel: c.index, false)
         _ = try await c.waitForInterrupt(after: g, timeout: .seconds(5))
-        #expect(waitUntil { c.completionWord.descriptor == pool.iova(at: 2) }, "word \(c.completionWord)")
+        // d2 names itself Active (d3 was outstanding); d3, without STATUS, leaves it so.
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .active) },
+                "word \(c.completionWord)")
         #expect(dst.bytes(at: 2048, count: 1024) == src.bytes(at: 2048, count: 1024), "the word named d2 before its data was written")
         #expect(c.fault == nil)
     }

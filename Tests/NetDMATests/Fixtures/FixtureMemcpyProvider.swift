@@ -192,15 +192,16 @@ final class FixtureChannel: ProviderChannel, @unchecked Sendable {
     func resume() throws(DriverError) {
         regs.withLock { r in
             let counted = provider?.characteristics.version.countedChains ?? true
+            var more = true
             if r.processedSinceStart, let d = provider?.readDescriptor(r.lastCompleted) {
                 // 1.x with nothing after the last processed descriptor: stay on it (the tail),
-                // as the engine does when it runs out, so that the next Append re-reads it.
-                r.next = counted || d.next != 0 ? d.next : r.lastCompleted
-                r.status = (counted ? r.remaining > 0 : d.next != 0) ? .active : .idle
+                // which the next Append re-reads.
+                more = d.next != 0
+                r.next = counted || more ? d.next : r.lastCompleted
             } else {
                 r.next = r.chainStart
-                r.status = (counted ? r.remaining > 0 : r.next != 0) ? .active : .idle
             }
+            r.status = (counted ? r.remaining > 0 : more) ? .active : .idle
         }
         provider?.doorbell.signal()
     }
