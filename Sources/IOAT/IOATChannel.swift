@@ -21,9 +21,17 @@ import Synchronization
 /// A halt with an error is recovered by the next Start: in place on CB 3.4 (DPDK's sequence),
 /// with a full reset below.
 ///
+/// One halt is hidden instead (``hidesFetchedZeroLength``): on CB 1.x a NetDMA 1.x client links
+/// the old tail to a zero-length or NULL descriptor before Append can conform it, the engine
+/// may follow that link at once and halts with DXSERR. With an interrupt vector the ISR
+/// conforms the descriptor and restarts the engine on it (see ``serviceInterrupt(signals:)``),
+/// so it completes as NetDMA requires.
+///
 /// Calls on one channel are serialised by the NetDMA interface (one client per channel);
 /// ``serviceInterrupt()``, ``rearmInterrupt()`` and ``fault`` may run concurrently with them
-/// on the interrupt thread and read only registers and the completion word.
+/// on the interrupt thread and read only registers and the completion word, except for the
+/// ISR's halt handling (``hidesFetchedZeroLength``), which takes the halt lock that the
+/// control calls (not Append) hold around their register sequences.
 public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @unchecked Sendable {
     // @unchecked: the plain `var`s below are touched only by the NetDMA calls, which the
     // interface serialises per channel; what the interrupt thread reads is immutable or atomic.
@@ -39,6 +47,20 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     @usableFromInline let regs: IOATChannelRegisters
     private let eventFD: EventFD?
+
+    /// CB 1.x (no DMACOUNT) with NetDMA 1.x chains and an interrupt vector: the provider hides
+    /// a DXSERR halt on a descriptor that moves no data (fetched through the old tail's `next`
+    /// before Append could conform it). CHANCTRL then has no ERR_COMPLETION_EN, so such a
+    /// halt does not write the completion word; the provider writes the Halted word of every
+    /// other error halt itself, before it reports it.
+    public let hidesFetchedZeroLength: Bool
+    /// Serialises the halt handling of the ISR (hidden halts, the Halted word) with the
+    /// control calls (Start, Suspend, Resume, Abort, Reset, Free, power), which take it around
+    /// their register sequences. Append does not take it.
+    private let haltLock = Mutex<Void>(())
+    /// Hidden halts a control call handled before the ISR did: their error interrupts, when
+    /// the ISR takes them, are the provider's.
+    private let owedErrorInterrupts = Atomic<Int>(0)
 
     private let rearmCount = Atomic<Int>(0)
     private let inPlaceRecoveries = Atomic<Int>(0)
@@ -71,8 +93,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     private let completionAddress = Atomic<UInt>(0)
     /// The completion word's IOVA.
     private var completionIOVA: UInt64 = 0
-    /// CHANCTRL while running, without the priority: error abort and completion, and with an
-    /// interrupt vector INT_REARM and ERR_INT_EN.
+    /// CHANCTRL while running, without the priority: error abort, error completion (unless
+    /// ``hidesFetchedZeroLength``), and with an interrupt vector INT_REARM and ERR_INT_EN.
     private let baseControl: UInt16
     /// CHANCTRL while running: ``baseControl`` plus the allocation's priority (bits 15:12);
     /// atomic because the DPC writes it to re-arm.
@@ -113,7 +135,8 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         self.device = device
         self.regs = device.registers[index]
         self.countedChains = countedChains
-        var control: IOAT.ChanCtrl = [.anyErrAbortEnable, .errCompletionEnable]
+        hidesFetchedZeroLength = eventFD != nil && !device.hasDMACount && !countedChains
+        var control: IOAT.ChanCtrl = hidesFetchedZeroLength ? [.anyErrAbortEnable] : [.anyErrAbortEnable, .errCompletionEnable]
         switch consume eventFD {
         case .some(let fd):
             interruptEventFD = fd.rawValue
@@ -164,6 +187,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// - Throws: `.invalidArgument` when a chain has more than 65535 descriptors (DMACOUNT is
     ///   16 bits); `.timeout` when the engine does not stop or reset in time.
     public func start(_ chain: DescriptorChain) throws(DriverError) {
+        try haltLock.withLock { _ throws(DriverError) in
+            settleHiddenHalt()
+            try startHoldingLock(chain)
+        }
+    }
+
+    private func startHoldingLock(_ chain: DescriptorChain) throws(DriverError) {
         guard chain.count >= 0, chain.count <= Int(UInt16.max) else {
             throw DriverError(.invalidArgument,
                 "A CBDMA chain holds at most 65535 descriptors (DMACOUNT is 16 bits); got \(chain.count).")
@@ -434,10 +464,23 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// - Throws: `.timeout` when the engine does not stop; `.channelHalted` when it halted
     ///   with an error instead.
     public func suspend() throws(DriverError) -> UInt64 {
-        device.command(regs, .suspend)
-        let stopped = device.spin(for: device.timeouts.quiesce) {
-            let s = self.device.state(self.regs)
-            return s == .suspended || s == .halted
+        try haltLock.withLock { _ throws(DriverError) -> UInt64 in
+            settleHiddenHalt()
+            return try suspendHoldingLock()
+        }
+    }
+
+    private func suspendHoldingLock() throws(DriverError) -> UInt64 {
+        var stopped = false
+        // Twice at most: a hidden halt that came before SUSPEND took effect is handled (the
+        // engine runs the conformed descriptor), then SUSPEND again.
+        for _ in 0..<2 {
+            device.command(regs, .suspend)
+            stopped = device.spin(for: device.timeouts.quiesce) {
+                let s = self.device.state(self.regs)
+                return s == .suspended || s == .halted
+            }
+            guard stopped, settleHiddenHalt() else { break }
         }
         let sts = device.readChanSts(regs)
         guard stopped else {
@@ -445,6 +488,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
                 "CBDMA channel \(index) did not suspend within \(device.timeouts.quiesce) (CHANSTS 0x\(String(sts, radix: 16))); Abort or Reset it.")
         }
         if sts & IOAT.ChanSts.stateMask == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
+            writeHaltWord()
             throw DriverError(.channelHalted, "CBDMA channel \(index) halted before it could suspend: \(f). Start it again.")
         }
         let last = sts & IOAT.ChanSts.completedDescriptorMask
@@ -468,7 +512,15 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// - Throws: `.channelHalted` when the channel halted with an error while suspended;
     ///   `.unmappedAddress` when the last processed descriptor is not in the provider's DMA memory.
     public func resume() throws(DriverError) {
+        try haltLock.withLock { _ throws(DriverError) in
+            settleHiddenHalt()
+            try resumeHoldingLock()
+        }
+    }
+
+    private func resumeHoldingLock() throws(DriverError) {
         if let f = fault {
+            writeHaltWord()
             throw DriverError(.channelHalted, "CBDMA channel \(index) is halted (\(f)); Start it instead of resuming.")
         }
         // The completion word keeps Suspend's status until a STATUS descriptor completes
@@ -531,6 +583,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     ///
     /// - Throws: `.timeout` when the reset does not complete.
     public func abort() throws(DriverError) {
+        try haltLock.withLock { _ throws(DriverError) in
+            settleHiddenHalt()
+            try abortHoldingLock()
+        }
+    }
+
+    private func abortHoldingLock() throws(DriverError) {
         suspended = false
         parked = false
         device.command(regs, .abort)
@@ -538,6 +597,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         let last: UInt64
         if halted {
             last = device.readChanSts(regs) & IOAT.ChanSts.completedDescriptorMask
+            if hiddenHalt() != nil {
+                // The engine halted on a descriptor that moves no data before ABORT took effect:
+                // that is no fault of the client's (its error interrupt is the provider's).
+                try device.clearErrors(regs)
+                clearFault()
+                owedErrorInterrupts.add(1, ordering: .relaxed)
+            }
         } else {
             try device.clearErrors(regs)
             try device.resetAndWait(regs, channel: index)
@@ -551,7 +617,14 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// `ProviderResetChannel`: Abort, then forget every submitted descriptor: the channel is
     /// as it was after allocation (HALTED, pointed at the completion word, count 0).
     public func reset() throws(DriverError) {
-        try abort()
+        try haltLock.withLock { _ throws(DriverError) in
+            settleHiddenHalt()
+            try resetHoldingLock()
+        }
+    }
+
+    private func resetHoldingLock() throws(DriverError) {
+        try abortHoldingLock()
         try device.clearErrors(regs)
         try device.resetAndWait(regs, channel: index)
         count = 0
@@ -565,6 +638,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// `ProviderFreeDmaChannel`: resets the channel, turns its interrupt and completion
     /// writes off, and returns it to the provider.
     public func free() {
+        haltLock.withLock { _ in freeHoldingLock() }
+    }
+
+    private func freeHoldingLock() {
+        owedErrorInterrupts.store(0, ordering: .relaxed)
         suspended = false
         parked = false
         try? device.fullReset(regs, channel: index)
@@ -584,6 +662,13 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// Before D3: latch an error halt's cause (the reset clears CHANERR), stop register reads
     /// by other threads, then stop the engine (quiesce, reset).
     func powerDown() throws(DriverError) {
+        try haltLock.withLock { _ throws(DriverError) in
+            settleHiddenHalt()
+            try powerDownHoldingLock()
+        }
+    }
+
+    private func powerDownHoldingLock() throws(DriverError) {
         _ = fault
         powered.store(false, ordering: .sequentiallyConsistent)
         suspended = false
@@ -594,6 +679,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// After D0: reset again and, when allocated, point the channel at its client's completion
     /// word; `contextLost` makes a 1.0 client's next Append fail so it re-Starts.
     func powerUp(contextLost: Bool) throws(DriverError) {
+        try haltLock.withLock { _ throws(DriverError) in
+            try powerUpHoldingLock(contextLost: contextLost)
+        }
+    }
+
+    private func powerUpHoldingLock(contextLost: Bool) throws(DriverError) {
         try device.fullReset(regs, channel: index)
         count = 0
         if allocated {
@@ -605,21 +696,120 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     // MARK: - Interrupts
 
+    /// The ISR for one interrupt: ``serviceInterrupt(signals:)`` with a count of 1.
+    public func serviceInterrupt() -> InterruptReport { serviceInterrupt(signals: 1) }
+
     /// The ISR: reads CHANSTS and CHANERR and reports the last completed descriptor (CHANSTS
     /// bits 63:6, whether or not it asked for a status write; 0 when nothing completed since
     /// the chain was loaded), or a decoded fault when the channel halted with an error. Below
     /// CB 3.3 CHANSTS is read as two tear-safe halves (high, low, high again).
-    /// Reading the eventfd is the interface's job. No allocation unless there is a fault.
-    public func serviceInterrupt() -> InterruptReport {
+    /// Reading the eventfd is the interface's job (`signals` is what it counted). No allocation
+    /// unless there is a fault.
+    ///
+    /// With ``hidesFetchedZeroLength``, a halt is first handled here (cold, under the halt
+    /// lock): a hidden one (see ``handleHiddenHalt(at:)``) takes one of the `signals`, its
+    /// error interrupt, and when that was all, the report is ``InterruptReport/handled`` (no
+    /// DPC); any other error halt gets its Halted word (what ERR_COMPLETION_EN would write)
+    /// before it is reported. The reset of a hidden halt may make config-space and
+    /// interrupt-routing calls.
+    public func serviceInterrupt(signals: UInt64) -> InterruptReport {
         guard powered.load(ordering: .acquiring) else {
             return InterruptReport(lastCompleted: 0, fault: latchedFault.withLock { $0.fault })
         }
         let sts = device.readChanSts(regs)
         let state = sts & IOAT.ChanSts.stateMask
+        if hidesFetchedZeroLength,
+           state == UInt64(IOAT.ChannelState.halted.rawValue) || owedErrorInterrupts.load(ordering: .relaxed) > 0,
+           serviceOwnInterrupt(signals: signals) {
+            return .handled
+        }
         if state == UInt64(IOAT.ChannelState.halted.rawValue), let f = fault {
             return InterruptReport(lastCompleted: 0, fault: f)
         }
         return InterruptReport(lastCompleted: sts & IOAT.ChanSts.completedDescriptorMask)
+    }
+
+    /// The halt handling of the ISR (``hidesFetchedZeroLength``): true when every one of
+    /// `signals` was the error interrupt of a hidden halt. Otherwise the caller reports from
+    /// the CHANSTS it read before (what completed up to the halt, or the fault).
+    @inline(never)
+    private func serviceOwnInterrupt(signals: UInt64) -> Bool {
+        haltLock.withLock { _ in
+            guard powered.load(ordering: .acquiring) else { return false }
+            var own: UInt64 = 0
+            if settleHiddenHalt() || owedErrorInterrupts.load(ordering: .relaxed) > 0 {
+                owedErrorInterrupts.subtract(1, ordering: .relaxed)
+                own = 1
+            }
+            if own >= max(signals, 1) { return true }
+            writeHaltWord()
+            return false
+        }
+    }
+
+    /// The descriptor of a halt the provider hides, if the channel is in one: HALTED with
+    /// CHANERR exactly DXSERR on a descriptor that moves no data (zero-length copy or fill,
+    /// NULL), on a channel that ``hidesFetchedZeroLength``.
+    private func hiddenHalt() -> UInt64? {
+        guard hidesFetchedZeroLength, device.state(regs) == .halted,
+              device.chanErr(regs) == IOAT.ChanErr.transferSize.rawValue,
+              let failing = failingDescriptor(), movesNoData(failing) else { return nil }
+        return failing
+    }
+
+    /// Handles a hidden halt if the channel is in one (caller holds the halt lock); true when
+    /// it did, and then one error interrupt is owed to the provider (the ISR takes it).
+    @discardableResult
+    private func settleHiddenHalt() -> Bool {
+        guard let failing = hiddenHalt() else { return false }
+        handleHiddenHalt(at: failing)
+        owedErrorInterrupts.add(1, ordering: .relaxed)
+        return true
+    }
+
+    /// Completes the descriptor a hidden halt stopped on as NetDMA requires (netdma.md §9.1):
+    /// makes it the NULL of TransferSize 1 that Append would have made it (see
+    /// ``conformNoData(_:size:control:)``), resets the channel the way a Start recovers a
+    /// halted CB 1.x channel (clear CHANERR, RESET, CHANCTRL with INT_REARM, CHANCMP), and
+    /// STARTs it at that descriptor. The engine then writes its STATUS (Active or Idle, as
+    /// for any descriptor), raises its INTERRUPT, and follows its `next`, or stops on it, so
+    /// that the client's APPEND re-reads it. A reset that fails leaves the channel halted with
+    /// that cause as its fault.
+    private func handleHiddenHalt(at failing: UInt64) {
+        if let d = device.memory.address(ofIOVA: failing) {
+            let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+            conformNoData(d, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
+        }
+        do {
+            try device.fullReset(regs, channel: index)
+        } catch {
+            needsProgramming = true
+            let f = ChannelFault(rawValue: UInt64(IOAT.ChanErr.transferSize.rawValue),
+                                 causes: ["the reset after a zero-length descriptor's DXSERR failed: \(error.message)"],
+                                 descriptor: failing)
+            latchedFault.withLock { $0.fault = f }
+            storeCompletion(CompletionWord(descriptor: device.readChanSts(regs) & IOAT.ChanSts.completedDescriptorMask, status: .halted))
+            return
+        }
+        program()
+        clearFault()
+        cvfio_io_wmb()
+        point(at: failing)
+        device.command(regs, .start)
+    }
+
+    /// What ERR_COMPLETION_EN does, for a channel whose CHANCTRL lacks it
+    /// (``hidesFetchedZeroLength``): while the channel is halted with an error, writes the
+    /// Halted word naming the last good descriptor (CHANSTS; 0 when none since the chain was
+    /// loaded). Not on a completion address error (the engine could not write it either).
+    /// Caller holds the halt lock, so a Start that cleared the error comes before or after.
+    private func writeHaltWord() {
+        guard hidesFetchedZeroLength else { return }
+        let sts = device.readChanSts(regs)
+        let e = device.chanErr(regs)
+        guard sts & IOAT.ChanSts.stateMask == UInt64(IOAT.ChannelState.halted.rawValue), e != 0,
+              e & IOAT.ChanErr.completionAddress.rawValue == 0 else { return }
+        storeCompletion(CompletionWord(descriptor: sts & IOAT.ChanSts.completedDescriptorMask, status: .halted))
     }
 
     /// Re-arms the channel interrupt: CHANCTRL with INT_REARM (the run value).
@@ -678,12 +868,12 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     }
 
     /// The descriptor a halt stopped on: CDAR when the engine reports it, else the `next` of
-    /// the last completed descriptor (or the chain head when nothing completed).
+    /// the last completed descriptor (CHANSTS, which a halt leaves there; or the chain head
+    /// when nothing completed).
     private func failingDescriptor() -> UInt64? {
         let cdar = device.readWide(regs.cdar) & IOAT.ChanSts.completedDescriptorMask
         if cdar != 0 { return cdar }
-        let w = loadCompletion()
-        let last = w.status == .armed ? 0 : w.descriptor
+        let last = device.readChanSts(regs) & IOAT.ChanSts.completedDescriptorMask
         if last == 0 { return chainHead == 0 ? nil : chainHead }
         // Read under the DMA memory table's lock: the client may be freeing the descriptors.
         guard last & 63 == 0 else { return nil }

@@ -233,6 +233,9 @@ public final class NetDMAChannel: @unchecked Sendable {
     }
 
     private func startLocked(_ chain: DescriptorChain, keepWord: Bool = false) throws(DriverError) {
+        // First, before the word is re-armed: a provider whose ISR writes the Halted word
+        // (IOAT on CB 1.x with an interrupt vector) has then written it.
+        consumeErrorInterrupt()
         if !keepWord {
             word.pointee.store(UInt64(TransferStatus.armed.rawValue), ordering: .releasing)
             // What an interrupt reported completing belongs to the old chain: a stale address
@@ -240,7 +243,6 @@ public final class NetDMAChannel: @unchecked Sendable {
             lastInterruptCompleted.store(0, ordering: .releasing)
         }
         reseeded.store(false, ordering: .relaxed)
-        consumeErrorInterrupt()
         try engine.start(chain)
         errorInterruptSeen.store(false, ordering: .releasing)
         // After the provider cleared its fault: a DPC (which runs under the same lock) either
@@ -564,10 +566,12 @@ public final class NetDMAChannel: @unchecked Sendable {
         for r in ready { r.continuation.resume(returning: timedOut ? nil : g) }
     }
 
-    /// The ISR half, called on the interrupt thread.
-    func serviceInterrupt() -> InterruptReport {
-        let report = engine.serviceInterrupt()
-        if report.fault != nil { errorInterruptSeen.store(true, ordering: .releasing) }
+    /// The ISR half, called on the interrupt thread with the number of interrupts the eventfd
+    /// counted.
+    func serviceInterrupt(signals: UInt64 = 1) -> InterruptReport {
+        let report = engine.serviceInterrupt(signals: signals)
+        // A fault, or an error the provider handled itself: the engine's error interrupt is taken.
+        if report.fault != nil || !report.queuesDPC { errorInterruptSeen.store(true, ordering: .releasing) }
         return report
     }
 

@@ -299,7 +299,8 @@ final class InterruptCPU: @unchecked Sendable {
                 _ = read(e.fd, &v, 8)
                 // The ISR: acknowledge and report (NetDmaIsr), then the DPC on the CPU the
                 // interface names: here and now when it is this thread's CPU.
-                let report = e.channel.serviceInterrupt()
+                let report = e.channel.serviceInterrupt(signals: v)
+                guard report.queuesDPC else { continue }  // the provider's own interrupt
                 let target = dpcCPU(e.channel, report)
                 if target != cpu, let other = route(target) {
                     other.enqueue(e.channel, report)

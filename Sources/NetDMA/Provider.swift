@@ -165,9 +165,22 @@ public struct InterruptReport: Sendable, Hashable {
     public var lastCompleted: UInt64
     /// Set when the channel halted with an error.
     public var fault: ChannelFault?
+    /// False when the ISR handled the interrupt itself and it carries nothing for the client
+    /// (``handled``): the interface runs no DPC for it (a provider ISR that does not call
+    /// `NetDmaIsr`).
+    public var queuesDPC: Bool
     public init(lastCompleted: UInt64, fault: ChannelFault? = nil) {
         self.lastCompleted = lastCompleted
         self.fault = fault
+        self.queuesDPC = true
+    }
+
+    /// An interrupt the provider raised for itself and handled in its ISR (an engine error it
+    /// hides from the client): no DPC, no completion handler, no interrupt generation.
+    public static var handled: InterruptReport {
+        var r = InterruptReport(lastCompleted: 0)
+        r.queuesDPC = false
+        return r
     }
 }
 
@@ -264,6 +277,12 @@ public protocol ProviderChannel: AnyObject, Sendable {
     /// Called by the interface's interrupt thread after the eventfd fired.
     func serviceInterrupt() -> InterruptReport
 
+    /// The interrupt service routine with the number of interrupts the eventfd counted since
+    /// the last one (several coalesce into one read). A provider that handles some of its
+    /// interrupts itself (``InterruptReport/handled``) needs the count to tell whether the
+    /// client's interrupts came with them. By default ``serviceInterrupt()``.
+    func serviceInterrupt(signals: UInt64) -> InterruptReport
+
     /// The provider's DPC work before the interface retires descriptors: re-arm the channel's
     /// interrupt (CBDMA INT_REARM) so the next completion can interrupt again.
     func rearmInterrupt()
@@ -290,6 +309,7 @@ public protocol ProviderChannel: AnyObject, Sendable {
 }
 
 extension ProviderChannel {
+    public func serviceInterrupt(signals: UInt64) -> InterruptReport { serviceInterrupt() }
     /// The engine writes the completion word itself (CBDMA).
     public var completesByPolling: Bool { false }
     public func pollCompletions() {}

@@ -18,8 +18,8 @@ final class IOATStepped: @unchecked Sendable {
     var channel: NetDMAChannel { r.channel }
     var pool: DescriptorPool { r.pool }
 
-    init(_ name: String, version: NetDMAVersion = .v2_0) throws {
-        r = try IOATRegistered(name, version: version, execution: .manual, interrupts: false, poolSize: 16)
+    init(_ name: String, version: NetDMAVersion = .v2_0, interrupts: Bool = false) throws {
+        r = try IOATRegistered(name, version: version, execution: .manual, interrupts: interrupts, poolSize: 16)
         src = try r.rig.buffer(16 * Self.slot)
         dst = try r.rig.buffer(16 * Self.slot)
         src.ioatPattern(11)
@@ -298,14 +298,18 @@ struct IOATSemanticsTests {
         #expect(t.channel.fault == nil)
     }
 
-    @Test("1.x: a zero-length copy linked to a running chain completes; on CB 1.x, when the engine fetched it before the Append, the fault says so and what to do",
-          arguments: [("cb1", NetDMAVersion.v1_1), ("cb1", .v1_0), ("skx", .v1_0), ("icx", .v1_1)])
-    func zeroLengthLinkedWhileRunning(_ arg: (profile: String, version: NetDMAVersion)) throws {
+    @Test("1.x: a zero-length copy or NULL linked to a running chain completes with its STATUS and INTERRUPT, also when CB 1.x fetched it before the Append; without an interrupt vector CB 1.x halts and the fault says what to do",
+          arguments: [("cb1", NetDMAVersion.v1_1, true), ("cb1", .v1_0, true), ("cb1", .v1_1, false), ("cb1", .v1_0, false),
+                      ("skx", .v1_0, true), ("icx", .v1_1, false)])
+    func zeroLengthLinkedWhileRunning(_ arg: (profile: String, version: NetDMAVersion, interrupts: Bool)) throws {
         // NetDMA 1.x has the client link the old tail to the new chain before Append. On CB
         // 1.x (no DMACOUNT) the engine follows that link at once, so a descriptor it reaches
-        // before the Append is one the provider never saw: it cannot be conformed. With
-        // DMACOUNT the engine stops at the count, and Append conforms the chain first.
-        let t = try IOATStepped(arg.profile, version: arg.version)
+        // before the Append is one the provider never saw: it halts with DXSERR, and the
+        // provider's ISR completes it. With DMACOUNT the engine stops at the count, and Append
+        // conforms the chain first.
+        let t = try IOATStepped(arg.profile, version: arg.version, interrupts: arg.interrupts)
+        let g = t.channel.interruptGeneration
+        let signalled = t.rig.device.statistics.interruptsSignalled
         for i in 0..<2 { t.copy(i) }
         IOATChain.copy(t.pool, 2, from: t.src.iova(at: 2 * IOATStepped.slot), to: t.dst.iova(at: 2 * IOATStepped.slot), 0)
         try t.channel.start(IOATChain.link(t.pool, 0..<2, counted: false))
@@ -319,23 +323,66 @@ struct IOATSemanticsTests {
         let appended = Result { () throws(DriverError) in
             try t.stepping(gate: false) { () throws(DriverError) in try channel.append(chain) }
         }
-        t.rig.device.runUntilIdle()
-        #expect(t.copied(0) && t.copied(1) && t.untouched(2))
-        guard t.rig.device.profile.isV1 else {
-            #expect(throws: Never.self) { try appended.get() }
-            #expect(t.channel.fault == nil, "\(t.channel.fault.map(\.description) ?? "")")
-            #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 2), status: .idle),
-                    "word \(t.channel.completionWord)")
+        if t.rig.device.profile.isV1 && !arg.interrupts {
+            try Self.expectFetchedBeforeAppend(t, appended)
             return
         }
-        // CB 1.x: the halt names the descriptor and says what to do; Append is refused.
+        #expect(throws: Never.self) { try appended.get() }
+        // (CB 1.x: the ISR restarts the engine on d2; step it until the word shows d2.)
+        let d2Done = CompletionWord(descriptor: t.pool.iova(at: 2), status: .idle)
+        #expect(ioatWait { t.rig.device.runUntilIdle(); return t.channel.completionWord == d2Done }, "word \(t.channel.completionWord)")
+        #expect(t.copied(0) && t.copied(1) && t.untouched(2))
+        #expect(t.channel.fault == nil, "\(t.channel.fault.map(\.description) ?? "")")
+        #expect(t.channel.state == .running)
+
+        // A NULL of TransferSize 0 with STATUS and INTERRUPT, linked after the Append of d3
+        // while the engine has not reached d3's end: exactly one interrupt, for it.
+        t.copy(3)
+        DescriptorPool.publishNext(of: t.pool[2], t.pool.iova(at: 3))
+        // (Not stepped: the engine, DONE on d2, must not reach d3's end before d4 is linked.)
+        try channel.append(IOATChain.link(t.pool, 3..<4, counted: false))
+        t.pool[4].pointee = Descriptor(transferSize: 0, controlFlags: [.nullTransfer, .statusUpdateOnCompletion, .interruptOnCompletion])
+        DescriptorPool.publishNext(of: t.pool[3], t.pool.iova(at: 4))
+        t.rig.device.runUntilIdle()
+        let d4 = t.pool.chain(from: 4, count: 1)
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(d4) }
+        let d4Done = CompletionWord(descriptor: t.pool.iova(at: 4), status: .idle)
+        #expect(ioatWait { t.rig.device.runUntilIdle(); return t.channel.completionWord == d4Done }, "word \(t.channel.completionWord)")
+        if arg.interrupts {
+            #expect(ioatWait { t.channel.interruptGeneration > g })
+            #expect(t.channel.lastInterruptDescriptor == t.pool.iova(at: 4))
+        }
+        // Later descriptors run; the DPC count is exactly one per interrupt asked for.
+        t.copy(5, [.statusUpdateOnCompletion, .interruptOnCompletion])
+        DescriptorPool.publishNext(of: t.pool[4], t.pool.iova(at: 5))
+        let d5 = IOATChain.link(t.pool, 5..<6, counted: false)
+        try t.stepping(gate: false) { () throws(DriverError) in try channel.append(d5) }
+        let d5Done = CompletionWord(descriptor: t.pool.iova(at: 5), status: .idle)
+        #expect(ioatWait { t.rig.device.runUntilIdle(); return t.channel.completionWord == d5Done }, "word \(t.channel.completionWord)")
+        if arg.interrupts {
+            #expect(ioatWait { t.channel.interruptGeneration >= g + 2 })
+            #expect(t.channel.interruptGeneration == g + 2, "DPCs \(t.channel.interruptGeneration - g), asked for 2")
+            #expect(t.channel.lastInterruptDescriptor == t.pool.iova(at: 5))
+            // CB 1.x halted on d2 and d4: their error interrupts were the provider's.
+            let raised = t.rig.device.statistics.interruptsSignalled - signalled
+            #expect(raised == (t.rig.device.profile.isV1 ? 4 : 2), "the engine raised \(raised) interrupts")
+        }
+        #expect(t.copied(3) && t.copied(5) && t.untouched(2) && t.untouched(4))
+        #expect(t.channel.fault == nil, "\(t.channel.fault.map(\.description) ?? "")")
+    }
+
+    /// CB 1.x without an interrupt vector: the halt names the descriptor and says what to do;
+    /// Append is refused. The remedy (the descriptor as a NULL of size 1) completes.
+    private static func expectFetchedBeforeAppend(_ t: IOATStepped, _ appended: Result<Void, DriverError>) throws {
+        let channel = t.channel
+        t.rig.device.runUntilIdle()
+        #expect(t.copied(0) && t.copied(1) && t.untouched(2))
         #expect(throws: DriverError.self) { try appended.get() }
         let fault = t.channel.fault
         #expect(fault?.descriptor == t.pool.iova(at: 2))
         #expect(fault?.causes.contains { $0.contains("NULL_TRANSFER with TransferSize 1") } == true,
                 "\(fault.map(\.description) ?? "no fault")")
         #expect(t.channel.completionWord == CompletionWord(descriptor: t.pool.iova(at: 1), status: .halted))
-        // The remedy: the same descriptor as a NULL of size 1, linked while running, completes.
         t.copy(3)
         IOATChain.null(t.pool, 4)
         try t.channel.start(IOATChain.link(t.pool, 3..<4, counted: false))
