@@ -236,12 +236,43 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     @inline(__always)
     private func prepare(_ chain: DescriptorChain) -> Int {
         if countedChains {
-            tail = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: chain.count).tail
+            tail = countedTail(chain)
             return chain.count
         }
         let w = walk(from: chain.iova, first: UnsafeMutableRawPointer(chain.address), limit: nil)
         tail = w.tail
         return device.hasDMACount ? w.count : chain.count
+    }
+
+    /// A counted chain's last descriptor (``walk(from:first:limit:)`` with `limit: chain.count`,
+    /// conforming on the way), for the common layout: descriptors one after the other (a
+    /// ring or a pool), followed with two loads and three compares each. At the first `next`
+    /// that leads elsewhere the rest of the chain is left to the general walk.
+    @inline(__always)
+    private func countedTail(_ chain: DescriptorChain) -> UInt64 {
+        var p = UnsafeMutableRawPointer(chain.address)
+        var iova = chain.iova
+        guard chain.count > 0 else { return iova }
+        // Where the chain ends if it is contiguous (while it is, the IOVA counts descriptors).
+        let last = chain.iova &+ UInt64(truncatingIfNeeded: chain.count &- 1) &* 64
+        while true {
+            conformIfNeeded(p)
+            if iova == last { return iova }
+            let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
+            iova &+= 64
+            p += 64
+            if _slowPath(next != iova) {
+                return tail(after: iova &- 64, next: next, left: Int(truncatingIfNeeded: (last &- iova) >> 6) &+ 1)
+            }
+        }
+    }
+
+    /// ``countedTail(_:)`` at a `next` that is not the adjacent descriptor: NULL ends the
+    /// chain early (as in the walk); anything else is walked (translated, a misaligned one
+    /// counted and never read).
+    @inline(never)
+    private func tail(after iova: UInt64, next: UInt64, left: Int) -> UInt64 {
+        next == 0 ? iova : walk(from: next, first: nil, limit: left).tail
     }
 
     /// Follows `next` from the descriptor at `iova` (CPU address `first`, or translated):
@@ -254,11 +285,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         var n = 0
         while n < max, let p = d {
             n += 1
-            // TransferSize (bits 31:0) and ControlFlags (63:32) in one load.
-            let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
-                conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
-            }
+            conformIfNeeded(p)
             if n == max { break }
             let next = p.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)
             if next == 0 { break }
@@ -279,6 +306,22 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
     /// NULL bit, and dest_dca, which NetDMA's DESTINATION_DCA_ENABLE (the same bit) sets but a
     /// provider without DCA must ignore (ioat.md §2.2: never set it).
     static var conformedControl: UInt32 { IOAT.DescriptorControl.null | IOAT.DescriptorControl.destinationDCA }
+
+    /// Conforms the descriptor at `p` if it needs it (TransferSize 0, or a bit of
+    /// ``conformedControl``): see ``conformNoData(_:size:control:)``. One 8-byte load
+    /// (TransferSize, bits 31:0, and ControlFlags, 63:32) and one branch; the rewrite itself is
+    /// out of line.
+    @inline(__always)
+    private func conformIfNeeded(_ p: UnsafeMutableRawPointer) {
+        let head = p.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+        // TransferSize with the conformed control bits above it: 1…2^32−1 for a descriptor left
+        // as it is. Less one, that is below 2^32; a size of 0 wraps and any of those bits stays
+        // above, so one shift tells both cases apart from the common one.
+        let sizeAndConformed = head & (UInt64(Self.conformedControl) << 32 | 0xFFFF_FFFF)
+        if _slowPath((sizeAndConformed &- 1) >> 32 != 0) {
+            conformNoData(p, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
+        }
+    }
 
     /// Rewrites a descriptor that moves no data into the NULL descriptor CBDMA accepts, keeping
     /// what NetDMA asks of it (status update, interrupt, fence, snoop hints); of one that moves
@@ -524,11 +567,7 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
         var n = 1
         while true {
             guard let d = hostAddress(ofDescriptor: iova) else { return nil }
-            // The client may have edited the chain while suspended.
-            let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
-            if UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & Self.conformedControl != 0 {
-                conformNoData(d, size: UInt32(truncatingIfNeeded: head), control: UInt32(truncatingIfNeeded: head >> 32))
-            }
+            conformIfNeeded(d)  // the client may have edited the chain while suspended
             if iova == tail { return n }
             guard n < Int(UInt16.max) else { return nil }
             iova = d.load(fromByteOffset: IOAT.DescriptorField.next, as: UInt64.self)

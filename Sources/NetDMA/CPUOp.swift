@@ -8,7 +8,9 @@ import Glibc
 /// ``CopyQueue/cpuCopyThreshold``): recorded at enqueue, run at submit.
 ///
 /// 32 bytes; the queue keeps a ring of them beside the descriptor ring.
+@usableFromInline
 struct CPUOp {
+    @usableFromInline
     enum Kind: UInt8 {
         case copy, fill, null
     }

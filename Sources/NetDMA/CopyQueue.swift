@@ -108,48 +108,56 @@ public final class CopyQueue {
     public let cpuCopyThreshold: Int
 
     private let pool: DescriptorPool
-    private let ring: UnsafeMutablePointer<Descriptor>
-    private let ringIOVA: UInt64
-    private let mask: UInt64
-    private let counted: Bool
-    private let maximumTransfer: UInt64
-    private let maximumAddress: UInt64
-    private let canFill: Bool
+    @usableFromInline let ring: UnsafeMutablePointer<Descriptor>
+    @usableFromInline let ringIOVA: UInt64
+    @usableFromInline let mask: UInt64
+    @usableFromInline let counted: Bool
+    @usableFromInline let maximumTransfer: UInt64
+    @usableFromInline let maximumAddress: UInt64
+    @usableFromInline let canFill: Bool
     /// Flags of each submit's last op: a completion-word update (and the interrupt).
     private let batchEndFlags: UInt32
     /// Outcome of each op not yet retired, by op number (low log2(ringSize) bits). Entries of
     /// retired ops are reset to `.successful`, so enqueue need not write them.
     private let status: UnsafeMutablePointer<CopyStatus>
+    /// How many entries of ``status`` read `.failed` (ops failed and not yet retired). While 0,
+    /// ``completed(max:)`` retires without reading ``status``.
+    private var unretiredFailures = 0
     /// ``capacity`` as an op count.
-    private let opCapacity: UInt64
+    @usableFromInline let opCapacity: UInt64
     /// `cpuCopyThreshold`; 0 when every op goes to the engine.
-    private let cpuLimit: UInt64
+    @usableFromInline let cpuLimit: UInt64
     /// Copies and fills shorter than this take ``putShort``: `cpuLimit`; on a NULL-terminated
     /// chain at least 1, so that a zero-length one takes it with the fallback off too (one
     /// compare either way) and becomes a NULL of size 1 before the old tail links to it (see
     /// "CPU fallback"). On counted chains the provider conforms a transfer size of 0.
-    private let shortLimit: UInt64
+    @usableFromInline let shortLimit: UInt64
     /// CPU ops enqueued and not yet run, by CPU op number (low log2(ringSize) bits).
     private let cpuOps: UnsafeMutablePointer<CPUOp>
     @exclusivity(unchecked) private var regions: DMARegionSnapshot
 
+    // What the inlined enqueue path (`@inlinable`, so that a client's call is straight-line
+    // code) reads is @usableFromInline; its `var`s are @exclusivity(unchecked) as well, since
+    // inlined into another module each access would get a dynamic exclusivity check
+    // (swift_beginAccess). One thread uses a queue, so accesses never overlap.
+
     // Op numbers (monotonic; the ticket is the low 16 bits), ops of both kinds.
-    private var issued: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var issued: UInt64 = 0
     /// Ops retired by the client; `retiredOps ≤ retirable ≤ issued`, `issued - retiredOps ≤ capacity`.
-    private var retiredOps: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var retiredOps: UInt64 = 0
     /// Ops below this number can be retired: every op before the first descriptor the engine
     /// has not finished and before the first CPU op not yet run. Kept up to date where either
     /// moves (``refresh()`` seeing progress, a halt, ``submit()`` running CPU ops), so a poll
     /// reads one number; an enqueue never moves it (the new op is unfinished).
     private var retirable: UInt64 = 0
     // Descriptor numbers (monotonic; the ring slot is the low log2(ringSize) bits).
-    private var enqueued: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var enqueued: UInt64 = 0
     private var submitted: UInt64 = 0
     /// Descriptors the engine finished (successfully or not); `finished ≤ submitted ≤ enqueued`.
     private var finished: UInt64 = 0
     private var needsStart = true
     /// One more than the descriptor number of the last fenced engine op (0: none).
-    private var fenceEnd: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var fenceEnd: UInt64 = 0
     // CPU op numbers: recorded, and run (by submit).
     private var cpuEnqueued: UInt64 = 0
     private var cpuRun: UInt64 = 0
@@ -238,10 +246,11 @@ public final class CopyQueue {
 
     /// The most ops that can be outstanding (enqueued and not retired): `ringSize - 1`, engine
     /// and CPU ops together.
+    @inlinable
     public var capacity: Int { ringSize - 1 }
 
     /// How many more ops can be enqueued now (DPDK's `rte_dma_burst_capacity`).
-    @inline(__always)
+    @inlinable @inline(__always)
     public var freeSlots: Int { capacity - Int(issued &- retiredOps) }
 
     /// Ops enqueued but not yet submitted (engine ops not handed to the engine, CPU ops not run).
@@ -263,46 +272,72 @@ public final class CopyQueue {
     /// - Throws: `.descriptorTooLarge` when `length` exceeds the channel's maximum transfer size
     ///   or the destination lies beyond the engine's address limit (the queue never splits an
     ///   op silently: split it yourself); `.queueFull` when ``freeSlots`` is 0.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func enqueueCopy(source: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
-        guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
-        guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length),
-              source <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        if UInt64(truncatingIfNeeded: length) < shortLimit {
-            return try putShort(.copy, length: length, source: source, destination: destination, fence: fence)
-        }
-        var flags: UInt32 = 0
-        if fence {
-            flags = ControlFlags.serializeTransfer.rawValue
-            fenceEnd = enqueued &+ 1
-        }
-        return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
+        if !fence, let ticket = enqueueCopyIfCommon(source: source, destination: destination, length: length) { return ticket }
+        return try enqueueChecked(.copy, source: source, destination: destination, length: length, fence: fence)
+    }
+
+    /// The common case of ``enqueueCopy(source:destination:length:fence:)`` without a fence,
+    /// inlined: an engine op of a length the engine takes, with room in the queue. Nil, with
+    /// nothing enqueued, when anything else applies (enqueueCopy's full path then decides).
+    /// For callers whose frame should hold no error path (the C ABI's entry points).
+    @inlinable @inline(__always)
+    package func enqueueCopyIfCommon(source: UInt64, destination: UInt64, length: Int) -> UInt16? {
+        let n = UInt64(truncatingIfNeeded: length)
+        guard n <= maximumTransfer, destination <= maximumAddress &- n, source <= maximumAddress &- n,
+              n >= shortLimit, issued &- retiredOps < opCapacity else { return nil }
+        return write(size: UInt32(truncatingIfNeeded: length), flags: 0, source: source, destination: destination)
     }
 
     /// Enqueues a fill: the 8-byte `pattern` repeated over `length` bytes at `destination`.
     ///
     /// - Throws: `.unsupported` when the provider has no fill (``ProviderFlags/fill``); as
     ///   ``enqueueCopy(source:destination:length:fence:)`` otherwise.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func enqueueFill(pattern: UInt64, destination: UInt64, length: Int, fence: Bool = false) throws(DriverError) -> UInt16 {
-        guard canFill else { throw Self.noFill }
-        guard UInt64(truncatingIfNeeded: length) <= maximumTransfer else { throw Self.tooLarge }
-        guard destination <= maximumAddress &- UInt64(truncatingIfNeeded: length) else { throw Self.beyondReach }
-        if UInt64(truncatingIfNeeded: length) < shortLimit {
-            return try putShort(.fill, length: length, source: pattern, destination: destination, fence: fence)
+        if !fence, let ticket = enqueueFillIfCommon(pattern: pattern, destination: destination, length: length) { return ticket }
+        return try enqueueChecked(.fill, source: pattern, destination: destination, length: length, fence: fence)
+    }
+
+    /// The common case of ``enqueueFill(pattern:destination:length:fence:)`` without a fence,
+    /// as ``enqueueCopyIfCommon(source:destination:length:)`` is enqueueCopy's.
+    @inlinable @inline(__always)
+    package func enqueueFillIfCommon(pattern: UInt64, destination: UInt64, length: Int) -> UInt16? {
+        let n = UInt64(truncatingIfNeeded: length)
+        guard canFill, n <= maximumTransfer, destination <= maximumAddress &- n, n >= shortLimit,
+              issued &- retiredOps < opCapacity else { return nil }
+        return write(size: UInt32(truncatingIfNeeded: length), flags: Self.fillControl, source: pattern, destination: destination)
+    }
+
+    /// ``enqueueCopy(source:destination:length:fence:)`` and
+    /// ``enqueueFill(pattern:destination:length:fence:)`` for whatever their inlined common case
+    /// (an engine op of a length the engine takes, no fence, room in the queue) leaves out: the
+    /// checks in the documented order (fill supported, length, reach), then a short op's
+    /// routing, a fence, or the full queue. Out of line, so that the inlined path keeps no
+    /// throw of its own.
+    @usableFromInline @inline(never)
+    func enqueueChecked(_ kind: CPUOp.Kind, source: UInt64, destination: UInt64, length: Int,
+                        fence: Bool) throws(DriverError) -> UInt16 {
+        let n = UInt64(truncatingIfNeeded: length)
+        guard kind != .fill || canFill else { throw Self.noFill }
+        guard n <= maximumTransfer else { throw Self.tooLarge }
+        guard destination <= maximumAddress &- n, kind == .fill || source <= maximumAddress &- n else { throw Self.beyondReach }
+        if n < shortLimit {
+            return try putShort(kind, length: length, source: source, destination: destination, fence: fence)
         }
-        var flags = UInt32(Operation.fill.rawValue) << 24
+        var flags = kind == .fill ? Self.fillControl : 0
         if fence {
             flags |= ControlFlags.serializeTransfer.rawValue
             fenceEnd = enqueued &+ 1
         }
-        return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: pattern, destination: destination)
+        return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
     }
 
     /// Enqueues a NULL op (`NET_DMA_NULL_TRANSFER`): moves nothing; its completion proves that
     /// every op before it finished. With a ``cpuCopyThreshold`` it never needs the engine,
     /// unless it is fenced behind an unfinished engine op.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func enqueueNull(fence: Bool = false) throws(DriverError) -> UInt16 {
         if cpuLimit != 0 { return try putShort(.null, length: 0, source: 0, destination: 0, fence: fence) }
         var flags = ControlFlags.nullTransfer.rawValue
@@ -320,9 +355,9 @@ public final class CopyQueue {
     /// zero-length copy or fill becomes a NULL descriptor of size 1, like a NULL op (see "CPU
     /// fallback"). With the fallback off, only zero-length copies and fills on a 1.x chain
     /// come here, and all go to the engine that way.
-    @inline(never)
-    private func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
-                          fence: Bool) throws(DriverError) -> UInt16 {
+    @usableFromInline @inline(never)
+    func putShort(_ kind: CPUOp.Kind, length: Int, source: UInt64, destination: UInt64,
+                  fence: Bool) throws(DriverError) -> UInt16 {
         guard issued &- retiredOps < opCapacity else { throw Self.full }
         // With the fallback off only zero-length ops come here: they go to the engine.
         var free = cpuLimit != 0 && fenceEnd <= finished && (!fence || enqueued == finished)
@@ -332,7 +367,7 @@ public final class CopyQueue {
         }
         guard free else {
             let empty = kind == .null || length == 0
-            var flags: UInt32 = empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? UInt32(Operation.fill.rawValue) << 24 : 0
+            var flags: UInt32 = empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? Self.fillControl : 0
             if fence {
                 flags |= ControlFlags.serializeTransfer.rawValue
                 fenceEnd = enqueued &+ 1
@@ -348,10 +383,17 @@ public final class CopyQueue {
         return ticket
     }
 
-    /// Writes an engine op into the next descriptor; `userContext1` records its op number.
-    @inline(__always)
-    private func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
+    /// Writes an engine op into the next descriptor, if the queue has room.
+    @inlinable @inline(__always)
+    func put(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) throws(DriverError) -> UInt16 {
         guard issued &- retiredOps < opCapacity else { throw Self.full }
+        return write(size: size, flags: flags, source: source, destination: destination)
+    }
+
+    /// Writes an engine op into the next descriptor (the queue has room); `userContext1`
+    /// records its op number.
+    @inlinable @inline(__always)
+    func write(size: UInt32, flags: UInt32, source: UInt64, destination: UInt64) -> UInt16 {
         let slot = Int(truncatingIfNeeded: enqueued & mask)
         let d = ring + slot
         d.pointee.transferSize = size
@@ -469,6 +511,7 @@ public final class CopyQueue {
             let c = cpuOps[Int(truncatingIfNeeded: cpuRun & mask)]
             if let fault = c.run(&regions) {
                 status[Int(truncatingIfNeeded: c.op & mask)] = .failed
+                unretiredFailures += 1
                 failedCount += 1
                 lastFault = fault
             }
@@ -538,6 +581,7 @@ public final class CopyQueue {
             return
         }
         status[Int(truncatingIfNeeded: ring[Int(truncatingIfNeeded: failing & mask)].userContext1 & mask)] = .failed
+        unretiredFailures += 1
         failedCount += 1
         lastFault = fault
         finished = failing &+ 1
@@ -564,20 +608,31 @@ public final class CopyQueue {
         refresh()
         if needsStart && submitted != finished { restartRemaining() }
         let bound = retirable
+        guard unretiredFailures == 0 else { return completedPastFailures(max: max, bound: bound) }
+        // No op below `bound` failed: retire them in one step.
+        let n = Swift.min(bound &- retiredOps, UInt64(truncatingIfNeeded: Swift.max(max, 0)))
+        retiredOps &+= n
+        return CopyCompletion(count: Int(truncatingIfNeeded: n), lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1),
+                              hadError: false)
+    }
+
+    /// ``completed(max:)`` while a failed op is not yet retired: op by op up to the first
+    /// failed one. Cold (an op failed).
+    @inline(never)
+    private func completedPastFailures(max: Int, bound: UInt64) -> CopyCompletion {
         var n = 0
-        var hadError = false
         while n < max && retiredOps < bound {
             let slot = Int(truncatingIfNeeded: retiredOps & mask)
             if status[slot] == .failed {
                 status[slot] = .successful
+                unretiredFailures -= 1
                 retiredOps &+= 1
-                hadError = true
                 return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 2), hadError: true)
             }
             retiredOps &+= 1
             n += 1
         }
-        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: hadError)
+        return CopyCompletion(count: n, lastTicket: UInt16(truncatingIfNeeded: retiredOps &- 1), hadError: false)
     }
 
     /// Retires up to `min(max, statuses.count)` ops, failed ones included, writing each op's
@@ -594,6 +649,7 @@ public final class CopyQueue {
         while n < limit && retiredOps < bound {
             let slot = Int(truncatingIfNeeded: retiredOps & mask)
             statuses[n] = status[slot]
+            if status[slot] == .failed { unretiredFailures -= 1 }
             status[slot] = .successful
             retiredOps &+= 1
             n += 1
@@ -645,17 +701,19 @@ public final class CopyQueue {
     /// generations fail a NULL of size 0 with DXSERR (the CB 3.0 erratum), and on a 1.x chain a
     /// running engine may fetch a descriptor as soon as the old tail links to it, before the
     /// provider's Append could conform it: so the queue writes 1 itself and depends on no fix-up.
-    private static let nullSize: UInt32 = 1
+    @inlinable static var nullSize: UInt32 { 1 }
+    /// ControlFlags of a fill descriptor: the operation in bits 31:24.
+    @inlinable static var fillControl: UInt32 { UInt32(Operation.fill.rawValue) << 24 }
 
     // Constant errors: throwing them does not allocate.
-    private static let tooLarge = DriverError(.descriptorTooLarge,
+    @usableFromInline static let tooLarge = DriverError(.descriptorTooLarge,
         "The op is longer than the channel's maximum transfer size; split it into several ops (CopyQueue never splits silently).")
-    private static let beyondReach = DriverError(.descriptorTooLarge,
+    @usableFromInline static let beyondReach = DriverError(.descriptorTooLarge,
         "The op's addresses reach beyond the engine's maximum address; use DMA memory the engine can reach.")
-    private static let full = DriverError(.queueFull,
+    @usableFromInline static let full = DriverError(.queueFull,
         "The copy queue is full; retire finished ops with completed(max:) before enqueueing more.")
     private static let noInterrupts = DriverError(.unsupported,
         "This CopyQueue was made with interrupts: false; poll completed(max:) instead.")
-    private static let noFill = DriverError(.unsupported,
+    @usableFromInline static let noFill = DriverError(.unsupported,
         "This provider does not execute fill descriptors; use a copy from a pattern buffer.")
 }

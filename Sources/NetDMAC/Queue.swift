@@ -80,41 +80,30 @@ public func netdma_queue_destroy(_ queue: OpaquePointer?) -> Int32 {
 
 // MARK: - hot path
 
-// The enqueue entry points handle the common case (a queue, flags 0 or NETDMA_OP_FENCE) with
-// nothing live across the call into CopyQueue; unknown flags and NETDMA_OP_SUBMIT take the
-// out-of-line path (still without allocating).
+// The copy and fill entry points run CopyQueue's inlined common case (flags 0, an op the
+// engine takes, room in the queue) in their own frame, which then holds no error path and no
+// call; everything else (a fence, NETDMA_OP_SUBMIT, unknown flags, an op CopyQueue refuses,
+// routes to the CPU or has no room for) takes the out-of-line path, still without allocating.
 
 @c @implementation
 public func netdma_enqueue_copy(_ queue: OpaquePointer?, _ src: UInt64, _ dst: UInt64, _ length: UInt32, _ flags: UInt64) -> Int32 {
     guard let queue else { return null("netdma_enqueue_copy", "queue") }
-    guard flags & ~NETDMA_OP_FENCE == 0 else {
-        return enqueueSlowly("netdma_enqueue_copy", queue, flags) { q, fence throws(DriverError) in
-            try q.enqueueCopy(source: src, destination: dst, length: Int(length), fence: fence)
-        }
+    if flags == 0, let ticket = CQueue.with(queue, { $0.queue.enqueueCopyIfCommon(source: src, destination: dst, length: Int(length)) }) {
+        return Int32(ticket)
     }
-    return CQueue.with(queue) { q in
-        do throws(DriverError) {
-            return Int32(try q.queue.enqueueCopy(source: src, destination: dst, length: Int(length), fence: flags != 0))
-        } catch {
-            return fail(error)
-        }
+    return enqueueSlowly("netdma_enqueue_copy", queue, flags) { q, fence throws(DriverError) in
+        try q.enqueueCopy(source: src, destination: dst, length: Int(length), fence: fence)
     }
 }
 
 @c @implementation
 public func netdma_enqueue_fill(_ queue: OpaquePointer?, _ pattern: UInt64, _ dst: UInt64, _ length: UInt32, _ flags: UInt64) -> Int32 {
     guard let queue else { return null("netdma_enqueue_fill", "queue") }
-    guard flags & ~NETDMA_OP_FENCE == 0 else {
-        return enqueueSlowly("netdma_enqueue_fill", queue, flags) { q, fence throws(DriverError) in
-            try q.enqueueFill(pattern: pattern, destination: dst, length: Int(length), fence: fence)
-        }
+    if flags == 0, let ticket = CQueue.with(queue, { $0.queue.enqueueFillIfCommon(pattern: pattern, destination: dst, length: Int(length)) }) {
+        return Int32(ticket)
     }
-    return CQueue.with(queue) { q in
-        do throws(DriverError) {
-            return Int32(try q.queue.enqueueFill(pattern: pattern, destination: dst, length: Int(length), fence: flags != 0))
-        } catch {
-            return fail(error)
-        }
+    return enqueueSlowly("netdma_enqueue_fill", queue, flags) { q, fence throws(DriverError) in
+        try q.enqueueFill(pattern: pattern, destination: dst, length: Int(length), fence: fence)
     }
 }
 
@@ -133,7 +122,8 @@ public func netdma_enqueue_null(_ queue: OpaquePointer?, _ flags: UInt64) -> Int
     }
 }
 
-/// An enqueue with unknown flags or NETDMA_OP_SUBMIT. After the enqueue,
+/// An enqueue the entry point's inlined common case did not take (a fence, unknown flags,
+/// NETDMA_OP_SUBMIT, an op CopyQueue refuses, routes or has no room for). After the enqueue,
 /// NETDMA_OP_SUBMIT submits: a failed submit leaves the ops enqueued (netdma_submit retries)
 /// and records why as the thread's last error; the enqueue still returns its ticket.
 @inline(never)

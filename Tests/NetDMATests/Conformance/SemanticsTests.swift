@@ -215,6 +215,50 @@ struct SemanticsTests {
         #expect(c.interruptGeneration == g)
     }
 
+    @Test("a chain whose descriptors are not one after the other: those after a jump are conformed too, and Resume runs it to its tail",
+          arguments: TargetFactory.all)
+    func scatteredChain(_ factory: TargetFactory) throws {
+        let h = try Harness(factory)
+        defer { h.close() }
+        let c = try h.channel()
+        let pool = try DescriptorPool(memory: h.memory, count: 8)
+        let src = try h.memory.allocate(length: 4096), dst = try h.memory.allocate(length: 4096)
+        src.fillPattern(47)
+        let copied = { (i: Int) in dst.bytes(at: i * 256, count: 256) == src.bytes(at: i * 256, count: 256) }
+        // 0 → 1 → 4 → 5 → 2: two jumps; after the first, a zero-length copy and a NULL of size 0.
+        for i in [0, 1, 2] { setCopy(pool, i, from: src.iova(at: i * 256), to: dst.iova(at: i * 256), length: 256) }
+        setCopy(pool, 4, from: src.iova(at: 1024), to: dst.iova(at: 1024), length: 0)
+        setNull(pool, 5)
+        for (from, to) in [(0, 1), (1, 4), (4, 5), (5, 2)] { pool[from].pointee.next = pool.iova(at: to) }
+        pool[2].pointee.next = c.countedChains ? pool.iova(at: 6) : 0
+        // Suspended after descriptor 0: Resume counts (2.0) from descriptor 1 to the chain's tail.
+        h.target.hold(channel: c.index, true)
+        try c.start(DescriptorChain(address: pool[0], iova: pool.iova(at: 0), count: 5))
+        #expect(waitUntil { h.target.inFlight(channel: c.index) == pool.iova(at: 0) })
+        let suspended = Background { () throws(DriverError) in try c.suspend() }
+        #expect(waitUntil { h.target.suspendRequested(channel: c.index) })
+        h.target.hold(channel: c.index, false)
+        #expect(try suspended.value() == pool.iova(at: 0))
+        try c.resume()
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 2), status: .idle) },
+                "the chain completes (word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none"))")
+        #expect(c.fault == nil, "the zero-length and NULL descriptors after the jump were conformed")
+        for i in [0, 1, 2] { #expect(copied(i), "descriptor \(i)") }
+        #expect(dst.bytes(at: 1024, count: 64) == [UInt8](repeating: 0, count: 64))
+
+        // The next Append follows the tail (descriptor 2); nothing before it runs again.
+        memset(dst.base, 0, 1024)
+        for i in [6, 7] { setCopy(pool, i, from: src.iova(at: i * 256), to: dst.iova(at: i * 256), length: 256) }
+        let b = link(pool, 6..<8, counted: c.countedChains)
+        if !c.countedChains { DescriptorPool.publishNext(of: pool[2], b.iova) }
+        try c.append(b)
+        #expect(waitUntil { c.completionWord == CompletionWord(descriptor: pool.iova(at: 7), status: .idle) },
+                "the appended chain completes (word \(c.completionWord), fault \(c.fault.map(\.description) ?? "none"))")
+        #expect(c.fault == nil)
+        for i in [6, 7] { #expect(copied(i), "descriptor \(i)") }
+        #expect(dst.bytes(at: 0, count: 1024).allSatisfy { $0 == 0 }, "no descriptor of the first chain ran again")
+    }
+
     @Test("mix and match (the VFIO selftest's loop): after a failed copy is reported, one interrupt asked for is counted once",
           arguments: TargetFactory.all)
     func mixAndMatch(_ factory: TargetFactory) async throws {
