@@ -854,9 +854,11 @@ public final class IOATChannel<BAR: RegisterIO & ~Copyable>: ProviderChannel, @u
 
     /// Whether the descriptor at `iova` is a zero-length or NULL transfer (``prepare(_:)``
     /// conforms these, so one that halted with DXSERR was fetched before the provider saw it).
+    /// Read under the DMA memory table's lock, as ``failingDescriptor()`` reads: the fault
+    /// report may run on another thread while the client frees the chain.
     private func movesNoData(_ iova: UInt64) -> Bool {
-        guard iova & 63 == 0, let d = device.memory.address(ofIOVA: iova) else { return false }
-        let head = d.load(fromByteOffset: IOAT.DescriptorField.size, as: UInt64.self)
+        guard iova & 63 == 0,
+              let head = device.memory.loadUInt64(atIOVA: iova &+ UInt64(IOAT.DescriptorField.size)) else { return false }
         return UInt32(truncatingIfNeeded: head) == 0 || UInt32(truncatingIfNeeded: head >> 32) & IOAT.DescriptorControl.null != 0
     }
 
