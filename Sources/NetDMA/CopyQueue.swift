@@ -326,11 +326,7 @@ public final class CopyQueue {
         if n < shortLimit {
             return try putShort(kind, length: length, source: source, destination: destination, fence: fence)
         }
-        var flags = kind == .fill ? Self.fillControl : 0
-        if fence {
-            flags |= ControlFlags.serializeTransfer.rawValue
-            fenceEnd = enqueued &+ 1
-        }
+        let flags = fenced(kind == .fill ? Self.fillControl : 0, fence)
         return try put(size: UInt32(truncatingIfNeeded: length), flags: flags, source: source, destination: destination)
     }
 
@@ -340,11 +336,7 @@ public final class CopyQueue {
     @inlinable @inline(__always)
     public func enqueueNull(fence: Bool = false) throws(DriverError) -> UInt16 {
         if cpuLimit != 0 { return try putShort(.null, length: 0, source: 0, destination: 0, fence: fence) }
-        var flags = ControlFlags.nullTransfer.rawValue
-        if fence {
-            flags |= ControlFlags.serializeTransfer.rawValue
-            fenceEnd = enqueued &+ 1
-        }
+        let flags = fenced(ControlFlags.nullTransfer.rawValue, fence)
         return try put(size: Self.nullSize, flags: flags, source: 0, destination: 0)
     }
 
@@ -367,11 +359,7 @@ public final class CopyQueue {
         }
         guard free else {
             let empty = kind == .null || length == 0
-            var flags: UInt32 = empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? Self.fillControl : 0
-            if fence {
-                flags |= ControlFlags.serializeTransfer.rawValue
-                fenceEnd = enqueued &+ 1
-            }
+            let flags = fenced(empty ? ControlFlags.nullTransfer.rawValue : kind == .fill ? Self.fillControl : 0, fence)
             return try put(size: empty ? Self.nullSize : UInt32(truncatingIfNeeded: length), flags: flags,
                            source: empty ? 0 : source, destination: empty ? 0 : destination)
         }
@@ -381,6 +369,15 @@ public final class CopyQueue {
         let ticket = UInt16(truncatingIfNeeded: issued)
         issued &+= 1
         return ticket
+    }
+
+    /// `flags` for the next engine op, with `NET_DMA_SERIALIZE_TRANSFER` when `fence`: then
+    /// the ops after it wait for it (``fenceEnd``).
+    @inlinable @inline(__always)
+    func fenced(_ flags: UInt32, _ fence: Bool) -> UInt32 {
+        guard fence else { return flags }
+        fenceEnd = enqueued &+ 1
+        return flags | ControlFlags.serializeTransfer.rawValue
     }
 
     /// Writes an engine op into the next descriptor, if the queue has room.
